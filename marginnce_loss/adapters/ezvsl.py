@@ -1,0 +1,54 @@
+"""EZ-VSL's loss site, ``EZVSL.max_xmil_loss(img, aud)`` in ``model.py`` (stoneMo/EZ-VSL @ 95ff5bf).
+
+Upstream::
+
+    Slogits = einsum('nchw,mc->nmhw', img, aud) / tau          # [B, B, H, W]
+    logits = Slogits.flatten(-2, -1).max(dim=-1)[0]             # [B, B]
+    loss = CE(logits, arange(B)) + CE(logits.T, arange(B))
+
+The patch replaces the body with ``return max_xmil_loss(img, aud, self.tau, self.margin)``.
+"""
+
+from __future__ import annotations
+
+from typing import Tuple
+
+from torch import Tensor
+
+from .. import functional as F
+from .._validation import check_finite, check_pair, check_positive, check_same_batch
+
+__all__ = ["max_xmil_loss"]
+
+
+def max_xmil_loss(img: Tensor, aud: Tensor, tau: float = 0.03, margin: float = 0.0) -> Tuple[Tensor, Tensor]:
+    r"""EZ-VSL's symmetric max-MIL loss with a margin on the positives.
+
+    .. math::
+        S_{ij} = \max_{hw}\alpha_{ij}, \qquad
+        L = \mathrm{marginNCE}_{rows}(S) + \mathrm{marginNCE}_{cols}(S)
+
+    i.e. ``margin_nce(max_similarity(img, aud), margin, tau, symmetric=True)``; at ``margin=0`` it is
+    upstream's ``CE(logits) + CE(logits.T)``, and a margin subtracts ``m / tau`` from the diagonal
+    logits in both directions.
+
+    Args:
+        img: ``[B, C, H, W]`` L2-normalised visual features.
+        aud: ``[B, C]`` L2-normalised audio embeddings.
+        tau: temperature (EZ-VSL: 0.03).
+        margin: ``m`` (0 reproduces upstream).
+
+    Returns:
+        ``(loss, Slogits)``: the scalar loss (float32, float64 for float64 input) and
+        ``Slogits = alpha / tau`` of shape ``[B, B, H, W]`` as upstream returns it
+        (upstream's ``forward`` takes ``Slogits[i, i]`` as the localisation map).
+    """
+    check_pair(img, aud)
+    check_same_batch(img, aud)
+    tau = check_positive("tau", tau)
+    margin = check_finite("margin", margin)
+    alpha = F.pairwise_response_maps(img, aud)
+    # max(alpha) / tau inside margin_nce is bitwise upstream's max(alpha / tau): same element, same division
+    sim = alpha.flatten(-2).max(dim=-1).values
+    loss = F.margin_nce(sim, margin, tau, symmetric=True)
+    return loss, alpha / tau

@@ -1,0 +1,90 @@
+"""LVS's loss site: the logits of ``AVENet.forward`` in ``model.py``
+(hche11/Localizing-Visual-Sounds-the-Hard-Way @ 8fe8cbb).
+
+Upstream (``A = alpha_ii``, ``A0 = alpha_ij``, sigmoid temperature 0.03)::
+
+    sim1 = eq1(A, epsilon)                       # [B, 1]  positive
+    sim  = eq1(A0, epsilon) * (1 - 100 * I)      # [B, B]  negatives; the diagonal becomes -99 * S_ii
+    sim2 = background(A, epsilon2 if trimap else epsilon)   # [B, 1] hard negative
+    logits = cat(sim1, sim, sim2) / 0.07         # trained with CE against column 0
+
+The ``1 - 100 * I`` mask is a quirk: the positive also appears among the negatives as
+``exp(-99 S_ii / 0.07)``, negligible when ``S_ii`` is clearly positive, but not removed.
+``diagonal="upstream"`` (default) reproduces it exactly; ``diagonal="exclude"`` puts ``-inf``
+there, so the loss is exactly ``margin_nce(S, margin, tau, extra_negatives=N)``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .. import functional as F
+from .._validation import check_choice, check_finite, check_pair, check_positive, check_same_batch
+
+__all__ = ["lvs_logits", "DIAGONAL_MODES"]
+
+DIAGONAL_MODES = ("upstream", "exclude")
+
+
+def lvs_logits(
+    img: Tensor,
+    aud: Tensor,
+    margin: float = 0.0,
+    epsilon: float = 0.65,
+    epsilon2: float = 0.4,
+    sigmoid_tau: float = 0.03,
+    tau: float = 0.07,
+    trimap: bool = True,
+    hard_negative: bool = True,
+    diagonal: str = "upstream",
+) -> Tensor:
+    r"""LVS logits with a margin on the positive column.
+
+    Row ``i`` is ``[(S_ii - m), S_i1 .. S_iB (diagonal per ``diagonal``), N_i] / tau`` with
+    ``S = thresholded_similarity(img, aud, epsilon, sigmoid_tau)`` (eq. 1) and
+    ``N = background_similarity(img, aud, epsilon2 if trimap else epsilon, sigmoid_tau)``.
+    Train with ``F.cross_entropy(logits, zeros(B, dtype=long))``: the target is column 0.
+
+    Args:
+        img: ``[B, C, H, W]`` L2-normalised visual features.
+        aud: ``[B, C]`` L2-normalised audio embeddings.
+        margin: ``m`` subtracted from the positive similarity (0 reproduces upstream).
+        epsilon: positive threshold (0.65).
+        epsilon2: background threshold with trimap (0.4).
+        sigmoid_tau: the sigmoid temperature of eq. 1 (upstream's ``self.tau = 0.03``).
+        tau: the contrastive temperature (upstream's hard-coded 0.07).
+        trimap: background threshold ``epsilon2`` (True) or ``epsilon`` (False), upstream ``--tri_map``.
+        hard_negative: append the background column, upstream ``--Neg``.
+        diagonal: ``"upstream"`` multiplies the negatives by ``1 - 100 * I`` as upstream does;
+            ``"exclude"`` removes the positive from the negatives (``-inf`` logit).
+
+    Returns:
+        ``[B, 1 + B + 1]`` logits (``[B, 1 + B]`` without ``hard_negative``), float32
+        (float64 for float64 input).
+    """
+    check_pair(img, aud)
+    check_same_batch(img, aud)
+    margin = check_finite("margin", margin)
+    epsilon = check_finite("epsilon", epsilon)
+    epsilon2 = check_finite("epsilon2", epsilon2)
+    sigmoid_tau = check_positive("sigmoid_tau", sigmoid_tau)
+    tau = check_positive("tau", tau)
+    for name, flag in (("trimap", trimap), ("hard_negative", hard_negative)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"{name}: expected a bool, got {type(flag).__name__} {flag!r}")
+    check_choice("diagonal", diagonal, DIAGONAL_MODES)
+
+    sim = F.thresholded_similarity(img, aud, epsilon, sigmoid_tau)
+    b = sim.shape[0]
+    positive = sim.diagonal().unsqueeze(1) - margin
+    eye = torch.eye(b, dtype=sim.dtype, device=sim.device)
+    if diagonal == "upstream":
+        negatives = sim * (1 - 100 * eye)
+    else:
+        negatives = sim.masked_fill(eye.bool(), float("-inf"))
+    columns = [positive, negatives]
+    if hard_negative:
+        background = F.background_similarity(img, aud, epsilon2 if trimap else epsilon, sigmoid_tau)
+        columns.append(background.unsqueeze(1))
+    return torch.cat(columns, dim=1) / tau

@@ -1,0 +1,46 @@
+"""The paper's reference model ("Ours"): EZ-VSL's architecture trained with eq. 1 + eq. 3,
+image-anchor direction only, ``tau = 0.07``, ``epsilon = 0.65``, ``beta = 0.03``, ``m = -0.2``.
+There is no public upstream code; this is the loss as the paper states it.
+"""
+
+from __future__ import annotations
+
+from typing import Tuple
+
+import torch
+from torch import Tensor
+
+from .. import functional as F
+from .._validation import check_pair, check_same_batch
+
+__all__ = ["loss"]
+
+
+def loss(
+    img: Tensor,
+    aud: Tensor,
+    margin: float = -0.2,
+    epsilon: float = 0.65,
+    beta: float = 0.03,
+    tau: float = 0.07,
+) -> Tuple[Tensor, Tensor]:
+    r"""The reference model's training loss and its localisation maps.
+
+    .. math::
+        L = \mathrm{marginNCE}(S, m, \tau), \qquad S = \text{eq. 1}(\alpha; \epsilon, \beta)
+
+    Args:
+        img: ``[B, C, H, W]`` L2-normalised visual features.
+        aud: ``[B, C]`` L2-normalised audio embeddings.
+        margin, epsilon, beta, tau: as in the paper (-0.2, 0.65, 0.03, 0.07).
+
+    Returns:
+        ``(loss, response_maps)``: the scalar loss and ``alpha_ii`` of shape ``[B, H, W]``
+        (detached: the maps are for localisation, not for the gradient).
+    """
+    check_pair(img, aud)
+    check_same_batch(img, aud)
+    value = F.margin_nce(F.thresholded_similarity(img, aud, epsilon, beta), margin, tau)
+    with torch.no_grad():
+        maps = F.response_map(img, aud)
+    return value, maps
