@@ -279,6 +279,12 @@ def test_second_run_skips_everything(videos, tmp_path):
     second = P.prepare(folder, tmp_path, ids=list(specs), workers=2, progress=False)
     assert (second["done"], second["skipped"], second["failed"]) == ([], len(specs), [])
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    # a clip with only one of its two outputs is prepared again
+    lone = sorted(specs)[1]
+    P.audio_path(tmp_path, lone).unlink()
+    third = P.prepare(folder, tmp_path, ids=list(specs), progress=False)
+    assert (third["done"], third["skipped"], third["failed"]) == ([lone], len(specs) - 1, [])
+    assert P.verify(tmp_path, list(specs)) == []
 
 
 def test_all_videos_without_ids_and_parallel_equals_sequential(videos, tmp_path):
