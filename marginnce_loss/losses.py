@@ -7,6 +7,7 @@ from typing import Optional
 from torch import Tensor, nn
 
 from . import functional as F
+from .distributed import gathered_localization_margin_nce, world_size
 from ._validation import REDUCTIONS, check_choice, check_finite, check_pair, check_positive, check_same_batch
 
 __all__ = ["MarginNCE", "LocalizationMarginNCE", "SIMILARITIES"]
@@ -62,6 +63,11 @@ class LocalizationMarginNCE(nn.Module):
     Paper settings: the reference model is ``LocalizationMarginNCE("thresholded", margin=-0.2, tau=0.07)``;
     EZ-VSL is ``LocalizationMarginNCE("max", tau=0.03, symmetric=True)``.
 
+    ``gather_distributed=True`` with an initialised process group of ``W > 1`` ranks scores the local
+    anchors against every rank's features (gathered with gradients) and scales the result so that
+    DDP's gradient averaging gives exactly the single-process gradient of the global-batch loss; see
+    :mod:`marginnce_loss.distributed`. With ``W = 1`` or no process group it is the same as ``False``.
+
     Shape:
         ``forward(img [B, C, H, W], aud [B, C])`` (both L2-normalised over ``C``) -> scalar,
         or ``[B]`` with ``reduction="none"``.
@@ -76,9 +82,15 @@ class LocalizationMarginNCE(nn.Module):
         beta: float = 0.03,
         symmetric: bool = False,
         reduction: str = "mean",
+        gather_distributed: bool = False,
     ) -> None:
         super().__init__()
         self.similarity = check_choice("similarity", similarity, SIMILARITIES)
+        if not isinstance(gather_distributed, bool):
+            raise TypeError(
+                f"gather_distributed: expected a bool, got {type(gather_distributed).__name__} {gather_distributed!r}"
+            )
+        self.gather_distributed = gather_distributed
         self.epsilon = check_finite("epsilon", epsilon)
         self.beta = check_positive("beta", beta)
         self.criterion = MarginNCE(margin, tau, symmetric, reduction)
@@ -92,7 +104,15 @@ class LocalizationMarginNCE(nn.Module):
     def forward(self, img: Tensor, aud: Tensor) -> Tensor:
         check_pair(img, aud)
         check_same_batch(img, aud)
+        if self.gather_distributed and world_size() > 1:
+            c = self.criterion
+            return gathered_localization_margin_nce(
+                img, aud, self.similarity_matrix, c.margin, c.tau, c.symmetric, c.reduction
+            )
         return self.criterion(self.similarity_matrix(img, aud))
 
     def extra_repr(self) -> str:
-        return f"similarity={self.similarity!r}, epsilon={self.epsilon}, beta={self.beta}"
+        return (
+            f"similarity={self.similarity!r}, epsilon={self.epsilon}, beta={self.beta}, "
+            f"gather_distributed={self.gather_distributed}"
+        )
