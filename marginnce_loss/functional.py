@@ -227,18 +227,18 @@ def margin_nce(
     b = logits.shape[0]
     # (S_ii - m) / tau on the diagonal, S_ij / tau elsewhere (the constant in the logits' dtype)
     logits = logits - torch.eye(b, dtype=dtype, device=logits.device) * (margin / tau)
-    positive = logits.diagonal()
 
+    # -log_softmax picked at the positive: the same operations as F.cross_entropy(logits, arange(B)),
+    # so margin 0 reproduces the upstream loss sites to the last bits.
     if extra_negatives is None:
         row_logits = logits
     else:
         row_logits = torch.cat([logits, extra_negatives.to(dtype) / tau], dim=1)
-    loss = torch.logsumexp(row_logits, dim=1) - positive
-    if symmetric:
-        loss = loss + (torch.logsumexp(logits, dim=0) - positive)
+    rows = -torch.log_softmax(row_logits, dim=1).diagonal()
+    cols = -torch.log_softmax(logits, dim=0).diagonal() if symmetric else None
 
     if reduction == "mean":
-        return loss.mean()
+        return rows.mean() if cols is None else rows.mean() + cols.mean()
     if reduction == "sum":
-        return loss.sum()
-    return loss
+        return rows.sum() if cols is None else rows.sum() + cols.sum()
+    return rows if cols is None else rows + cols
