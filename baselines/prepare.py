@@ -192,16 +192,18 @@ def _check_workers(workers: int) -> int:
 
 
 def read_ids(path: str | os.PathLike[str]) -> list[str]:
-    """Read clip ids from a split file, keeping their order and dropping repeats.
+    """Read clip ids from a split file, in file order.
 
     Accepted formats: a JSON list of strings or of objects with a ``"file"`` key
     (``vggss.json``); otherwise text, one id per line, where only the part before the
     first comma counts (``vggss_test.csv``, ``flickr_test.csv``).  Blank lines are skipped,
-    whitespace and CR line ends are stripped.
+    whitespace and CR line ends are stripped (the data loaders' split-file rules; the JSON
+    forms are extra).
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ValueError: the file holds no ids, or an entry is not a usable id.
+        ValueError: the file holds no ids, an id repeats (``entry`` counts lines or JSON
+            items from 1), or an entry is not a usable id.
     """
     path = Path(path)
     text = path.read_text(encoding="utf-8")
@@ -224,14 +226,15 @@ def read_ids(path: str | os.PathLike[str]) -> list[str]:
         raw = [line.split(",", 1)[0] for line in text.splitlines()]
     ids: list[str] = []
     seen: set[str] = set()
-    for entry in raw:
+    for position, entry in enumerate(raw, start=1):
         clip_id = entry.strip()
         if not clip_id:
             continue
         _check_id(clip_id, f"ids file {path}")
-        if clip_id not in seen:
-            seen.add(clip_id)
-            ids.append(clip_id)
+        if clip_id in seen:
+            raise ValueError(f"ids file {path}: entry {position}: duplicate clip id {clip_id!r}")
+        seen.add(clip_id)
+        ids.append(clip_id)
     if not ids:
         raise ValueError(f"ids file {path}: expected at least one id, found none")
     return ids
