@@ -4,7 +4,8 @@
 >>> loss = MarginNCE(margin=-0.2, tau=0.07)(sim)          # sim: [B, B], positives on the diagonal
 """
 
-from . import adapters, functional
+from . import adapters, distributed, functional
+from .distributed import all_gather_with_grad, gathered_localization_margin_nce
 from .functional import (
     background_similarity,
     margin_nce,
@@ -23,6 +24,9 @@ __all__ = [
     "SIMILARITIES",
     "functional",
     "adapters",
+    "distributed",
+    "all_gather_with_grad",
+    "gathered_localization_margin_nce",
     "margin_nce",
     "thresholded_similarity",
     "max_similarity",
