@@ -328,10 +328,11 @@ def center_prior_map(size: int = MAP_SIZE, sigma: float = MAP_SIZE / 4) -> torch
 
 
 def _ceiling_inputs(gt_maps: torch.Tensor | np.ndarray, size: int | None) -> tuple[torch.Tensor, int]:
+    """Checked ``[N, H W]`` view of the ground truth (its own float dtype) and ``M = H W - floor(H W / 2)``."""
     g = _to_tensor(gt_maps, "gt_maps")
     _check_gt(g, size)
     hw = g.shape[1] * g.shape[2]
-    return g.to(torch.float64).reshape(g.shape[0], hw), hw - hw // 2
+    return g.reshape(g.shape[0], hw), hw - hw // 2
 
 
 def protocol_ceiling(
@@ -364,14 +365,14 @@ def protocol_ceiling(
     An all-zero ``g`` gives 0. ``protocol_ceiling_map`` builds maps attaining these.
     """
     g, m = _ceiling_inputs(gt_maps, size)
-    total = g.sum(dim=1)
-    support = (g > 0).sum(dim=1).to(torch.float64)
-    small = total / (total + torch.clamp(m - support, min=0.0)).clamp(min=1e-300)
-    if allow_ties:
-        best = small
-    else:
-        top = torch.topk(g, m, dim=1, sorted=False).values.sum(dim=1)
-        best = torch.where(support <= m, small, top / total.clamp(min=1e-300))
+    total = g.sum(dim=1).to(torch.float64)  # exact for protocol maps (multiples of 0.5)
+    support = torch.count_nonzero(g, dim=1).to(torch.float64)  # g >= 0 was checked: g != 0 <=> g > 0
+    best = total / (total + torch.clamp(m - support, min=0.0)).clamp(min=1e-300)
+    if not allow_ties:
+        big = torch.nonzero(support > m).flatten()
+        if big.numel():
+            top = torch.topk(g[big], m, dim=1, sorted=False).values.sum(dim=1).to(torch.float64)
+            best[big] = top / total[big]
     return torch.where(total > 0, best, torch.zeros_like(best))
 
 
@@ -381,14 +382,14 @@ def protocol_ceiling_map(
     *,
     allow_ties: bool = True,
 ) -> torch.Tensor:
-    """A response map ``[N, H, W]`` (float64, values 0/1) whose protocol cIoU equals ``protocol_ceiling``.
+    """A response map ``[N, H, W]`` (float32, values 0/1) whose protocol cIoU equals ``protocol_ceiling``.
 
     ``1`` on the support ``{g > 0}`` and on the first ``max(0, M - S)`` background
     pixels in row-major order. With ``allow_ties=False`` and ``S > M``, ``1`` only on
     the ``M`` support pixels of largest ``g`` (exactly ``M`` ones: no tie at the median).
     """
     g, m = _ceiling_inputs(gt_maps, size)
-    n, h, w = (g.shape[0], *_to_tensor(gt_maps, "gt_maps").shape[1:])
+    n, h, w = tuple(gt_maps.shape)
     flat = g > 0
     support = flat.sum(dim=1, keepdim=True)
     background_rank = torch.cumsum((~flat).to(torch.int64), dim=1)  # 1-based rank among background pixels
@@ -397,4 +398,4 @@ def protocol_ceiling_map(
         order = torch.argsort(g, dim=1, descending=True, stable=True)
         top = torch.zeros_like(flat).scatter_(1, order[:, :m], True)
         out = torch.where(support > m, top, out)
-    return out.to(torch.float64).reshape(n, h, w)
+    return out.to(torch.float32).reshape(n, h, w)

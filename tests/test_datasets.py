@@ -1,0 +1,208 @@
+"""AudioVisualDataset over <root>/frames + <root>/audio: items, transforms, failure accounting, collate."""
+
+from __future__ import annotations
+
+import gc
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+sf = pytest.importorskip("soundfile")
+Image = pytest.importorskip("PIL.Image")
+pytest.importorskip("torchvision")
+
+from torch.utils.data import DataLoader  # noqa: E402
+
+from baselines.data import (  # noqa: E402
+    AudioVisualDataset,
+    DataError,
+    DataFailureTracker,
+    FailedSample,
+    collate,
+    collate_batch,
+    gt_map,
+    image_transform,
+    load_annotations,
+    load_spectrogram,
+)
+
+FS = 16000
+
+
+def _make_root(tmp_path: Path, n: int = 6, seconds: float = 2.0) -> tuple[Path, list[str]]:
+    root = tmp_path / "data"
+    (root / "frames").mkdir(parents=True)
+    (root / "audio").mkdir()
+    rng = np.random.default_rng(0)
+    ids = [f"clip{i:02d}_{i * 10:06d}" for i in range(n)]
+    for i, cid in enumerate(ids):
+        Image.fromarray(rng.integers(0, 255, (48 + i, 64, 3), dtype=np.uint8)).save(root / "frames" / f"{cid}.jpg")
+        sf.write(str(root / "audio" / f"{cid}.wav"), 0.3 * rng.standard_normal(int(seconds * FS) + i), FS,
+                 subtype="PCM_16")
+    return root, ids
+
+
+def _boxes(ids):
+    return {cid: [[0.1, 0.1 + 0.05 * k, 0.6, 0.9]] for k, cid in enumerate(ids)}
+
+
+def test_test_item_contents(tmp_path):
+    root, ids = _make_root(tmp_path)
+    ds = AudioVisualDataset(root, ids, split="test", annotations=_boxes(ids))
+    assert len(ds) == 6 and ds.failures.count == 0
+    item = ds[2]
+    assert set(item) == {"image", "spectrogram", "id", "gt_map"}
+    assert item["id"] == ids[2]
+    assert item["image"].shape == (3, 224, 224) and item["image"].dtype == torch.float32
+    assert item["spectrogram"].shape == (1, 257, 200) and item["spectrogram"].dtype == torch.float32
+    assert torch.equal(item["spectrogram"], load_spectrogram(root / "audio" / f"{ids[2]}.wav"))
+    assert torch.equal(item["gt_map"], torch.from_numpy(gt_map(_boxes(ids)[ids[2]], "vggss")))
+    # test transform: bicubic resize to 224 x 224 + ImageNet normalisation, deterministic
+    with Image.open(root / "frames" / f"{ids[2]}.jpg") as im:
+        raw = im.convert("RGB")
+    from torchvision.transforms import functional as TF
+
+    resized = TF.to_tensor(raw.resize((224, 224), Image.BICUBIC))
+    mean = torch.tensor([0.485, 0.456, 0.406])[:, None, None]
+    std = torch.tensor([0.229, 0.224, 0.225])[:, None, None]
+    torch.testing.assert_close(item["image"], (resized - mean) / std)
+    assert torch.equal(ds[2]["image"], item["image"])
+    assert torch.equal(ds.gt_maps()[2], item["gt_map"]) and ds.gt_maps().shape == (6, 224, 224)
+
+
+def test_train_transform_is_random_crop_of_resize_246(tmp_path):
+    root, ids = _make_root(tmp_path, n=2)
+    ds = AudioVisualDataset(root, ids, split="train")
+    assert "gt_map" not in ds[0]
+    names = [type(t).__name__ for t in image_transform("train").transforms]
+    assert names == ["Resize", "RandomCrop", "RandomHorizontalFlip", "ToTensor", "Normalize"]
+    assert image_transform("train").transforms[0].size == 246
+    torch.manual_seed(0)
+    a = ds[0]["image"]
+    torch.manual_seed(0)
+    b = ds[0]["image"]
+    torch.manual_seed(1)
+    c = ds[0]["image"]
+    assert a.shape == (3, 224, 224) and torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_missing_files_are_reported_and_skipped(tmp_path):
+    root, ids = _make_root(tmp_path, n=6)
+    (root / "audio" / f"{ids[1]}.wav").unlink()
+    ds = AudioVisualDataset(root, ids, split="train", max_failures=1)  # an absolute count
+    assert ds.ids == [i for i in ids if i != ids[1]] and len(ds) == 5
+    assert ds.failures.count == 1 and "missing audio" in ds.failures.failed[ids[1]]
+    # a clip without annotation is missing too
+    ds2 = AudioVisualDataset(root, ids, split="test", annotations=_boxes(ids[:5]), max_failures=2)
+    assert set(ds2.failures.failed) == {ids[1], ids[5]}
+    assert ds2.failures.failed[ids[5]] == "no annotation"
+    # past the threshold (1% of 6 clips = 0.06): stop with the ids named
+    (root / "frames" / f"{ids[4]}.jpg").unlink()
+    with pytest.raises(DataError, match=rf"(?s)2 of 6 clips missing or broken.*{ids[1]}: missing audio.*{ids[4]}: missing frame"):
+        AudioVisualDataset(root, ids, split="train")
+
+
+def _break(root: Path, ids: list[str]) -> None:
+    (root / "frames" / f"{ids[0]}.jpg").write_bytes(b"not a jpeg at all")
+    sf.write(str(root / "audio" / f"{ids[3]}.wav"), np.zeros(FS), 22050)
+
+
+def test_broken_files_become_sentinels_never_substitutes(tmp_path):
+    root, ids = _make_root(tmp_path, n=6)
+    _break(root, ids)
+    ds = AudioVisualDataset(root, ids, split="test", max_failures=2)
+    bad_img, bad_wav = ds[0], ds[3]
+    assert isinstance(bad_img, FailedSample) and bad_img.id == ids[0]
+    assert isinstance(bad_wav, FailedSample) and "22050 Hz, expected 16000 Hz" in bad_wav.reason
+    assert ds.failures.count == 2
+    ds.failures.check()  # 2 allowed
+    batch = collate([ds[i] for i in range(4)])
+    assert batch["id"] == [ids[1], ids[2]] and batch["image"].shape == (2, 3, 224, 224)
+    assert batch["spectrogram"].shape == (2, 1, 257, 200)
+    assert [f.id for f in batch["failures"]] == [ids[0], ids[3]]
+    assert collate_batch([ds[0], ds[3]]) is None
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_failures_in_loader_workers_reach_the_main_process(tmp_path, workers):
+    root, ids = _make_root(tmp_path, n=6)
+    _break(root, ids)
+    ds = AudioVisualDataset(root, ids, split="test", max_failures=0.01)
+    seen, reported = [], []
+    loader = DataLoader(ds, batch_size=2, num_workers=workers, collate_fn=collate)
+    for batch in loader:
+        if batch is None:
+            continue
+        seen += batch["id"]
+        reported += [f.id for f in batch["failures"]]
+    assert sorted(seen) == sorted(set(ids) - {ids[0], ids[3]})
+    assert sorted(reported) == [ids[0], ids[3]]
+    # recorded inside the (worker) process that decoded, visible here through the shared log
+    assert set(ds.failures.failed) == {ids[0], ids[3]}
+    with pytest.raises(DataError, match=ids[0]):
+        ds.failures.check()
+
+
+def test_tracker_threshold_dedup_and_shared_log(tmp_path):
+    t = DataFailureTracker(200, 0.01, name="split")
+    assert t.limit == 2.0
+    t.update([("a", "bad\nframe"), FailedSample("b", "x")])
+    t.record("a", "again")  # counted once, first reason kept (whitespace folded)
+    assert t.count == 2 and t.failed["a"] == "bad frame"
+    with pytest.raises(DataError, match="split: 3 of 200 clips"):
+        t.update([("c", "y")])
+    assert "... and 1 more" in t.summary(limit=2)
+    log = tmp_path / "f.tsv"
+    main = DataFailureTracker(10, 5, log_path=log)
+    worker = DataFailureTracker(10, 5, log_path=log)  # e.g. a copy in another process
+    worker.record("w1", "broken wav")
+    assert main.failed == {"w1": "broken wav"}
+    with pytest.raises(ValueError, match="max_failures"):
+        DataFailureTracker(10, 1.5)
+    with pytest.raises(ValueError, match="clip_id"):
+        t.record("a\tb", "x")
+
+
+def test_cache_and_log_cleanup(tmp_path):
+    root, ids = _make_root(tmp_path, n=2)
+    ds = AudioVisualDataset(root, ids, split="test", cache=True)
+    first = ds[0]
+    (root / "audio" / f"{ids[0]}.wav").unlink()  # served from memory now
+    assert torch.equal(ds[0]["spectrogram"], first["spectrogram"])
+    log = ds.failures.log_path
+    assert log is not None and log.is_file()
+    del ds, first
+    gc.collect()
+    assert not log.exists()
+
+
+def test_constructor_errors(tmp_path):
+    root, ids = _make_root(tmp_path, n=2)
+    with pytest.raises(ValueError, match="split"):
+        AudioVisualDataset(root, ids, split="val")
+    with pytest.raises(ValueError, match="unique"):
+        AudioVisualDataset(root, [ids[0], ids[0]])
+    with pytest.raises(TypeError, match="ids"):
+        AudioVisualDataset(root, ids[0])
+    with pytest.raises(FileNotFoundError, match="frames"):
+        AudioVisualDataset(tmp_path / "nowhere", ids)
+
+
+def test_load_annotations_both_formats(tmp_path):
+    js = tmp_path / "v.json"
+    js.write_text(json.dumps([{"file": "a", "class": "c", "bbox": [[0, 0, 0.5, 0.5]]},
+                              {"file": "b", "class": "c", "bbox": [[0.5, 0.5, 1, 1]]}]))
+    assert load_annotations(js, "vggss", ["b", "zzz"]) == {"b": [[0.5, 0.5, 1.0, 1.0]]}
+    assert set(load_annotations(js, "vggss")) == {"a", "b"}
+    xml_dir = tmp_path / "xml"
+    xml_dir.mkdir()
+    (xml_dir / "77.xml").write_text(
+        "<annotation><object><bbox><n/><xmin>0</xmin><ymin>0</ymin><xmax>8</xmax><ymax>8</ymax></bbox></object>"
+        "</annotation>")
+    assert load_annotations(xml_dir, "flickr", ["77", "88"]) == {"77": [[0, 0, 8, 8]]}
+    assert load_annotations(xml_dir, "flickr") == {"77": [[0, 0, 8, 8]]}
+    with pytest.raises(ValueError, match="format"):
+        load_annotations(js, "coco")
