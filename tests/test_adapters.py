@@ -112,3 +112,34 @@ def test_adapters_keep_float64():
     assert ezvsl.max_xmil_loss(img, aud)[0].dtype == torch.float64
     assert lvs.lvs_logits(img, aud).dtype == torch.float64
     assert reference.loss(img, aud)[0].dtype == torch.float64
+
+
+def test_ezvsl_single_clip_is_zero_like_upstream():
+    # upstream's validate()/test.py call the loss with batch_size=1; cross-entropy over one logit is 0
+    img, aud = normalized_features(1, 16, 7, 7, 0, dtype=torch.float32)
+    for margin in (0.0, -0.2):
+        loss, slogits = ezvsl.max_xmil_loss(img.requires_grad_(), aud, margin=margin)
+        up_loss, up_slogits = spec_ezvsl_max_xmil_loss(img, aud)
+        assert loss.item() == up_loss.item() == 0.0
+        torch.testing.assert_close(slogits, up_slogits)
+        loss.backward()  # attached to the graph, zero gradient
+        assert torch.count_nonzero(img.grad) == 0
+        img.grad = None
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_margin_cross_entropy_is_shifted_cross_entropy(symmetric):
+    from marginnce_loss.adapters import margin_cross_entropy
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(7, 7, generator=g, dtype=torch.float64) * 10
+    m, tau = -0.2, 0.03
+    shifted = logits - torch.eye(7, dtype=torch.float64) * (m / tau)
+    target = torch.arange(7)
+    expected = F.cross_entropy(shifted, target) + (F.cross_entropy(shifted.t(), target) if symmetric else 0)
+    torch.testing.assert_close(margin_cross_entropy(logits, m, tau, symmetric), expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(margin_cross_entropy(logits, 0.0, tau, symmetric),
+                               F.cross_entropy(logits, target) + (F.cross_entropy(logits.t(), target) if symmetric else 0),
+                               rtol=1e-12, atol=1e-12)
+    one = torch.tensor([[3.0]])
+    assert margin_cross_entropy(one, m, tau).item() == F.cross_entropy(one, torch.tensor([0])).item() == 0.0

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from .. import functional as F
 from .._validation import check_finite, check_pair, check_positive, check_same_batch
+from ._common import single_clip_loss
 
 __all__ = ["max_xmil_loss"]
 
@@ -30,7 +31,8 @@ def max_xmil_loss(img: Tensor, aud: Tensor, tau: float = 0.03, margin: float = 0
 
     i.e. ``margin_nce(max_similarity(img, aud), margin, tau, symmetric=True)``; at ``margin=0`` it is
     upstream's ``CE(logits) + CE(logits.T)``, and a margin subtracts ``m / tau`` from the diagonal
-    logits in both directions.
+    logits in both directions. ``B = 1`` (upstream's evaluation batch) gives 0, as upstream's
+    cross-entropy over one logit does.
 
     Args:
         img: ``[B, C, H, W]`` L2-normalised visual features.
@@ -50,5 +52,5 @@ def max_xmil_loss(img: Tensor, aud: Tensor, tau: float = 0.03, margin: float = 0
     alpha = F.pairwise_response_maps(img, aud)
     # max(alpha) / tau inside margin_nce is bitwise upstream's max(alpha / tau): same element, same division
     sim = alpha.flatten(-2).max(dim=-1).values
-    loss = F.margin_nce(sim, margin, tau, symmetric=True)
+    loss = single_clip_loss(sim) if sim.shape[0] == 1 else F.margin_nce(sim, margin, tau, symmetric=True)
     return loss, alpha / tau

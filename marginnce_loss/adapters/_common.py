@@ -1,0 +1,37 @@
+"""What the adapters share: upstream's cross-entropy on logits, with a margin."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from .. import functional as F
+from .._validation import check_features, check_finite, check_positive, opmath_dtype
+
+__all__ = ["margin_cross_entropy", "single_clip_loss"]
+
+
+def single_clip_loss(sim: Tensor) -> Tensor:
+    """Upstream evaluates one clip at a time (``batch_size=1``): cross-entropy over a single logit
+    is exactly 0. :func:`~marginnce_loss.functional.margin_nce` refuses ``B = 1`` (no negative: the
+    loss carries no signal), so the adapters return this zero, still attached to the graph."""
+    return sim.to(opmath_dtype(sim.dtype)).sum() * 0.0
+
+
+def margin_cross_entropy(logits: Tensor, margin: float = 0.0, tau: float = 0.07, symmetric: bool = False) -> Tensor:
+    r"""``F.cross_entropy(logits, arange(B))`` (``+`` the transposed term when ``symmetric``) with every
+    positive logit shifted by ``-m / tau``, for upstream sites that hold logits ``S / tau`` rather than
+    similarities (SLAVC's log-probabilities, say):
+    ``margin_nce(tau * logits, margin, tau, symmetric)``; ``B = 1`` gives 0 as cross-entropy does.
+
+    Args:
+        logits: ``[B, B]`` logits on the ``S / tau`` scale, positives on the diagonal.
+        margin: ``m``.
+        tau: the temperature the logits were divided by.
+        symmetric: add the column direction.
+    """
+    check_features("logits", logits, 2, "[B, B]")
+    margin = check_finite("margin", margin)
+    tau = check_positive("tau", tau)
+    if logits.shape == (1, 1):
+        return single_clip_loss(logits)
+    return F.margin_nce(logits * tau, margin, tau, symmetric)
