@@ -12,6 +12,12 @@ positives on the diagonal.
 Precision: the similarity kernels take the matrix product in the input dtype and run every
 element-wise step and reduction in float32 (float64 stays float64), and return that dtype.
 :func:`margin_nce` always runs its log-sum-exp in float32 or wider.
+
+Backends (``backend=`` on the similarity kernels, :class:`~marginnce_loss.LocalizationMarginNCE` and
+the adapters): ``"eager"`` runs the kernels of :mod:`marginnce_loss._kernels` (hand-derived
+backward passes: sparse arg-max for max-MIL, one-pass ``dS/dalpha`` for eq. 1); ``"compiled"``
+builds the same with ``torch.compile`` (inductor, dynamic shapes); ``"auto"`` (default) is
+compiled on CUDA and eager elsewhere. See :mod:`marginnce_loss._compiled`.
 """
 
 from __future__ import annotations
@@ -21,6 +27,11 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from . import _compiled, _kernels
+from ._compiled import BACKENDS
+from ._kernels import _STABLE_LIMIT  # noqa: F401  (re-exported for callers of the private helpers)
+from ._kernels import pairwise as _pairwise
+from ._kernels import sigmoid_weighted_mean as _sigmoid_weighted_mean
 from ._validation import (
     REDUCTIONS,
     check_choice,
@@ -29,7 +40,6 @@ from ._validation import (
     check_positive,
     check_same_batch,
     check_sim,
-    opmath_dtype,
 )
 
 __all__ = [
@@ -39,12 +49,8 @@ __all__ = [
     "max_similarity",
     "background_similarity",
     "margin_nce",
+    "BACKENDS",
 ]
-
-# float32 sigmoid underflows below about -87 (float64: -745); past half of that we switch
-# the soft-threshold weights to a shifted log-space form that cannot underflow.
-_STABLE_LIMIT = {torch.float32: 40.0, torch.float64: 350.0}
-
 
 def response_map(img: Tensor, aud: Tensor) -> Tensor:
     r"""Localisation maps of each clip with its own audio, :math:`\alpha_{ii}`.
@@ -77,57 +83,34 @@ def pairwise_response_maps(img: Tensor, aud: Tensor) -> Tensor:
     return _pairwise(img, aud)
 
 
-def _pairwise(img: Tensor, aud: Tensor) -> Tensor:
-    # [B, C, HW]^T @ [C, B'] as one batched matmul -> [B, HW, B'] -> [B, B', H, W]
-    b, c, h, w = img.shape
-    alpha = torch.matmul(img.reshape(b, c, h * w).transpose(1, 2), aud.t())
-    return alpha.transpose(1, 2).reshape(b, aud.shape[0], h, w)
-
-
-def _sigmoid_weighted_mean(alpha: Tensor, epsilon: float, beta: float, sign: float = 1.0) -> Tensor:
-    r"""Soft-thresholded spatial mean over the last two dimensions (the kernel of eq. 1).
-
-    .. math::
-        w = \sigma\!\left(s\,\frac{\alpha - \epsilon}{\beta}\right), \qquad
-        \bar\alpha = \frac{\sum_{hw} w\,\alpha}{\sum_{hw} w}
-
-    ``sign = +1`` weights the foreground (eq. 1); ``sign = -1`` gives
-    :math:`w = 1 - \sigma((\alpha-\epsilon)/\beta)`, the LVS background ("trimap") weights.
-    The input is promoted to float32 (float64 stays float64). When ``(1 + |epsilon|) / beta`` is so
-    large that the weights of cosine responses could underflow, the weights are computed as
-    ``exp(logsigmoid(z) - max logsigmoid(z))``, which is the same ratio and cannot become 0/0.
-
-    Args:
-        alpha: ``[..., H, W]`` response maps.
-        epsilon: threshold.
-        beta: sigmoid temperature (> 0).
-        sign: ``+1.0`` or ``-1.0``.
-
-    Returns:
-        ``[...]`` in float32 or float64.
-    """
-    a = alpha.to(opmath_dtype(alpha.dtype)).flatten(-2)
-    z = (a - epsilon) * (sign / beta)
-    if (1.0 + abs(epsilon)) / beta > _STABLE_LIMIT[a.dtype]:
-        logw = torch.nn.functional.logsigmoid(z)
-        w = torch.exp(logw - logw.amax(dim=-1, keepdim=True).detach())
-    else:
-        w = torch.sigmoid(z)
-    return (w * a).sum(-1) / w.sum(-1)
-
-
-def thresholded_similarity(img: Tensor, aud: Tensor, epsilon: float = 0.65, beta: float = 0.03) -> Tensor:
+def thresholded_similarity(
+    img: Tensor,
+    aud: Tensor,
+    epsilon: float = 0.65,
+    beta: float = 0.03,
+    backend: str = "auto",
+    recompute: bool = False,
+) -> Tensor:
     r"""Thresholded similarity, paper eq. 1 (LVS-style).
 
     .. math::
         w_{ij} = \sigma\!\left(\frac{\alpha_{ij} - \epsilon}{\beta}\right), \qquad
         S_{ij} = \frac{\sum_{hw} w_{ij}\,\alpha_{ij}}{\sum_{hw} w_{ij}}
 
+    The backward is derived by hand (:class:`~marginnce_loss._kernels.ThresholdedSimilarity`):
+    ``dS_ij/dalpha = (w + (alpha - S_ij) w (1 - w) / beta) / sum_hw w``, formed in one element-wise
+    pass, then the two gradient products. Nothing element-wise of size ``B x B' x H x W`` is kept
+    for backward; the response maps themselves are, unless ``recompute=True``.
+
     Args:
-        img: ``[B, C, H, W]`` visual features, L2-normalised over ``C``.
+        img: ``[B, C, H, W]`` visual features, L2-normalised over ``C`` (NCHW or channels-last).
         aud: ``[B', C]`` audio embeddings, L2-normalised over ``C`` (``B' = B`` in training).
         epsilon: threshold (paper: 0.65).
         beta: sigmoid temperature, > 0 (paper: 0.03).
+        backend: ``"auto"`` (compiled on CUDA, eager otherwise), ``"eager"`` or ``"compiled"``
+            (``torch.compile``; falls back to eager with one warning if compilation is unavailable).
+        recompute: recompute the response maps in backward instead of keeping them from the
+            forward: saves ``B * B' * H * W`` elements of memory for one more matrix product.
 
     Returns:
         ``[B, B']`` similarities in float32 (float64 for float64 input).
@@ -135,26 +118,68 @@ def thresholded_similarity(img: Tensor, aud: Tensor, epsilon: float = 0.65, beta
     check_pair(img, aud)
     epsilon = check_finite("epsilon", epsilon)
     beta = check_positive("beta", beta)
-    return _sigmoid_weighted_mean(_pairwise(img, aud), epsilon, beta)
+    _check_bool("recompute", recompute)
+    return _compiled.run("thresholded", backend, img.device, img, aud, epsilon, beta, recompute)
 
 
-def max_similarity(img: Tensor, aud: Tensor) -> Tensor:
+def max_similarity(img: Tensor, aud: Tensor, backend: str = "auto") -> Tensor:
     r"""Max-MIL similarity (EZ-VSL).
 
     .. math:: S_{ij} = \max_{hw} \alpha_{ij}[h, w]
 
-    The gradient of each ``S_ij`` reaches only the arg-max location of ``alpha_ij``.
+    The gradient of each ``S_ij`` reaches only the arg-max location of ``alpha_ij``; the backward
+    (:class:`~marginnce_loss._kernels.MaxSimilarity`) uses that sparsity directly, ``O(B B' C)``
+    work, keeping only the ``[B, B']`` arg-max indices from the forward.
 
     Args:
-        img: ``[B, C, H, W]`` visual features, L2-normalised over ``C``.
+        img: ``[B, C, H, W]`` visual features, L2-normalised over ``C`` (NCHW or channels-last).
         aud: ``[B', C]`` audio embeddings, L2-normalised over ``C``.
+        backend: ``"auto"`` | ``"eager"`` | ``"compiled"``, as in :func:`thresholded_similarity`.
 
     Returns:
         ``[B, B']`` similarities in float32 (float64 for float64 input).
     """
     check_pair(img, aud)
-    alpha = _pairwise(img, aud)
-    return alpha.flatten(-2).max(dim=-1).values.to(opmath_dtype(alpha.dtype))
+    return _compiled.run("max", backend, img.device, img, aud)
+
+
+def _similarity_loss(
+    img: Tensor,
+    aud: Tensor,
+    similarity: str,
+    epsilon: float,
+    beta: float,
+    margin: float,
+    tau: float,
+    symmetric: bool,
+    reduction: str,
+    backend: str = "auto",
+) -> Tensor:
+    """``margin_nce(S(img, aud), margin, tau, symmetric, reduction=reduction)`` as one kernel.
+
+    ``S`` is :func:`max_similarity` for ``similarity="max"``, else :func:`thresholded_similarity`.
+    Under ``backend="compiled"`` the similarity, its threshold and reductions and the loss are one
+    compiled graph, forward and backward. Scalars are taken as validated (the module does it);
+    the tensors are checked here.
+    """
+    check_pair(img, aud)
+    check_same_batch(img, aud)
+    if img.shape[0] < 2:
+        raise ValueError(
+            f"img: expected B >= 2 (a single pair has no negative, the loss would be identically 0), "
+            f"got shape {tuple(img.shape)}"
+        )
+    if similarity == "max":
+        return _compiled.run("max_loss", backend, img.device, img, aud, margin, tau, symmetric, reduction)
+    return _compiled.run(
+        "thresholded_loss", backend, img.device, img, aud, epsilon, beta, False, margin, tau, symmetric, reduction
+    )
+
+
+def _check_bool(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name}: expected a bool, got {type(value).__name__} {value!r}")
+    return value
 
 
 def background_similarity(img: Tensor, aud: Tensor, epsilon: float = 0.4, beta: float = 0.03) -> Tensor:
@@ -216,29 +241,6 @@ def margin_nce(
     check_sim(sim, extra_negatives)
     margin = check_finite("margin", margin)
     tau = check_positive("tau", tau)
-    if not isinstance(symmetric, bool):
-        raise TypeError(f"symmetric: expected a bool, got {type(symmetric).__name__} {symmetric!r}")
+    _check_bool("symmetric", symmetric)
     check_choice("reduction", reduction, REDUCTIONS)
-
-    dtype = opmath_dtype(sim.dtype)
-    if extra_negatives is not None:
-        dtype = torch.promote_types(dtype, opmath_dtype(extra_negatives.dtype))
-    logits = sim.to(dtype) / tau
-    b = logits.shape[0]
-    # (S_ii - m) / tau on the diagonal, S_ij / tau elsewhere (the constant in the logits' dtype)
-    logits = logits - torch.eye(b, dtype=dtype, device=logits.device) * (margin / tau)
-
-    # -log_softmax picked at the positive: the same operations as F.cross_entropy(logits, arange(B)),
-    # so margin 0 reproduces the upstream loss sites to the last bits.
-    if extra_negatives is None:
-        row_logits = logits
-    else:
-        row_logits = torch.cat([logits, extra_negatives.to(dtype) / tau], dim=1)
-    rows = -torch.log_softmax(row_logits, dim=1).diagonal()
-    cols = -torch.log_softmax(logits, dim=0).diagonal() if symmetric else None
-
-    if reduction == "mean":
-        return rows.mean() if cols is None else rows.mean() + cols.mean()
-    if reduction == "sum":
-        return rows.sum() if cols is None else rows.sum() + cols.sum()
-    return rows if cols is None else rows + cols
+    return _kernels.margin_nce_core(sim, margin, tau, symmetric, extra_negatives, reduction)

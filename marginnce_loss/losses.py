@@ -68,6 +68,10 @@ class LocalizationMarginNCE(nn.Module):
     DDP's gradient averaging gives exactly the single-process gradient of the global-batch loss; see
     :mod:`marginnce_loss.distributed`. With ``W = 1`` or no process group it is the same as ``False``.
 
+    ``backend``: ``"auto"`` (compiled on CUDA, eager otherwise), ``"eager"`` or ``"compiled"``
+    (similarity, threshold, reductions and loss as one ``torch.compile`` graph); see
+    :func:`~marginnce_loss.functional.thresholded_similarity`.
+
     Shape:
         ``forward(img [B, C, H, W], aud [B, C])`` (both L2-normalised over ``C``) -> scalar,
         or ``[B]`` with ``reduction="none"``.
@@ -83,9 +87,11 @@ class LocalizationMarginNCE(nn.Module):
         symmetric: bool = False,
         reduction: str = "mean",
         gather_distributed: bool = False,
+        backend: str = "auto",
     ) -> None:
         super().__init__()
         self.similarity = check_choice("similarity", similarity, SIMILARITIES)
+        self.backend = check_choice("backend", backend, F.BACKENDS)
         if not isinstance(gather_distributed, bool):
             raise TypeError(
                 f"gather_distributed: expected a bool, got {type(gather_distributed).__name__} {gather_distributed!r}"
@@ -98,8 +104,8 @@ class LocalizationMarginNCE(nn.Module):
     def similarity_matrix(self, img: Tensor, aud: Tensor) -> Tensor:
         """The ``[B, B]`` similarity this loss trains on."""
         if self.similarity == "max":
-            return F.max_similarity(img, aud)
-        return F.thresholded_similarity(img, aud, self.epsilon, self.beta)
+            return F.max_similarity(img, aud, backend=self.backend)
+        return F.thresholded_similarity(img, aud, self.epsilon, self.beta, backend=self.backend)
 
     def forward(self, img: Tensor, aud: Tensor) -> Tensor:
         check_pair(img, aud)
@@ -109,10 +115,13 @@ class LocalizationMarginNCE(nn.Module):
             return gathered_localization_margin_nce(
                 img, aud, self.similarity_matrix, c.margin, c.tau, c.symmetric, c.reduction
             )
-        return self.criterion(self.similarity_matrix(img, aud))
+        c = self.criterion
+        return F._similarity_loss(
+            img, aud, self.similarity, self.epsilon, self.beta, c.margin, c.tau, c.symmetric, c.reduction, self.backend
+        )
 
     def extra_repr(self) -> str:
         return (
             f"similarity={self.similarity!r}, epsilon={self.epsilon}, beta={self.beta}, "
-            f"gather_distributed={self.gather_distributed}"
+            f"gather_distributed={self.gather_distributed}, backend={self.backend!r}"
         )

@@ -1,0 +1,128 @@
+"""Backend selection and the ``torch.compile`` cache of the fast path.
+
+``backend`` is one of :data:`BACKENDS`:
+
+- ``"eager"``: the kernels of :mod:`marginnce_loss._kernels` as they are (custom autograd
+  Functions with hand-derived backward passes; no compiler needed).
+- ``"compiled"``: the same kernels built with ``torch.compile`` (inductor) with dynamic shapes, so
+  the matrix products run as library calls and every element-wise step, reduction and the loss
+  around them are fused, forward and backward. A new batch size does not recompile.
+- ``"auto"``: ``"compiled"`` for CUDA tensors, ``"eager"`` otherwise (CPU compile time rarely pays
+  for itself in a training loop; pass ``"compiled"`` to ask for it).
+
+If compilation is unavailable (no working C++ compiler or Triton, an unsupported Python, ...) a
+:class:`CompiledKernel` falls back to eager, warns once for that kernel and stays eager.
+
+Global state, documented: :data:`KERNELS` is a module-level cache of one :class:`CompiledKernel`
+per fused kernel. It holds the compiled callables (so each kernel compiles once per process and
+input signature, not once per call) and each kernel's fallback flag; nothing else is global.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Callable, Dict, Optional
+
+import torch
+
+from . import _kernels
+from ._validation import check_choice
+
+__all__ = ["BACKENDS", "CompiledKernel", "KERNELS", "resolve_backend", "compiled_available"]
+
+BACKENDS = ("auto", "eager", "compiled")
+
+
+def resolve_backend(backend: object, device: torch.device) -> str:
+    """``"eager"`` or ``"compiled"`` for ``backend`` on ``device`` (``"auto"``: compiled on CUDA only)."""
+    check_choice("backend", backend, BACKENDS)
+    if backend == "auto":
+        return "compiled" if device.type == "cuda" else "eager"
+    return str(backend)
+
+
+def compiled_available() -> bool:
+    """Whether ``torch.compile`` can run on this interpreter at all (a compiler may still fail later)."""
+    try:
+        return bool(torch._dynamo.is_dynamo_supported())
+    except Exception:  # pragma: no cover - very old or stripped-down torch builds
+        return False
+
+
+def _inductor(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return torch.compile(fn, backend="inductor", dynamic=True)
+
+
+class CompiledKernel:
+    """A kernel and its lazily built ``torch.compile`` version, with a per-kernel eager fallback.
+
+    Calling it runs the compiled version. If building or running the compiled version raises,
+    the eager kernel is run on the same arguments: if that succeeds, compilation is taken to be
+    unavailable, one ``RuntimeWarning`` naming this kernel and the error is issued, and every later
+    call runs eager; if eager raises too, its error is the caller's and propagates (nothing is
+    disabled). Inside an outer ``torch.compile`` trace the eager kernel is returned to the outer
+    compiler. A failure while compiling the *backward* surfaces in ``loss.backward()`` and cannot be
+    caught here.
+
+    Args:
+        fn: the eager kernel.
+        name: a name for messages.
+        compiler: builds the compiled callable from ``fn`` (default: inductor, ``dynamic=True``).
+    """
+
+    def __init__(self, fn: Callable[..., Any], name: str, compiler: Optional[Callable[[Callable[..., Any]], Callable[..., Any]]] = None) -> None:
+        self.fn = fn
+        self.name = name
+        self._compiler = compiler if compiler is not None else _inductor
+        self._compiled: Optional[Callable[..., Any]] = None
+        self.failure: Optional[BaseException] = None
+
+    def _disable(self, error: BaseException) -> None:
+        self.failure = error
+        lines = str(error).strip().splitlines()
+        reason = f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+        warnings.warn(
+            f"marginnce_loss: backend='compiled' is unavailable for {self.name} ({reason}); "
+            "running the eager kernels instead",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+
+    def __call__(self, *args: Any) -> Any:
+        if self.failure is not None or torch.compiler.is_compiling():
+            return self.fn(*args)
+        if self._compiled is None:
+            if not compiled_available():
+                result = self.fn(*args)
+                self._disable(RuntimeError("torch.compile is not supported on this Python/platform"))
+                return result
+            try:
+                self._compiled = self._compiler(self.fn)
+            except Exception as error:  # the compiler could not even be set up
+                result = self.fn(*args)
+                self._disable(error)
+                return result
+        try:
+            return self._compiled(*args)
+        except Exception as error:
+            result = self.fn(*args)  # raises the caller's own error if eager fails as well
+            self._disable(error)
+            return result
+
+
+#: One compiled kernel per fused computation (see the module docstring: a documented cache).
+KERNELS: Dict[str, CompiledKernel] = {
+    "thresholded": CompiledKernel(_kernels.thresholded, "thresholded_similarity"),
+    "max": CompiledKernel(_kernels.maximum, "max_similarity"),
+    "thresholded_loss": CompiledKernel(_kernels.thresholded_loss, "LocalizationMarginNCE(similarity='thresholded')"),
+    "max_loss": CompiledKernel(_kernels.max_loss, "LocalizationMarginNCE(similarity='max')"),
+    "max_xmil": CompiledKernel(_kernels.max_xmil, "adapters.ezvsl.max_xmil_loss"),
+}
+
+
+def run(name: str, backend: str, device: torch.device, *args: Any) -> Any:
+    """Run kernel ``name`` of :data:`KERNELS` eagerly or compiled, per :func:`resolve_backend`."""
+    kernel = KERNELS[name]
+    if resolve_backend(backend, device) == "compiled":
+        return kernel(*args)
+    return kernel.fn(*args)
