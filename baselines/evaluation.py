@@ -152,7 +152,8 @@ def ciou_per_sample(
     # Sums in g's dtype (exact for protocol maps: multiples of 0.5, fewer than 2**24 pixels), ratio in float64.
     inter = (pred * g).sum(dim=1).to(torch.float64)
     union = (g.sum(dim=1) + (pred * (g == 0)).sum(dim=1)).to(torch.float64)
-    return inter / union  # union >= number of predicted pixels outside gt or sum(gt) > 0
+    # union > 0: a predicted pixel (there is at least one) has g == 0 (adds 1) or g > 0 (then sum(g) > 0)
+    return inter / union
 
 
 def summarize_cious(cious: torch.Tensor | np.ndarray | Sequence[float]) -> dict[str, float]:

@@ -124,6 +124,12 @@ def test_broken_files_become_sentinels_never_substitutes(tmp_path):
     assert batch["spectrogram"].shape == (2, 1, 257, 200)
     assert [f.id for f in batch["failures"]] == [ids[0], ids[3]]
     assert collate_batch([ds[0], ds[3]]) is None
+    # a truncated / garbage wav is a decode failure too; the third failure is one too many
+    (root / "audio" / f"{ids[4]}.wav").write_bytes(b"RIFF\x00\x01garbage")
+    bad = ds[4]
+    assert isinstance(bad, FailedSample) and bad.id == ids[4]
+    with pytest.raises(DataError, match="3 of 6"):
+        ds.failures.check()
 
 
 @pytest.mark.parametrize("workers", [0, 2])
