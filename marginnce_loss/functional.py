@@ -176,6 +176,12 @@ def _similarity_loss(
     )
 
 
+def _max_xmil_loss(img: Tensor, aud: Tensor, tau: float, margin: float, backend: str = "auto"):
+    """EZ-VSL's ``(margin_nce(max_similarity(img, aud), margin, tau, symmetric=True), alpha / tau)``
+    from one matrix product (compiled as one graph under ``backend="compiled"``); validated inputs, ``B >= 2``."""
+    return _compiled.run("max_xmil", backend, img.device, img, aud, tau, margin)
+
+
 def _check_bool(name: str, value: object) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"{name}: expected a bool, got {type(value).__name__} {value!r}")

@@ -16,13 +16,15 @@ from typing import Tuple
 from torch import Tensor
 
 from .. import functional as F
-from .._validation import check_finite, check_pair, check_positive, check_same_batch
+from .._validation import check_choice, check_finite, check_pair, check_positive, check_same_batch
 from ._common import single_clip_loss
 
 __all__ = ["max_xmil_loss"]
 
 
-def max_xmil_loss(img: Tensor, aud: Tensor, tau: float = 0.03, margin: float = 0.0) -> Tuple[Tensor, Tensor]:
+def max_xmil_loss(
+    img: Tensor, aud: Tensor, tau: float = 0.03, margin: float = 0.0, backend: str = "auto"
+) -> Tuple[Tensor, Tensor]:
     r"""EZ-VSL's symmetric max-MIL loss with a margin on the positives.
 
     .. math::
@@ -39,6 +41,9 @@ def max_xmil_loss(img: Tensor, aud: Tensor, tau: float = 0.03, margin: float = 0
         aud: ``[B, C]`` L2-normalised audio embeddings.
         tau: temperature (EZ-VSL: 0.03).
         margin: ``m`` (0 reproduces upstream).
+        backend: ``"auto"`` | ``"eager"`` | ``"compiled"`` (see
+            :func:`~marginnce_loss.functional.max_similarity`); the loss's gradient takes the sparse
+            arg-max backward, ``Slogits`` shares the forward's one matrix product.
 
     Returns:
         ``(loss, Slogits)``: the scalar loss (float32, float64 for float64 input) and
@@ -49,8 +54,9 @@ def max_xmil_loss(img: Tensor, aud: Tensor, tau: float = 0.03, margin: float = 0
     check_same_batch(img, aud)
     tau = check_positive("tau", tau)
     margin = check_finite("margin", margin)
+    check_choice("backend", backend, F.BACKENDS)
+    if img.shape[0] > 1:
+        # max(alpha) / tau inside margin_nce is bitwise upstream's max(alpha / tau): same element, same division
+        return F._max_xmil_loss(img, aud, tau, margin, backend)
     alpha = F.pairwise_response_maps(img, aud)
-    # max(alpha) / tau inside margin_nce is bitwise upstream's max(alpha / tau): same element, same division
-    sim = alpha.flatten(-2).max(dim=-1).values
-    loss = single_clip_loss(sim) if sim.shape[0] == 1 else F.margin_nce(sim, margin, tau, symmetric=True)
-    return loss, alpha / tau
+    return single_clip_loss(alpha.flatten(-2).max(dim=-1).values), alpha / tau

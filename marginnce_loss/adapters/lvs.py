@@ -38,6 +38,7 @@ def lvs_logits(
     trimap: bool = True,
     hard_negative: bool = True,
     diagonal: str = "upstream",
+    backend: str = "auto",
 ) -> Tensor:
     r"""LVS logits with a margin on the positive column.
 
@@ -58,6 +59,8 @@ def lvs_logits(
         hard_negative: append the background column, upstream ``--Neg``.
         diagonal: ``"upstream"`` multiplies the negatives by ``1 - 100 * I`` as upstream does;
             ``"exclude"`` removes the positive from the negatives (``-inf`` logit).
+        backend: ``"auto"`` | ``"eager"`` | ``"compiled"`` for eq. 1 (see
+            :func:`~marginnce_loss.functional.thresholded_similarity`).
 
     Returns:
         ``[B, 1 + B + 1]`` logits (``[B, 1 + B]`` without ``hard_negative``), float32
@@ -75,7 +78,7 @@ def lvs_logits(
             raise TypeError(f"{name}: expected a bool, got {type(flag).__name__} {flag!r}")
     check_choice("diagonal", diagonal, DIAGONAL_MODES)
 
-    sim = F.thresholded_similarity(img, aud, epsilon, sigmoid_tau)
+    sim = F.thresholded_similarity(img, aud, epsilon, sigmoid_tau, backend=backend)
     b = sim.shape[0]
     positive = sim.diagonal().unsqueeze(1) - margin
     eye = torch.eye(b, dtype=sim.dtype, device=sim.device)

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from .. import functional as F
-from .._validation import check_pair, check_same_batch
+from .._validation import check_choice, check_finite, check_pair, check_positive, check_same_batch
 
 __all__ = ["loss"]
 
@@ -23,6 +23,7 @@ def loss(
     epsilon: float = 0.65,
     beta: float = 0.03,
     tau: float = 0.07,
+    backend: str = "auto",
 ) -> Tuple[Tensor, Tensor]:
     r"""The reference model's training loss and its localisation maps.
 
@@ -33,6 +34,8 @@ def loss(
         img: ``[B, C, H, W]`` L2-normalised visual features.
         aud: ``[B, C]`` L2-normalised audio embeddings.
         margin, epsilon, beta, tau: as in the paper (-0.2, 0.65, 0.03, 0.07).
+        backend: ``"auto"`` | ``"eager"`` | ``"compiled"`` (similarity and loss as one compiled
+            graph; see :func:`~marginnce_loss.functional.thresholded_similarity`).
 
     Returns:
         ``(loss, response_maps)``: the scalar loss and ``alpha_ii`` of shape ``[B, H, W]``
@@ -40,7 +43,12 @@ def loss(
     """
     check_pair(img, aud)
     check_same_batch(img, aud)
-    value = F.margin_nce(F.thresholded_similarity(img, aud, epsilon, beta), margin, tau)
+    margin = check_finite("margin", margin)
+    epsilon = check_finite("epsilon", epsilon)
+    beta = check_positive("beta", beta)
+    tau = check_positive("tau", tau)
+    check_choice("backend", backend, F.BACKENDS)
+    value = F._similarity_loss(img, aud, "thresholded", epsilon, beta, margin, tau, False, "mean", backend)
     with torch.no_grad():
         maps = F.response_map(img, aud)
     return value, maps
