@@ -23,8 +23,10 @@ Against the SPEC formula written with ``F.cross_entropy`` (``spec_close``) the f
 rounding of the logits themselves, ``8 eps`` times their largest magnitude: a trained-like batch
 has a loss near ``1e-12`` that both ways compute as ``log(1 + tiny)``, rounded differently.
 
-Known failure, marked ``xfail(strict=True)``: the package refuses ``B = 1`` where upstream's
-evaluation calls the loss with one clip (see patches/README.md).
+A batch of one clip (upstream's evaluation batch): ``margin_nce`` refuses ``B = 1`` by contract, but
+the loss sites the patches call (``adapters.ezvsl.max_xmil_loss``, ``adapters.margin_cross_entropy``)
+return 0 attached to the graph, as upstream's cross-entropy over a single logit does; the
+``batch_size_one`` tests check that parity (loss, gradients, localisation map) for EZ-VSL, FNAC and SLAVC.
 """
 
 from __future__ import annotations
@@ -97,7 +99,8 @@ UPSTREAMS: Dict[str, Upstream] = {
         Upstream(
             "slavc", "stoneMo/SLAVC", "05b429c6f474ca6f1070d08e1d0142948d1625bf", "MARGINNCE_UPSTREAM_SLAVC",
             frozenset({"model.py", "train.py", "test.py"}),
-            imports=("from marginnce_loss.functional import margin_nce", "marginnce_loss.functional", "margin_nce"),
+            imports=("from marginnce_loss.adapters import margin_cross_entropy", "marginnce_loss.adapters",
+                     "margin_cross_entropy"),
         ),
         Upstream(
             "fnac", "OpenNLPLab/FNAC_AVL", "0a0ca78aa4b263fde37af85c82f4f6812853c6de", "MARGINNCE_UPSTREAM_FNAC",
@@ -332,6 +335,13 @@ def test_ezvsl_patch_replaces_the_upstream_loss():
     model = next(f for f in _read_patch("ezvsl") if f.path == "model.py")
     assert any("F.cross_entropy(logits, labels)" in line for line in model.lines("-"))
     assert "        return margin_max_xmil_loss(img, aud, self.tau, self.margin)" in model.lines("+")
+
+
+def test_slavc_patch_replaces_the_upstream_loss():
+    model = next(f for f in _read_patch("slavc") if f.path == "model.py")
+    assert "        loss = F.cross_entropy(a2i, labels) + F.cross_entropy(i2a, labels)" in model.lines("-")
+    assert ("        loss = margin_cross_entropy(a2i, self.margin, self.tau) + "
+            "margin_cross_entropy(i2a, self.margin, self.tau)") in model.lines("+")
 
 
 def test_lvs_patch_drops_the_hard_coded_cuda_mask():
@@ -585,15 +595,32 @@ def test_ezvsl_constructor_default_margin_is_zero(ezvsl):
     assert inspect.signature(ezvsl.patched.EZVSL.__init__).parameters["margin"].default == 0.0
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError,
-                   reason="marginnce_loss refuses B = 1 (margin_nce: 'expected B >= 2'), where upstream's "
-                          "validate()/test.py call forward with batch_size=1 and get loss 0")
-def test_ezvsl_loss_with_batch_size_one(ezvsl):
-    img, aud = normalized_features(1, 64, 7, 7, 0, dtype=torch.float32)
-    original, patched = _ezvsl_models(ezvsl, 64, 0.0)
-    up_loss, up_slogits = original.max_xmil_loss(img, aud)
-    loss, slogits = patched.max_xmil_loss(img, aud)
+@pytest.mark.parametrize("margin", [0.0, MARGIN])
+def test_ezvsl_loss_with_batch_size_one(ezvsl, margin):
+    """validate()/test.py call forward with batch_size=1: upstream's CE over one logit is 0, and so is
+    the patched loss, at any margin, still attached to the graph (zero gradients, as upstream's)."""
+    original, patched = _ezvsl_models(ezvsl, 64, margin)
+    grads = []
+    for model in (original, patched):
+        img, aud = normalized_features(1, 64, 7, 7, 0, dtype=torch.float32)
+        img.requires_grad_(True), aud.requires_grad_(True)
+        loss, slogits = model.max_xmil_loss(img, aud)
+        loss.backward()
+        grads.append((loss.detach(), slogits.detach(), img.grad, aud.grad))
+    (up_loss, up_slogits, up_gimg, up_gaud), (loss, slogits, gimg, gaud) = grads
+    assert loss.item() == up_loss.item() == 0.0
     rel_close(slogits, up_slogits, what="Slogits")
+    assert torch.equal(gimg, up_gimg) and torch.equal(gaud, up_gaud) and not gimg.any() and not gaud.any()
+
+
+def test_ezvsl_forward_with_batch_size_one(ezvsl):
+    original, patched = _ezvsl_models(ezvsl, 512, MARGIN)
+    g = torch.Generator().manual_seed(3)
+    image, spec = torch.randn(1, 3, 224, 224, generator=g), torch.randn(1, 1, 32, 40, generator=g)
+    with torch.no_grad():
+        up_loss, up_map = original(image, spec)
+        loss, avl_map = patched(image, spec)
+    rel_close(avl_map, up_map, what="localisation map")
     assert loss.item() == up_loss.item() == 0.0
 
 
@@ -653,16 +680,19 @@ def test_fnac_forward_through_the_backbones(fnac):
         rel_close(value, expected, what=f"loss term {k}")
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError,
-                   reason="marginnce_loss refuses B = 1 (margin_nce: 'expected B >= 2'), where upstream's "
-                          "validate()/test.py call forward with batch_size=1")
-def test_fnac_loss_with_batch_size_one(fnac):
+@pytest.mark.parametrize("margin", [0.0, MARGIN])
+def test_fnac_loss_with_batch_size_one(fnac, margin):
+    """validate()/test.py call forward with batch_size=1: every loss term is upstream's, the InfoNCE
+    term 0 at any margin."""
     img, aud = normalized_features(1, 64, 7, 7, 0, dtype=torch.float32)
-    original, patched = _fnac_models(fnac, 64, 0.0)
-    up_losses, _ = original.calculate_loss(img, aud)
-    losses, _ = patched.calculate_loss(img, aud)
-    for value, expected in zip(losses, up_losses):
-        rel_close(value, expected)
+    original, patched = _fnac_models(fnac, 64, margin)
+    up_losses, up_slogits = original.calculate_loss(img, aud)
+    losses, slogits = patched.calculate_loss(img, aud)
+    assert len(losses) == len(up_losses) == 4
+    assert losses[0].item() == up_losses[0].item() == 0.0
+    for k, (value, expected) in enumerate(zip(losses, up_losses)):
+        rel_close(value, expected, what=f"loss term {k}")
+    rel_close(slogits, up_slogits, what="Slogits")
 
 
 # ---- SLAVC ----------------------------------------------------------------------------------
@@ -758,11 +788,12 @@ def test_slavc_train_mode_matches_upstream(slavc):
             rel_close(q.grad, p.grad, rel=1e-4, what=f"grad {name}")
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError,
-                   reason="marginnce_loss refuses B = 1 (margin_nce: 'expected B >= 2'), where SLAVC's "
-                          "test.py calls forward (which computes the loss) with batch_size=1 by default")
-def test_slavc_forward_with_batch_size_one(slavc):
+@pytest.mark.parametrize("margin", [0.0, MARGIN])
+def test_slavc_forward_with_batch_size_one(slavc, margin):
+    """SLAVC's test.py calls forward (which computes the loss) with batch_size=1 by default: the
+    loss is upstream's 0 at any margin, the map upstream's."""
     original, patched = _slavc_models(slavc, "identity")
+    patched.margin = margin
     img, aud = normalized_features(1, 512, 7, 7, 0, dtype=torch.float32)
     with torch.no_grad():
         up_loss, up_map = original(img, aud, mode="test")
