@@ -23,12 +23,13 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 from torch.nn import functional as nnf
+from torch.utils.checkpoint import checkpoint
 
 from ._validation import opmath_dtype
 
-# float32 sigmoid underflows below about -87 (float64: -745); past half of that we switch
+# float32 sigmoid leaves the normal range below about -87 (float64: -708); past a margin from that we switch
 # the soft-threshold weights to a shifted log-space form that cannot underflow.
-_STABLE_LIMIT = {torch.float32: 40.0, torch.float64: 350.0}
+_STABLE_LIMIT = {torch.float32: 80.0, torch.float64: 700.0}
 
 
 # --------------------------------------------------------------------------- response maps
@@ -188,6 +189,10 @@ class ThresholdedSimilarity(torch.autograd.Function):
 
 def thresholded(img: Tensor, aud: Tensor, epsilon: float, beta: float, recompute: bool = False) -> Tensor:
     """Eq. 1 through :class:`ThresholdedSimilarity` (``[B, B']``, float32/64)."""
+    if recompute and torch.compiler.is_compiling():
+        # Traced by torch.compile, the backward's recomputed product would be merged with the
+        # forward's and saved; an activation-checkpointed region is recomputed in backward instead.
+        return checkpoint(ThresholdedSimilarity.apply, img, aud, epsilon, beta, False, use_reentrant=False)
     return ThresholdedSimilarity.apply(img, aud, epsilon, beta, recompute)
 
 
