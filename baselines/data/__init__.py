@@ -30,9 +30,11 @@ from .datasets import (
     FailedSample,
     collate,
     collate_batch,
+    augment_frame,
     image_transform,
     load_annotations,
     load_image,
+    resize_frame,
 )
 
 __all__ = [
@@ -63,5 +65,7 @@ __all__ = [
     "collate_batch",
     "load_annotations",
     "image_transform",
+    "resize_frame",
+    "augment_frame",
     "load_image",
 ]

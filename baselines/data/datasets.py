@@ -44,6 +44,8 @@ __all__ = [
     "FailedSample",
     "DataFailureTracker",
     "image_transform",
+    "resize_frame",
+    "augment_frame",
     "load_image",
     "AudioVisualDataset",
     "collate_batch",
@@ -189,23 +191,42 @@ def _remove_owned_file(path: str, owner_pid: int) -> None:
 
 
 def image_transform(split: str, image_size: int = 224):
-    """torchvision transform of SPEC section 6.
+    """The image pipeline of SPEC section 6 as one callable ``PIL.Image -> [3, size, size]`` float32.
 
-    ``"train"``: ``Resize(int(1.1 * size), bicubic) -> RandomCrop(size) ->
-    RandomHorizontalFlip -> ToTensor -> Normalize(ImageNet)`` (246 for 224).
-    ``"test"``: ``Resize((size, size), bicubic) -> ToTensor -> Normalize(ImageNet)``.
+    ``"train"``: ``Resize(int(1.1 * size), bicubic) -> RandomCrop(size) -> RandomHorizontalFlip ->
+    ToTensor -> Normalize(ImageNet)`` (246 for 224); ``"test"``: ``Resize((size, size), bicubic) ->
+    ToTensor -> Normalize(ImageNet)``. It is :func:`resize_frame` (deterministic, cacheable) followed by
+    :func:`augment_frame` (the random crop and flip, drawn from torch's RNG, then normalisation).
     """
-    from torchvision import transforms as T
-
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    bicubic = T.InterpolationMode.BICUBIC
-    tail = [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    return lambda frame: augment_frame(resize_frame(frame, split, image_size), split, image_size)
+
+
+def resize_frame(frame: Any, split: str, image_size: int = 224) -> torch.Tensor:
+    """The deterministic part of the pipeline: bicubic resize of an RGB ``PIL.Image`` to a uint8
+    ``[3, h, w]`` tensor (train: shorter side ``int(1.1 * size)``; test: ``size x size``)."""
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as TF
+
+    target = int(image_size * 1.1) if split == "train" else [image_size, image_size]
+    return TF.pil_to_tensor(TF.resize(frame, target, InterpolationMode.BICUBIC))
+
+
+def augment_frame(frame: torch.Tensor, split: str, image_size: int = 224) -> torch.Tensor:
+    """The random part (train): a ``size x size`` crop at a uniform position and a horizontal flip with
+    probability 1/2, as ``RandomCrop`` and ``RandomHorizontalFlip`` draw them; then ``/ 255`` and
+    ImageNet normalisation. ``frame`` is a uint8 ``[3, h, w]`` from :func:`resize_frame`."""
     if split == "train":
-        return T.Compose(
-            [T.Resize(int(image_size * 1.1), bicubic), T.RandomCrop(image_size), T.RandomHorizontalFlip(), *tail]
-        )
-    return T.Compose([T.Resize((image_size, image_size), bicubic), *tail])
+        h, w = frame.shape[-2:]
+        top = int(torch.randint(0, h - image_size + 1, size=(1,)).item())
+        left = int(torch.randint(0, w - image_size + 1, size=(1,)).item())
+        frame = frame[:, top:top + image_size, left:left + image_size]
+        if torch.rand(1).item() < 0.5:
+            frame = frame.flip(-1)
+    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32)[:, None, None]
+    std = torch.tensor(IMAGENET_STD, dtype=torch.float32)[:, None, None]
+    return (frame.to(torch.float32) / 255.0 - mean) / std
 
 
 def load_image(path: str | Path):
@@ -287,9 +308,8 @@ class AudioVisualDataset(Dataset):
         self.annotation_format = annotation_format
         self.image_size = image_size
         self.all_ids = ids
-        self.transform = image_transform(split, image_size)
         self.cache = cache
-        self._cache: dict[str, tuple[Any, torch.Tensor]] = {}
+        self._cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         if failure_log is None:
             fd, tmp = tempfile.mkstemp(prefix="av-failures-", suffix=".tsv")
             os.close(fd)
@@ -330,11 +350,13 @@ class AudioVisualDataset(Dataset):
     def __len__(self) -> int:
         return len(self.ids)
 
-    def _decoded(self, clip_id: str) -> tuple[Any, torch.Tensor]:
+    def _decoded(self, clip_id: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """The resized uint8 frame (before the random crop and flip) and the spectrogram."""
         hit = self._cache.get(clip_id)
         if hit is not None:
             return hit
-        decoded = (load_image(self.image_path(clip_id)), load_spectrogram(self.audio_path(clip_id)))
+        frame = resize_frame(load_image(self.image_path(clip_id)), self.split, self.image_size)
+        decoded = (frame, load_spectrogram(self.audio_path(clip_id)))
         if self.cache:
             self._cache[clip_id] = decoded
         return decoded
@@ -357,7 +379,8 @@ class AudioVisualDataset(Dataset):
         """The item at ``index``; decoding errors propagate (``__getitem__`` turns them into ``FailedSample``)."""
         clip_id = self.ids[index]
         frame, spectrogram = self._decoded(clip_id)
-        item: dict[str, Any] = {"image": self.transform(frame), "spectrogram": spectrogram, "id": clip_id}
+        image = augment_frame(frame, self.split, self.image_size)
+        item: dict[str, Any] = {"image": image, "spectrogram": spectrogram, "id": clip_id}
         if self.annotations is not None:
             item["gt_map"] = self.gt_map(clip_id)
         return item
