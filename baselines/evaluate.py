@@ -1,0 +1,149 @@
+"""Evaluate a trained baseline on an annotated test split (SPEC section 7).
+
+    python -m baselines.evaluate --checkpoint runs/reference_m-0.2/checkpoint.pt \
+        --test-root data/vggss --test-list metadata/vggss_test.csv --annotations metadata/vggss.json [--ogl]
+
+Prints and (with ``--out``) writes the model's cIoU / AUC / mean cIoU beside two rows computed on the
+same clips: the image-independent ``center prior`` and the protocol's ``ceiling``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .evaluation import (
+    LocalizationEvaluator,
+    ObjectPrior,
+    center_prior_map,
+    ogl_map,
+    protocol_ceiling,
+    summarize_cious,
+    upsample_map,
+)
+
+__all__ = ["evaluate_model", "reference_rows", "main"]
+
+
+@torch.no_grad()
+def evaluate_model(
+    model: torch.nn.Module,
+    test_set: Dataset,
+    device: torch.device | str = "cpu",
+    batch_size: int = 64,
+    workers: int = 0,
+    progress: bool = False,
+    object_prior: Optional[ObjectPrior] = None,
+    return_per_sample: bool = False,
+) -> Dict[str, Any]:
+    """cIoU / AUC / mean cIoU of ``model.localize`` on ``test_set`` (items with ``gt_map``).
+
+    With ``object_prior`` the maps are OGL-refined (``0.4 * AV + 0.6 * OBJ``, SPEC 7).
+    """
+    from tqdm.auto import tqdm
+
+    from .data import collate
+
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    ev = LocalizationEvaluator()
+    loader = DataLoader(test_set, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate)
+    for batch in tqdm(loader, desc="evaluate", disable=not progress, leave=False, dynamic_ncols=True):
+        if batch is None:
+            continue
+        image = batch["image"].to(device)
+        maps = upsample_map(model.localize(image, batch["spectrogram"].to(device)).float()).cpu()
+        if object_prior is not None:
+            maps = ogl_map(maps, object_prior(image).cpu())
+        ev.update(maps, batch["gt_map"], ids=batch["id"])
+    failures = getattr(test_set, "failures", None)
+    if failures is not None:
+        failures.check()
+    model.train(was_training)
+    result: Dict[str, Any] = dict(ev.compute())
+    if failures is not None:
+        result["data_failures"] = failures.count
+    if return_per_sample:
+        result["per_sample"] = ev.per_sample()
+    return result
+
+
+def reference_rows(test_set: Dataset, batch_size: int = 256) -> Dict[str, Dict[str, float]]:
+    """The two rows every study table carries, on exactly the clips of ``test_set``:
+    ``center prior`` (a fixed centred Gaussian map for every clip) and ``ceiling`` (the best cIoU each
+    clip can reach under the protocol, given only its ground-truth map)."""
+    gts = _gt_maps(test_set)
+    prior = LocalizationEvaluator()
+    centre = center_prior_map()
+    for start in range(0, gts.shape[0], batch_size):
+        gt = gts[start:start + batch_size]
+        prior.update(centre.expand(gt.shape[0], -1, -1), gt)
+    # tie-free ceiling: a network's continuous map predicts exactly half of the pixels
+    return {"center prior": prior.compute(), "ceiling": summarize_cious(protocol_ceiling(gts, allow_ties=False))}
+
+
+def _gt_maps(test_set: Dataset) -> torch.Tensor:
+    gt_for = getattr(test_set, "gt_maps", None)
+    if callable(gt_for):
+        return torch.as_tensor(gt_for())
+    return torch.stack([torch.as_tensor(test_set[i]["gt_map"]) for i in range(len(test_set))])  # type: ignore[index]
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    from .train import add_data_arguments
+
+    p = argparse.ArgumentParser(prog="python -m baselines.evaluate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="checkpoint.pt written by baselines.train")
+    add_data_arguments(p, train=False)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--ogl", action="store_true", help="object-guided localisation (needs ImageNet ResNet-18 weights)")
+    p.add_argument("--out", default="", help="write the results as JSON here")
+    return p.parse_args(argv)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    from .models import build_model
+    from .train import TrainConfig, build_test_set, load_checkpoint
+
+    args = parse_args(argv)
+    state = load_checkpoint(Path(args.checkpoint))
+    config = TrainConfig.from_dict(state["config"])
+    model = build_model(config.model_config())
+    model.load_state_dict(state["model"])
+    device = torch.device(args.device)
+    model.to(device)
+    test_root = args.test_root or config.test_root
+    test_list = args.test_list or config.test_list
+    annotations = args.annotations or config.annotations
+    if not (test_root and test_list and annotations):
+        raise SystemExit("evaluate: give --test-root, --test-list and --annotations (the checkpoint's config has none)")
+    test_set = build_test_set(test_root, test_list, annotations, args.annotation_format)
+    prior = None
+    if args.ogl:
+        from torchvision.models import ResNet18_Weights, resnet18
+
+        prior = ObjectPrior(resnet18(weights=ResNet18_Weights.IMAGENET1K_V1)).to(device).eval()
+    result = {"model": config.model, "margin": config.margin, "epoch": state["epoch"],
+              "eval": evaluate_model(model, test_set, device, args.batch_size, args.workers, True, prior),
+              **reference_rows(test_set)}
+    for name in ("eval", "center prior", "ceiling"):
+        r = result[name]
+        label = f"{config.model} m={config.margin:+.2f}" if name == "eval" else name
+        print(f"{label:>22}: cIoU {r['ciou']:6.2f}  AUC {r['auc']:6.2f}  mean cIoU {r['mean_ciou']:6.2f}  (n = {r['n']})")
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
