@@ -427,6 +427,12 @@ def test_generate_refuses_a_foreign_directory(tmp_path: Path) -> None:
     generate(root, MINI, overwrite=True)
     assert syn.is_complete(root, MINI) and not (root / "notes.txt").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    with pytest.raises(FileExistsError):
+        generate(a_file, MINI)
+    generate(a_file, MINI, overwrite=True)
+    assert syn.is_complete(a_file, MINI)
 
 
 @pytest.mark.parametrize(

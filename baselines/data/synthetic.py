@@ -1002,7 +1002,10 @@ def generate(
                 return root
             trash = root.parent / f".{root.name}.old-{uuid.uuid4().hex[:8]}"
             root.rename(trash)
-            shutil.rmtree(trash)
+            if trash.is_dir():
+                shutil.rmtree(trash)
+            else:
+                trash.unlink()
         try:
             tmp.rename(root)
         except OSError:
