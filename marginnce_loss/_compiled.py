@@ -28,7 +28,7 @@ import torch
 from . import _kernels
 from ._validation import check_choice
 
-__all__ = ["BACKENDS", "CompiledKernel", "KERNELS", "resolve_backend", "compiled_available"]
+__all__ = ["BACKENDS", "CompiledKernel", "KERNELS", "compile_dynamic", "compiled_available", "resolve_backend", "run"]
 
 BACKENDS = ("auto", "eager", "compiled")
 
@@ -49,8 +49,9 @@ def compiled_available() -> bool:
         return False
 
 
-def _inductor(fn: Callable[..., Any]) -> Callable[..., Any]:
-    return torch.compile(fn, backend="inductor", dynamic=True)
+def compile_dynamic(fn: Callable[..., Any], backend: Any = "inductor") -> Callable[..., Any]:
+    """``torch.compile(fn, backend=backend, dynamic=True)``: one graph serves every batch size."""
+    return torch.compile(fn, backend=backend, dynamic=True)
 
 
 class CompiledKernel:
@@ -73,7 +74,7 @@ class CompiledKernel:
     def __init__(self, fn: Callable[..., Any], name: str, compiler: Optional[Callable[[Callable[..., Any]], Callable[..., Any]]] = None) -> None:
         self.fn = fn
         self.name = name
-        self._compiler = compiler if compiler is not None else _inductor
+        self._compiler = compiler if compiler is not None else compile_dynamic
         self._compiled: Optional[Callable[..., Any]] = None
         self.failure: Optional[BaseException] = None
 

@@ -49,7 +49,8 @@ def pairwise(img: Tensor, aud: Tensor) -> Tensor:
     if _is_channels_last(img):
         x_rows = img.permute(0, 2, 3, 1).reshape(b * h * w, c)  # a view
         return torch.mm(x_rows, aud.t()).view(b, h, w, aud.shape[0]).permute(0, 3, 1, 2)
-    return torch.matmul(aud, img.reshape(b, c, h * w)).view(b, aud.shape[0], h, w)
+    # explicit bmm: torch.matmul folds this into one mm through a copy of img when img requires grad
+    return torch.bmm(aud.expand(b, -1, -1), img.reshape(b, c, h * w)).view(b, aud.shape[0], h, w)
 
 
 def pairwise_backward(
@@ -78,7 +79,7 @@ def pairwise_backward(
     g = grad.reshape(b, bp, h * w)
     x = img.reshape(b, c, h * w)
     if need_img:
-        grad_img = torch.matmul(aud.t(), g).view(b, c, h, w)
+        grad_img = torch.bmm(aud.t().expand(b, -1, -1), g).view(b, c, h, w)
     if need_aud:
         grad_aud = torch.addbmm(aud.new_zeros(bp, c), g, x.transpose(1, 2), beta=0)
     return grad_img, grad_aud
@@ -96,11 +97,11 @@ def _soft_weights(a: Tensor, epsilon: float, beta: float, sign: float, stable: b
     With ``stable`` the weights are ``exp(logsigmoid(z) - max logsigmoid(z))`` (the max detached):
     the same ratios, and the largest weight is 1, so ``sum w`` cannot underflow to 0.
     """
-    z = (a - epsilon) * (sign / beta)
+    z = torch.sub(a, epsilon).mul_(sign / beta)
     if stable:
         logw = nnf.logsigmoid(z)
         return torch.exp(logw - logw.amax(dim=-1, keepdim=True).detach())
-    return torch.sigmoid(z)
+    return z.sigmoid_()
 
 
 def sigmoid_weighted_mean(alpha: Tensor, epsilon: float, beta: float, sign: float = 1.0) -> Tensor:
@@ -138,11 +139,13 @@ def _eq1_grad_alpha(a: Tensor, sim: Tensor, z_sum: Tensor, grad: Tensor, epsilon
     """
     w = _soft_weights(a, epsilon, beta, 1.0, stable)
     if stable:
-        slope = w * torch.sigmoid((epsilon - a) / beta)
+        slope = torch.sigmoid((epsilon - a) / beta).mul_(w)
     else:
-        slope = w * (1 - w)
-    scale = (grad / z_sum).unsqueeze(-1)
-    return scale * (w + (a - sim.unsqueeze(-1)) * slope / beta)
+        slope = torch.addcmul(w, w, w, value=-1.0)  # w (1 - w)
+    # in place where possible: this is the one element-wise pass over [B, B', HW] of the backward
+    out = torch.sub(a, sim.unsqueeze(-1)).mul_(slope)
+    del slope
+    return out.mul_(1.0 / beta).add_(w).mul_((grad / z_sum).unsqueeze(-1))
 
 
 class ThresholdedSimilarity(torch.autograd.Function):
@@ -215,7 +218,7 @@ def _max_backward_sparse(
     Both sums are weighted bag sums of rows (``embedding_bag``): the audio gradient gathers rows
     ``(i, p_ij)`` of ``img`` seen as a ``[B*HW, C]`` table (a view for channels-last ``img``, one
     copy otherwise); the image gradient sums audio rows into the ``B*HW`` bags ``(i, p)``, sorted by
-    bag, and is returned channels-last (``[B, H, W, C]`` in memory).
+    bag, giving ``[B, H, W, C]`` in memory, transposed back for an NCHW ``img``.
     """
     b, c, h, w = img.shape
     hw = h * w
@@ -235,6 +238,8 @@ def _max_backward_sparse(
             audio_index, aud, offsets, per_sample_weights=g.reshape(-1)[order], mode="sum"
         )
         grad_img = grad_rows.view(b, h, w, c).permute(0, 3, 1, 2)
+        if not _is_channels_last(img):
+            grad_img = grad_img.contiguous()  # the input's layout (one transpose)
     return grad_img, grad_aud
 
 
