@@ -78,12 +78,14 @@ class StudyPreset:
     train: Dict[str, Any] = field(default_factory=dict)
 
 
-_EMBEDDED_TRAIN = dict(backbone="small", width=32, dim=128, batch_size=64, lr=1e-3, weight_decay=1e-4, cache=True)
+# CPU-sized: the small backbone (stride 32, 7 x 7 maps), Adam at 1e-3, decoded clips cached in memory
+_EMBEDDED_TRAIN = dict(backbone="small", width=16, dim=128, batch_size=64, lr=1e-3, weight_decay=1e-4, epochs=6,
+                       cache=True)
 
 PRESETS: Dict[str, StudyPreset] = {
-    "smoke": StudyPreset("smoke", (0,), ("table5",), dict(_EMBEDDED_TRAIN, width=16, epochs=3, batch_size=32)),
-    "default": StudyPreset("default", (0,), ("table5", "figures"), dict(_EMBEDDED_TRAIN, epochs=6)),
-    "full": StudyPreset("default", (0, 1, 2, 3, 4), STUDIES, dict(_EMBEDDED_TRAIN, epochs=6)),
+    "smoke": StudyPreset("smoke", (0,), ("table5",), dict(_EMBEDDED_TRAIN, epochs=4, batch_size=32)),
+    "default": StudyPreset("default", (0, 1), ("table5", "figures"), dict(_EMBEDDED_TRAIN)),
+    "full": StudyPreset("default", (0, 1, 2, 3, 4), STUDIES, dict(_EMBEDDED_TRAIN)),
 }
 
 # the paper's protocol (SPEC 8): 20 epochs, Adam with weight decay, batch 128, lr 1e-4, ResNet-18
@@ -151,6 +153,23 @@ class Runner:
             self._reference_rows[test_list] = reference_rows(self.test_set(test_list))
         return self._reference_rows[test_list]
 
+    def _config(self, model: str, margin: float, seed: int, train_list: str) -> TrainConfig:
+        return TrainConfig(model=model, margin=margin, seed=seed, train_root=self.data.train_root,
+                           train_list=train_list, device=self.device, workers=self.workers, **self.train_kwargs)
+
+    def _cached(self, model: str, margin: float, seed: int, train_list: str, test_lists: Sequence[str],
+                tag: str = "") -> Optional[Dict[str, Dict[str, Any]]]:
+        path = self.out / "runs" / _run_name(model, margin, seed, tag) / "result.json"
+        key = {"config": asdict(self._config(model, margin, seed, train_list)), "tests": list(test_lists)}
+        if path.exists():
+            cached = json.loads(path.read_text())
+            if cached.get("key") == key:
+                return cached["results"]
+        return None
+
+    def is_cached(self, *spec: Any) -> bool:
+        return self._cached(*spec) is not None
+
     def run(self, model: str, margin: float, seed: int, train_list: str, test_lists: Sequence[str],
             tag: str = "") -> Dict[str, Dict[str, Any]]:
         """Train once, evaluate on every test list; cached in ``runs/<name>/result.json``."""
@@ -158,16 +177,14 @@ class Runner:
         from .models import build_model
         from .train import load_checkpoint
 
+        cached = self._cached(model, margin, seed, train_list, test_lists, tag)
+        if cached is not None:
+            return cached
         name = _run_name(model, margin, seed, tag)
         run_dir = self.out / "runs" / name
-        config = TrainConfig(model=model, margin=margin, seed=seed, train_root=self.data.train_root,
-                             train_list=train_list, device=self.device, workers=self.workers, **self.train_kwargs)
+        config = self._config(model, margin, seed, train_list)
         result_path = run_dir / "result.json"
         key = {"config": asdict(config), "tests": list(test_lists)}
-        if result_path.exists():
-            cached = json.loads(result_path.read_text())
-            if cached.get("key") == key:
-                return cached["results"]
         t0 = time.time()
         if self.progress:
             print(f"  training {name} ...", flush=True)
@@ -182,6 +199,57 @@ class Runner:
         results["_seconds"] = {"train_and_eval": round(time.time() - t0, 1)}
         atomic_write_text(json.dumps({"key": key, "results": results}, indent=2), result_path)
         return results
+
+
+RunSpec = Tuple[str, float, int, str, Tuple[str, ...], str]  # model, margin, seed, train list, test lists, tag
+
+
+def plan_runs(studies: Sequence[str], data: StudyData, seeds: Sequence[int]) -> List[RunSpec]:
+    """Every training run the requested studies need, once each (Table 6 shares rows with Table 5)."""
+    runs: List[RunSpec] = []
+    test = (data.test_list,)
+    if "table5" in studies or "figures" in studies:
+        runs += [(m, mg, s, data.train_list, test, "") for m, mg in TABLE5_ROWS
+                 for s in (seeds if "table5" in studies else seeds[:1])]
+    if "table6" in studies:
+        runs += [(m, mg, s, data.train_list, test, "") for m, mg in TABLE6_ROWS for s in seeds]
+    if "table4" in studies:
+        tests = (data.heard_test_list, data.unheard_test_list)
+        runs += [(m, mg, s, data.heard_train_list, tests, "heard_") for m, mg in TABLE4_RUNS for s in seeds]
+    return list(dict.fromkeys(runs))
+
+
+def _run_job(args: Tuple[Path, StudyData, Dict[str, Any], str, int, int, RunSpec]) -> Tuple[str, float]:
+    out, data, train_kwargs, device, workers, threads, (model, margin, seed, train_list, tests, tag) = args
+    torch.set_num_threads(threads)
+    t0 = time.time()
+    Runner(out, data, train_kwargs, device, workers, progress=False).run(model, margin, seed, train_list, tests, tag)
+    return _run_name(model, margin, seed, tag), time.time() - t0
+
+
+def execute_runs(runner: "Runner", runs: Sequence[RunSpec], jobs: int) -> None:
+    """Train and evaluate ``runs`` (cached ones are skipped), ``jobs`` at a time in separate processes,
+    each with ``cpu_count // jobs`` threads: small CPU models use two single-thread processes better
+    than one two-thread process."""
+    todo = [r for r in runs if not runner.is_cached(*r)]
+    if not todo:
+        return
+    print(f"{len(todo)} training runs to do ({len(runs) - len(todo)} cached), {jobs} at a time", flush=True)
+    if jobs <= 1:
+        for r in todo:
+            runner.run(*r)
+        return
+    import multiprocessing as mp
+    import os
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    args = [(runner.out, runner.data, runner.train_kwargs, runner.device, runner.workers, threads, r) for r in todo]
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
+        futures = [pool.submit(_run_job, a) for a in args]
+        for i, f in enumerate(as_completed(futures), 1):
+            name, seconds = f.result()
+            print(f"  [{i}/{len(todo)}] {name} done in {seconds:.0f} s", flush=True)
 
 
 # --------------------------------------------------------------------------- aggregation and tables
@@ -399,9 +467,8 @@ def study_figures(runner: Runner, seed: int, meta: Dict[str, Any], n: int = 6) -
 
 
 def run_studies(preset: str, out: Path, studies: Sequence[str], data: Optional[StudyData], seeds: Optional[Sequence[int]],
-                device: str = "cpu", workers: int = 0, progress: bool = True, train_overrides: Optional[Dict[str, Any]] = None
-                ) -> Dict[str, Any]:
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+                device: str = "cpu", workers: int = 0, progress: bool = True, train_overrides: Optional[Dict[str, Any]] = None,
+                jobs: int = 1) -> Dict[str, Any]:
     p = PRESETS[preset]
     if data is None:
         data = embedded_data(p.dataset, progress=progress)
@@ -416,6 +483,7 @@ def run_studies(preset: str, out: Path, studies: Sequence[str], data: Optional[S
             "torch": torch.__version__}
     results: Dict[str, Any] = {}
     t0 = time.time()
+    execute_runs(runner, plan_runs(studies, data, seeds), jobs if device == "cpu" else 1)
     if "table5" in studies:
         results["table5"] = study_table5(runner, seeds, meta)
         print(markdown_table("Table 5", results["table5"]["rows"], _note(results["table5"])))
@@ -442,7 +510,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                    help="which studies (default: the preset's)")
     p.add_argument("--seeds", nargs="+", type=int, default=None, help="override the preset's seeds")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--workers", type=int, default=0, help="DataLoader workers per run")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="training runs at a time on CPU (default: the number of CPU cores, at most 2)")
     p.add_argument("--epochs", type=int, default=None, help="override the number of epochs")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     g = p.add_argument_group("real data (the paper's protocol: VGGSound-144K -> VGG-SS)")
@@ -475,7 +545,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.pretrained:
         overrides["pretrained"] = True
     studies = tuple(args.studies) if args.studies else PRESETS[args.preset].studies
-    run_studies(args.preset, Path(args.out), studies, data, args.seeds, args.device, args.workers, args.progress, overrides)
+    import os
+
+    jobs = args.jobs if args.jobs is not None else max(1, min(2, os.cpu_count() or 1))
+    run_studies(args.preset, Path(args.out), studies, data, args.seeds, args.device, args.workers, args.progress,
+                overrides, jobs)
     return 0
 
 
