@@ -79,7 +79,11 @@ def reference_rows(test_set: Dataset, batch_size: int = 256) -> Dict[str, Dict[s
     """The two rows every study table carries, on exactly the clips of ``test_set``:
     ``center prior`` (a fixed centred Gaussian map for every clip) and ``ceiling`` (the best cIoU each
     clip can reach under the protocol, given only its ground-truth map)."""
-    gts = _gt_maps(test_set)
+    return reference_rows_for(_gt_maps(test_set), batch_size)
+
+
+def reference_rows_for(gts: torch.Tensor, batch_size: int = 256) -> Dict[str, Dict[str, float]]:
+    """:func:`reference_rows` from the ground-truth maps ``[N, 224, 224]`` alone."""
     prior = LocalizationEvaluator()
     centre = center_prior_map()
     for start in range(0, gts.shape[0], batch_size):
@@ -101,7 +105,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
     p = argparse.ArgumentParser(prog="python -m baselines.evaluate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True, help="checkpoint.pt written by baselines.train")
+    p.add_argument("--checkpoint", default="", help="checkpoint.pt written by baselines.train")
+    p.add_argument("--reference-rows", action="store_true",
+                   help="only the centre-prior and ceiling rows, from --annotations (and --test-list) alone")
     add_data_arguments(p, train=False)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=0)
@@ -116,6 +122,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from .train import TrainConfig, build_test_set, load_checkpoint
 
     args = parse_args(argv)
+    if args.reference_rows:
+        return _reference_rows_main(args)
+    if not args.checkpoint:
+        raise SystemExit("evaluate: give --checkpoint (or --reference-rows with --annotations)")
     state = load_checkpoint(Path(args.checkpoint))
     config = TrainConfig.from_dict(state["config"])
     model = build_model(config.model_config())
@@ -142,6 +152,27 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"{label:>22}: cIoU {r['ciou']:6.2f}  AUC {r['auc']:6.2f}  mean cIoU {r['mean_ciou']:6.2f}  (n = {r['n']})")
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2))
+    return 0
+
+
+def _reference_rows_main(args: argparse.Namespace) -> int:
+    """Centre prior and ceiling on an annotation file, e.g. all 5,158 clips of the real ``vggss.json``."""
+    from .data import gt_map, load_annotations, load_id_list
+
+    if not args.annotations:
+        raise SystemExit("evaluate --reference-rows: give --annotations (vggss.json or the Flickr XML folder)")
+    ids = load_id_list(args.test_list) if args.test_list else None
+    boxes = load_annotations(args.annotations, args.annotation_format, ids)
+    gts = torch.stack([torch.from_numpy(gt_map(b, args.annotation_format)) for b in boxes.values()])
+    rows = reference_rows_for(gts)
+    result = {"annotations": Path(args.annotations).name, "test_list": Path(args.test_list).name if args.test_list else None,
+              "format": args.annotation_format, **rows}
+    for name in ("center prior", "ceiling"):
+        r = rows[name]
+        print(f"{name:>13}: cIoU {r['ciou']:6.2f}  AUC {r['auc']:6.2f}  mean cIoU {r['mean_ciou']:6.2f}  (n = {r['n']})")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     return 0
 
 
