@@ -18,7 +18,7 @@ its arguments.
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -38,51 +38,75 @@ def _is_channels_last(img: Tensor) -> bool:
     return (not img.is_contiguous()) and img.is_contiguous(memory_format=torch.channels_last)
 
 
+def _rows(img: Tensor) -> Tensor:
+    """``img`` as ``[B*HW, C]`` rows (a view for channels-last ``img``, a copy otherwise)."""
+    b, c, h, w = img.shape
+    return img.permute(0, 2, 3, 1).reshape(b * h * w, c)
+
+
+def _alpha_block(img: Tensor, aud: Tensor, i0: int, i1: int) -> Tensor:
+    """Response maps of images ``i0:i1`` with every audio, ``[i1 - i0, B', HW]`` in the input dtype.
+
+    No copy of ``img``: NCHW gives a batched product ``A @ V_i`` (contiguous result); channels-last
+    gives one ``[k*HW, C] @ [C, B']`` product (``[k, HW, B']`` in memory, returned transposed).
+    """
+    b, c, h, w = img.shape
+    hw, bp = h * w, aud.shape[0]
+    if _is_channels_last(img):
+        return torch.mm(_rows(img)[i0 * hw : i1 * hw], aud.t()).view(i1 - i0, hw, bp).transpose(1, 2)
+    # explicit bmm: torch.matmul folds this into one mm through a copy of img when img requires grad
+    return torch.bmm(aud.expand(i1 - i0, -1, -1), img.reshape(b, c, hw)[i0:i1])
+
+
 def pairwise(img: Tensor, aud: Tensor) -> Tensor:
     r"""All response maps, ``out[i, j] = alpha_ij = <V_i[:, h, w], A_j>``: ``[B, B', H, W]``, input dtype.
 
-    One matrix product, laid out so that no copy of ``img`` is made: an NCHW ``img`` gives a
-    batched product ``A @ V_i`` (``[B, B', HW]`` contiguous); a channels-last ``img`` gives a single
-    ``[B*HW, C] @ [C, B']`` product (``[B, H, W, B']`` in memory, returned as a permuted view).
+    One matrix product, laid out so that no copy of ``img`` is made (see :func:`_alpha_block`):
+    ``[B, B', HW]`` contiguous for NCHW ``img``, a permuted view of ``[B, HW, B']`` for channels-last.
     """
-    b, c, h, w = img.shape
-    if _is_channels_last(img):
-        x_rows = img.permute(0, 2, 3, 1).reshape(b * h * w, c)  # a view
-        return torch.mm(x_rows, aud.t()).view(b, h, w, aud.shape[0]).permute(0, 3, 1, 2)
-    # explicit bmm: torch.matmul folds this into one mm through a copy of img when img requires grad
-    return torch.bmm(aud.expand(b, -1, -1), img.reshape(b, c, h * w)).view(b, aud.shape[0], h, w)
+    b, _, h, w = img.shape
+    return _alpha_block(img, aud, 0, b).unflatten(-1, (h, w))
 
 
-def pairwise_backward(
-    grad: Tensor, img: Tensor, aud: Tensor, need_img: bool = True, need_aud: bool = True
-) -> Tuple[Optional[Tensor], Optional[Tensor]]:
-    r"""The two gradient products of :func:`pairwise` for ``grad = dL/dalpha`` ``[B, B', HW]``.
+def _products_block(grad: Tensor, img: Tensor, aud: Tensor, i0: int, i1: int, grad_img: Optional[Tensor], grad_aud: Optional[Tensor]) -> None:
+    r"""The two gradient products of :func:`_alpha_block` for ``grad = dL/dalpha`` ``[k, B', HW]``.
 
     .. math::
         \frac{\partial L}{\partial V_i[:, p]} = \sum_j G_{ij}[p]\,A_j, \qquad
         \frac{\partial L}{\partial A_j} = \sum_{i, p} G_{ij}[p]\,V_i[:, p]
 
-    Laid out like the forward (no copy of ``img``): NCHW uses a batched product and a
-    batch-reduced product (``addbmm``); channels-last uses two plain matrix products and returns a
-    channels-last ``img`` gradient.
+    Writes rows ``i0:i1`` of ``grad_img`` (laid out like ``img``) and accumulates into ``grad_aud``.
+    NCHW: a batched product and a batch-reduced one (``addbmm``); channels-last: two plain products.
+    No copy of ``img``.
     """
     b, c, h, w = img.shape
-    bp = aud.shape[0]
-    grad_img = grad_aud = None
+    hw, bp = h * w, aud.shape[0]
     if _is_channels_last(img):
-        g_rows = grad.permute(0, 2, 1).reshape(b * h * w, bp)  # a view of the forward's layout
-        if need_img:
-            grad_img = torch.mm(g_rows, aud).view(b, h, w, c).permute(0, 3, 1, 2)
-        if need_aud:
-            grad_aud = torch.mm(g_rows.t(), img.permute(0, 2, 3, 1).reshape(b * h * w, c))
-        return grad_img, grad_aud
-    g = grad.reshape(b, bp, h * w)
-    x = img.reshape(b, c, h * w)
-    if need_img:
-        grad_img = torch.bmm(aud.t().expand(b, -1, -1), g).view(b, c, h, w)
-    if need_aud:
-        grad_aud = torch.addbmm(aud.new_zeros(bp, c), g, x.transpose(1, 2), beta=0)
-    return grad_img, grad_aud
+        g_rows = grad.transpose(1, 2).reshape((i1 - i0) * hw, bp)  # a view of the forward's layout
+        if grad_img is not None:
+            torch.mm(g_rows, aud, out=_rows(grad_img)[i0 * hw : i1 * hw])
+        if grad_aud is not None:
+            grad_aud.addmm_(g_rows.t(), _rows(img)[i0 * hw : i1 * hw])
+        return
+    if grad_img is not None:
+        torch.bmm(aud.t().expand(i1 - i0, -1, -1), grad, out=grad_img.view(b, c, hw)[i0:i1])
+    if grad_aud is not None:
+        grad_aud.addbmm_(grad, img.reshape(b, c, hw)[i0:i1].transpose(1, 2))
+
+
+# Images are processed in blocks whose [k, B', HW] / [k*HW, C] temporaries stay near this size:
+# they stay in cache and are reused by the allocator (large CPU allocations are fresh, page-faulting
+# memory every time). One block on GPUs and inside torch.compile (which fuses instead).
+_BLOCK_BYTES = 1 << 21
+
+
+def _blocks(img: Tensor, aud: Tensor) -> List[Tuple[int, int]]:
+    b, c, h, w = img.shape
+    if img.device.type != "cpu" or torch.compiler.is_compiling():
+        return [(0, b)]
+    per_image = h * w * max(aud.shape[0], c) * 4
+    k = max(1, min(b, _BLOCK_BYTES // per_image))
+    return [(i, min(i + k, b)) for i in range(0, b, k)]
 
 
 # --------------------------------------------------------------------------- eq. 1 kernel
@@ -154,7 +178,7 @@ class ThresholdedSimilarity(torch.autograd.Function):
     ``apply(img [B, C, H, W], aud [B', C], epsilon, beta, recompute) -> S [B, B']`` (float32/64).
     Saved for backward: ``img``, ``aud``, ``S``, ``Z`` and, unless ``recompute``, the response maps
     ``alpha`` (input dtype). The backward forms ``G = g * dS/dalpha`` (see :func:`_eq1_grad_alpha`)
-    in one pass and runs the two products of :func:`pairwise_backward`: three matrix products per
+    in one pass and runs the two products of :func:`_products_block`: three matrix products per
     step in all, four with ``recompute=True`` (which keeps nothing of size ``B x B' x HW`` between
     forward and backward). Under ``create_graph=True`` the backward differentiates the dense formula
     instead, so higher-order gradients are exact.
@@ -162,13 +186,18 @@ class ThresholdedSimilarity(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, img: Tensor, aud: Tensor, epsilon: float, beta: float, recompute: bool) -> Tensor:  # type: ignore[override]
-        alpha = pairwise(img, aud)
-        a = alpha.to(opmath_dtype(alpha.dtype)).flatten(-2)
-        stable = needs_stable_weights(epsilon, beta, a.dtype)
-        w = _soft_weights(a, epsilon, beta, 1.0, stable)
-        z_sum = w.sum(-1)
-        sim = (w * a).sum(-1) / z_sum
-        ctx.save_for_backward(img, aud, sim, z_sum, None if recompute else alpha)
+        op = opmath_dtype(img.dtype)
+        stable = needs_stable_weights(epsilon, beta, op)
+        alpha = None if recompute else pairwise(img, aud).flatten(-2)
+        sims, sums = [], []
+        for i0, i1 in _blocks(img, aud):
+            a = (_alpha_block(img, aud, i0, i1) if alpha is None else alpha[i0:i1]).to(op)
+            w = _soft_weights(a, epsilon, beta, 1.0, stable)
+            z_sum = w.sum(-1)
+            sums.append(z_sum)
+            sims.append(w.mul_(a).sum(-1).div_(z_sum))
+        sim, z_sum = torch.cat(sims), torch.cat(sums)
+        ctx.save_for_backward(img, aud, sim, z_sum, alpha)
         ctx.epsilon, ctx.beta, ctx.stable = epsilon, beta, stable
         return sim
 
@@ -182,11 +211,13 @@ class ThresholdedSimilarity(torch.autograd.Function):
                 inputs = [t for t, n in ((img, need_img), (aud, need_aud)) if n]
                 grads = list(torch.autograd.grad(dense, inputs, grad, create_graph=True))
             return (grads.pop(0) if need_img else None), (grads.pop(0) if need_aud else None), None, None, None
-        if alpha is None:
-            alpha = pairwise(img, aud)
-        a = alpha.to(opmath_dtype(alpha.dtype)).flatten(-2)
-        g_alpha = _eq1_grad_alpha(a, sim, z_sum, grad, ctx.epsilon, ctx.beta, ctx.stable).to(img.dtype)
-        grad_img, grad_aud = pairwise_backward(g_alpha, img, aud, need_img, need_aud)
+        op = opmath_dtype(img.dtype)
+        grad_img = torch.empty_like(img) if need_img else None
+        grad_aud = aud.new_zeros(aud.shape) if need_aud else None
+        for i0, i1 in _blocks(img, aud):
+            a = (_alpha_block(img, aud, i0, i1) if alpha is None else alpha[i0:i1]).to(op)
+            g_alpha = _eq1_grad_alpha(a, sim[i0:i1], z_sum[i0:i1], grad[i0:i1], ctx.epsilon, ctx.beta, ctx.stable)
+            _products_block(g_alpha.to(img.dtype), img, aud, i0, i1, grad_img, grad_aud)
         return grad_img, grad_aud, None, None, None
 
 
@@ -215,31 +246,38 @@ def _max_backward_sparse(
         \frac{\partial L}{\partial V_i[:, p]} = \sum_{j:\,p_{ij} = p} g_{ij} A_j, \qquad
         \frac{\partial L}{\partial A_j} = \sum_i g_{ij}\, V_i[:, p_{ij}]
 
-    Both sums are weighted bag sums of rows (``embedding_bag``): the audio gradient gathers rows
-    ``(i, p_ij)`` of ``img`` seen as a ``[B*HW, C]`` table (a view for channels-last ``img``, one
-    copy otherwise); the image gradient sums audio rows into the ``B*HW`` bags ``(i, p)``, sorted by
-    bag, giving ``[B, H, W, C]`` in memory, transposed back for an NCHW ``img``.
+    Both sums are weighted bag sums of rows (``embedding_bag``), a block of images at a time: the
+    audio gradient gathers rows ``(i, p_ij)`` of ``img`` seen as ``[k*HW, C]`` rows (a view for
+    channels-last ``img``, a block-sized copy otherwise); the image gradient sums audio rows into
+    the bags ``(i, p)``, sorted by bag, and is written in ``img``'s layout.
     """
     b, c, h, w = img.shape
-    hw = h * w
-    bp = aud.shape[0]
+    hw, bp = h * w, aud.shape[0]
     g = grad.to(img.dtype)
-    rows = index + torch.arange(b, device=index.device).unsqueeze(1) * hw  # [B, B'] row (i, p_ij)
-    grad_img = grad_aud = None
-    if need_aud:
-        table = img.permute(0, 2, 3, 1).reshape(b * hw, c)
-        grad_aud = nnf.embedding_bag(rows.t().contiguous(), table, per_sample_weights=g.t().contiguous(), mode="sum")
+    grad_img = torch.empty_like(img) if need_img else None
+    grad_aud = aud.new_zeros(aud.shape) if need_aud else None
     if need_img:
-        keys = rows.reshape(-1)
-        keys_sorted, order = torch.sort(keys, stable=True)
+        keys = (index + torch.arange(b, device=index.device).unsqueeze(1) * hw).reshape(-1)  # bag (i, p_ij)
+        keys_sorted, order = torch.sort(keys, stable=True)  # entries of image i stay in [i B', (i+1) B')
         audio_index = torch.remainder(order, bp)  # entry k = i * B' + j of the flattened [B, B']
+        weights = g.reshape(-1)[order]
         offsets = torch.searchsorted(keys_sorted, torch.arange(b * hw, device=keys.device, dtype=keys.dtype))
-        grad_rows = nnf.embedding_bag(
-            audio_index, aud, offsets, per_sample_weights=g.reshape(-1)[order], mode="sum"
-        )
-        grad_img = grad_rows.view(b, h, w, c).permute(0, 3, 1, 2)
-        if not _is_channels_last(img):
-            grad_img = grad_img.contiguous()  # the input's layout (one transpose)
+    channels_last = _is_channels_last(img)
+    for i0, i1 in _blocks(img, aud):
+        k = i1 - i0
+        if need_aud:
+            table = _rows(img[i0:i1])
+            local = index[i0:i1] + torch.arange(k, device=index.device).unsqueeze(1) * hw  # [k, B']
+            grad_aud += nnf.embedding_bag(local.t().contiguous(), table, per_sample_weights=g[i0:i1].t().contiguous(), mode="sum")
+        if need_img:
+            e0, e1 = i0 * bp, i1 * bp
+            rows = nnf.embedding_bag(
+                audio_index[e0:e1], aud, offsets[i0 * hw : i1 * hw] - e0, per_sample_weights=weights[e0:e1], mode="sum"
+            )  # [k*HW, C]
+            if channels_last:
+                _rows(grad_img)[i0 * hw : i1 * hw].copy_(rows)
+            else:
+                grad_img[i0:i1].copy_(rows.view(k, h, w, c).permute(0, 3, 1, 2))
     return grad_img, grad_aud
 
 
@@ -248,7 +286,8 @@ class MaxSimilarity(torch.autograd.Function):
 
     ``apply(img [B, C, H, W], aud [B', C], alpha=None) -> S [B, B']`` (float32/64). ``alpha``, when
     given, must be ``pairwise(img, aud)`` already computed (detached) by the caller; it is not kept.
-    Saved for backward: ``img``, ``aud`` and the ``[B, B']`` arg-max indices; the backward is
+    Otherwise the response maps are formed and reduced a block of images at a time and never exist
+    whole. Saved for backward: ``img``, ``aud`` and the ``[B, B']`` arg-max indices; the backward is
     :func:`_max_backward_sparse` (no ``[B, B', HW]`` tensor at all). Ties go to the index
     ``torch.max`` returns, as in autograd. Under ``create_graph=True`` the backward differentiates
     the dense formula instead, so higher-order gradients are exact.
@@ -256,9 +295,12 @@ class MaxSimilarity(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, img: Tensor, aud: Tensor, alpha: Optional[Tensor] = None) -> Tensor:  # type: ignore[override]
-        if alpha is None:
-            alpha = pairwise(img, aud)
-        values, index = alpha.flatten(-2).max(dim=-1)
+        if alpha is not None:
+            values, index = alpha.flatten(-2).max(dim=-1)
+        else:
+            parts = [_alpha_block(img, aud, i0, i1).max(dim=-1) for i0, i1 in _blocks(img, aud)]
+            values = torch.cat([p.values for p in parts])
+            index = torch.cat([p.indices for p in parts])
         ctx.save_for_backward(img, aud, index)
         return values.to(opmath_dtype(values.dtype))
 

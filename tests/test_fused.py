@@ -98,11 +98,16 @@ def _features(kind, b, c, h, w, seed):
     return normalized_features(b, c, h, w, seed)
 
 
+@pytest.mark.parametrize("blocks", ["one block", "block of 2", "block of 1"])
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-{c[1]}x{c[2]}x{c[3]}x{c[4]}")
 @pytest.mark.parametrize("kernel", ["thresholded", "thresholded-recompute", "max"])
-def test_eager_kernels_match_float64_references(kernel, case, layout):
+def test_eager_kernels_match_float64_references(kernel, case, layout, blocks, monkeypatch):
     img64, aud64 = _features(*case, seed=7)
+    if blocks != "one block":  # CPU eager works a block of images at a time: force several blocks
+        per_image = case[3] * case[4] * max(case[1], case[2]) * 4
+        monkeypatch.setattr(K, "_BLOCK_BYTES", per_image * int(blocks[-1]))
+        assert len(K._blocks(img64, aud64)) == -(-case[1] // int(blocks[-1]))
     b = img64.shape[0]
     if kernel == "max":
         ours, ref = K.maximum, _ref_max
