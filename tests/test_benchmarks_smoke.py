@@ -1,0 +1,75 @@
+"""The benchmark suite runs end to end on tiny sizes, and its upstream-style formulations are the
+same losses as the package's (so the speed-ups compare like with like)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from benchmarks import run, upstream_style
+from marginnce_loss import LocalizationMarginNCE
+
+from .reference import normalized_features, trained_like_features
+
+
+@pytest.mark.parametrize("margin", [0.0, -0.2])
+def test_upstream_style_losses_equal_the_package(margin):
+    img, aud = trained_like_features(6, 16, 5, 5, 3, dtype=torch.float64)
+    ours = LocalizationMarginNCE("max", margin=margin, tau=0.03, symmetric=True, backend="eager")(img, aud)
+    torch.testing.assert_close(upstream_style.ezvsl_loss(img, aud, 0.03, margin), ours, rtol=1e-10, atol=1e-12)
+    img, aud = normalized_features(6, 16, 5, 5, 4)
+    ours = LocalizationMarginNCE("thresholded", margin=margin, tau=0.07, backend="eager")(img, aud)
+    torch.testing.assert_close(upstream_style.eq1_loss(img, aud, 0.65, 0.03, 0.07, margin), ours, rtol=1e-10, atol=1e-12)
+
+
+def test_floor_products_have_the_formulation_shapes():
+    one = run.floor_function("max-MIL", 4, 8, 9, torch.device("cpu"))()
+    assert one.shape == (36, 4)
+    three = run.floor_function("eq1", 4, 8, 9, torch.device("cpu"))()
+    assert [t.shape for t in three] == [(36, 4), (36, 8), (4, 8)]  # alpha, grad X, grad A
+
+
+def test_peak_bytes_counts_what_is_alive_at_once():
+    n = 1 << 18  # float32: 1 MiB
+
+    def two_at_once():
+        a = torch.ones(n)
+        b = torch.ones(n)
+        return float((a + b).sum())  # a, b and a + b alive together
+
+    peak = run.peak_bytes(two_at_once, torch.device("cpu"))
+    assert 3 * 4 * n <= peak < 4 * 4 * n
+
+
+def test_device_name():
+    name = run.device_name(torch.device("cpu"))
+    assert name.startswith("cpu-") and name == name.lower() and " " not in name
+
+
+def test_run_writes_tables_and_numbers(tmp_path):
+    pytest.importorskip("torchvision")
+    argv = [
+        "--batch-sizes", "4", "6", "--spatial", "3", "--channels", "16", "--repeats", "3", "--no-compiled",
+        "--train-batch", "2", "--train-image", "32", "--train-spec", "32", "24", "--train-repeats", "1",
+        "--threads", "1", "--out", str(tmp_path), "--name", "smoke",
+    ]
+    threads = torch.get_num_threads()
+    result = run.main(argv)
+    assert torch.get_num_threads() == threads  # restored
+    saved = json.loads((tmp_path / "smoke.json").read_text())
+    assert saved["meta"]["device"] == run.device_name(torch.device("cpu"))
+    rows = saved["losses"]
+    assert {(r["formulation"], r["B"], r["variant"]) for r in rows} == {
+        (f, b, v) for f in ("max-MIL", "eq1") for b in (4, 6) for v in ("upstream", "eager", "floor")
+    }
+    for r in rows:
+        assert r["median_ms"] > 0 and len(r["times_ms"]) == r["repeats"] >= 3
+        if r["variant"] == "eager":
+            assert r["matches_upstream"] is True and r["peak_MB"] > 0
+    assert [t["variant"] for t in saved["train_step"]] == ["upstream", "eager"]
+    assert all(0 < t["loss_share"] < 1 for t in saved["train_step"])
+    table = (tmp_path / "smoke.md").read_text()
+    assert "| 6 | 3x3 | eager |" in table and "Loss share" in table
+    assert result["meta"]["command"].startswith("python -m benchmarks.run --batch-sizes 4 6")
