@@ -17,6 +17,7 @@ pytest.importorskip("torchvision")
 from torch.utils.data import DataLoader  # noqa: E402
 
 from baselines.data import (  # noqa: E402
+    augment_frame,
     AudioVisualDataset,
     DataError,
     DataFailureTracker,
@@ -26,8 +27,11 @@ from baselines.data import (  # noqa: E402
     gt_map,
     image_transform,
     load_annotations,
+    load_image,
     load_spectrogram,
+    resize_frame,
 )
+from baselines.data.datasets import derive_seed  # noqa: E402
 
 FS = 16000
 
@@ -112,6 +116,55 @@ def test_train_transform_is_random_crop_of_resize_246(tmp_path):
     torch.manual_seed(3)
     with Image.open(root / "frames" / f"{ids[0]}.jpg") as im:
         assert torch.equal(image_transform("train")(im.convert("RGB")), d)
+
+
+def test_set_epoch_draws_depend_on_seed_epoch_and_clip_only(tmp_path):
+    root, ids = _make_root(tmp_path, n=4)
+    ds = AudioVisualDataset(root, ids, split="train")
+    ds.set_epoch(1, seed=7)
+    torch.manual_seed(0)
+    a = [ds[i]["image"] for i in range(4)]
+    torch.manual_seed(1)  # the global RNG plays no part
+    b = [ds[i]["image"] for i in reversed(range(4))][::-1]  # nor does the order of the loads
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    # another dataset object (as in another process) serving a subset: the same image per clip
+    other = AudioVisualDataset(root, ids[2:], split="train")
+    other.set_epoch(1, seed=7)
+    assert torch.equal(other[0]["image"], a[2])
+    # DataLoader worker processes draw the same images
+    loader = DataLoader(ds, batch_size=2, num_workers=2, collate_fn=collate)
+    assert torch.equal(torch.cat([batch["image"] for batch in loader]), torch.stack(a))
+    # the draw is augment_frame with the clip's generator, seeded by derive_seed(seed, "augment", epoch, id)
+    g = torch.Generator().manual_seed(derive_seed(7, "augment", 1, ids[3]))
+    frame3 = resize_frame(load_image(root / "frames" / f"{ids[3]}.jpg"), "train")
+    assert torch.equal(augment_frame(frame3, "train", 224, generator=g), a[3])
+    # another epoch or seed: other draws
+    for epoch, seed in ((2, 7), (1, 8)):
+        ds.set_epoch(epoch, seed)
+        assert not all(torch.equal(ds[i]["image"], a[i]) for i in range(4))
+    # the test split has nothing to draw
+    test = AudioVisualDataset(root, ids, split="test")
+    first = test[0]["image"]
+    test.set_epoch(5, seed=1)
+    assert torch.equal(test[0]["image"], first)
+    with pytest.raises(ValueError, match="set_epoch: epoch must be an int >= 0, got -1"):
+        ds.set_epoch(-1, 0)
+    with pytest.raises(ValueError, match="set_epoch: seed must be an int >= 0, got 1.0"):
+        ds.set_epoch(0, 1.0)
+    with pytest.raises(TypeError, match="generator must be a torch.Generator or None, got int"):
+        augment_frame(frame3, "train", 224, generator=3)
+
+
+def test_derive_seed_is_fixed_across_processes_and_sessions():
+    # pinned values: blake2b of the parts, not Python's per-process salted hash()
+    assert derive_seed(0, "augment", 1, "clip00_000000") == 4532249944725442969
+    assert derive_seed(3) == 726037514067229890
+    assert derive_seed(0, "augment", 1, "a") != derive_seed(0, "augment", 2, "a")
+    assert 0 <= derive_seed(2**80, "x") < 2**63
+    with pytest.raises(TypeError, match="derive_seed: expected int or str parts, got float 1.5"):
+        derive_seed(1.5)
+    with pytest.raises(ValueError, match="derive_seed: expected at least one"):
+        derive_seed()
 
 
 def test_missing_files_are_reported_and_skipped(tmp_path):

@@ -19,11 +19,20 @@ a random other clip). Instead:
   training/evaluation loop calls ``dataset.failures.update(batch["failures"])``,
   which records the ids and raises ``DataError`` once more than
   ``max_failures`` (a fraction of the split, default 1%) distinct clips failed.
+
+Randomness (train split): after ``dataset.set_epoch(epoch, seed)`` the random crop and flip of a
+clip are drawn from a private ``torch.Generator`` seeded with ``derive_seed(seed, "augment", epoch,
+clip_id)``: a function of ``(seed, epoch, clip id)`` only, not of the process's global RNG, of the
+DataLoader worker that loads the clip, of the batch it lands in or of the clips loaded before it.
+Runs that split the same epoch over different worker counts, ranks or resumptions therefore see
+the same images. Without ``set_epoch`` the draws come from torch's global RNG (as
+``RandomCrop`` / ``RandomHorizontalFlip`` would).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+import hashlib
 import os
 import tempfile
 import weakref
@@ -43,6 +52,7 @@ __all__ = [
     "DataError",
     "FailedSample",
     "DataFailureTracker",
+    "derive_seed",
     "image_transform",
     "resize_frame",
     "augment_frame",
@@ -58,6 +68,22 @@ IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 #: Exceptions that mean "this clip's data is broken" (decoding errors, wrong sample rate, ...).
 DECODE_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError, RuntimeError, EOFError)
+
+
+def derive_seed(*parts: int | str) -> int:
+    """A 63-bit seed that is a fixed function of ``parts`` (ints and strings), the same in every
+    process and Python session (unlike ``hash()``, which is salted per process).
+
+    ``seed = int.from_bytes(blake2b(repr(parts), digest_size=8)) mod 2**63``: independent-looking
+    seeds for nearby tuples such as ``(0, "augment", 1, id)`` and ``(0, "augment", 2, id)``.
+    """
+    if not parts:
+        raise ValueError("derive_seed: expected at least one int or str part, got none")
+    for p in parts:
+        if isinstance(p, bool) or not isinstance(p, (int, str)):
+            raise TypeError(f"derive_seed: expected int or str parts, got {type(p).__name__} {p!r}")
+    digest = hashlib.blake2b(repr(tuple(parts)).encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & (2**63 - 1)
 
 
 class DataError(RuntimeError):
@@ -196,7 +222,7 @@ def image_transform(split: str, image_size: int = 224):
     ``"train"``: ``Resize(int(1.1 * size), bicubic) -> RandomCrop(size) -> RandomHorizontalFlip ->
     ToTensor -> Normalize(ImageNet)`` (246 for 224); ``"test"``: ``Resize((size, size), bicubic) ->
     ToTensor -> Normalize(ImageNet)``. It is :func:`resize_frame` (deterministic, cacheable) followed by
-    :func:`augment_frame` (the random crop and flip, drawn from torch's RNG, then normalisation).
+    :func:`augment_frame` (the random crop and flip, drawn from torch's global RNG, then normalisation).
     """
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
@@ -213,16 +239,27 @@ def resize_frame(frame: Any, split: str, image_size: int = 224) -> torch.Tensor:
     return TF.pil_to_tensor(TF.resize(frame, target, InterpolationMode.BICUBIC))
 
 
-def augment_frame(frame: torch.Tensor, split: str, image_size: int = 224) -> torch.Tensor:
+def augment_frame(
+    frame: torch.Tensor, split: str, image_size: int = 224, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """The random part (train): a ``size x size`` crop at a uniform position and a horizontal flip with
     probability 1/2, as ``RandomCrop`` and ``RandomHorizontalFlip`` draw them; then ``/ 255`` and
-    ImageNet normalisation. ``frame`` is a uint8 ``[3, h, w]`` from :func:`resize_frame`."""
+    ImageNet normalisation. ``frame`` is a uint8 ``[3, h, w]`` from :func:`resize_frame`.
+
+    The three draws (top, left, flip) come from ``generator`` (a CPU ``torch.Generator``), or from
+    torch's global RNG when it is ``None``. The test split draws nothing."""
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
     if split == "train":
         h, w = frame.shape[-2:]
-        top = int(torch.randint(0, h - image_size + 1, size=(1,)).item())
-        left = int(torch.randint(0, w - image_size + 1, size=(1,)).item())
+        if h < image_size or w < image_size:
+            raise ValueError(f"frame: expected at least {image_size} x {image_size} pixels to crop, got {h} x {w}")
+        top = int(torch.randint(0, h - image_size + 1, size=(1,), generator=generator).item())
+        left = int(torch.randint(0, w - image_size + 1, size=(1,), generator=generator).item())
         frame = frame[:, top:top + image_size, left:left + image_size]
-        if torch.rand(1).item() < 0.5:
+        if torch.rand(1, generator=generator).item() < 0.5:
             frame = frame.flip(-1)
     mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32)[:, None, None]
     std = torch.tensor(IMAGENET_STD, dtype=torch.float32)[:, None, None]
@@ -243,7 +280,8 @@ class AudioVisualDataset(Dataset):
     Args:
         root: directory holding ``frames/`` and ``audio/``.
         ids: clip ids (unique, e.g. from ``load_id_list``).
-        split: ``"train"`` (random crop + flip) or ``"test"`` (deterministic resize).
+        split: ``"train"`` (random crop + flip, seeded per clip after ``set_epoch``) or
+            ``"test"`` (deterministic resize).
         annotations: ``{id: boxes}`` (``load_annotations``); items then carry
             ``"gt_map"``. A clip without an annotation counts as missing.
         annotation_format: ``"vggss"`` or ``"flickr"`` (how ``gt_map`` reads the boxes).
@@ -309,6 +347,7 @@ class AudioVisualDataset(Dataset):
         self.image_size = image_size
         self.all_ids = ids
         self.cache = cache
+        self._epoch_seed: tuple[int, int] | None = None  # (seed, epoch) after set_epoch
         self._cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         if failure_log is None:
             fd, tmp = tempfile.mkstemp(prefix="av-failures-", suffix=".tsv")
@@ -322,6 +361,23 @@ class AudioVisualDataset(Dataset):
             self.failures.check()
         missing = set(self.failures.failed)
         self.ids = [i for i in ids if i not in missing]
+
+    def set_epoch(self, epoch: int, seed: int) -> None:
+        """Draw this epoch's crops and flips from ``(seed, epoch, clip id)`` (see the module docstring).
+
+        Call it before an epoch's DataLoader iterator is created: worker processes copy the dataset
+        when the iterator starts (``persistent_workers=False``), and carry the epoch with them."""
+        for name, v in (("epoch", epoch), ("seed", seed)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ValueError(f"set_epoch: {name} must be an int >= 0, got {v!r}")
+        self._epoch_seed = (seed, epoch)
+
+    def generator(self, clip_id: str) -> torch.Generator | None:
+        """The private generator of ``clip_id``'s augmentation this epoch (``None`` before ``set_epoch``)."""
+        if self._epoch_seed is None:
+            return None
+        seed, epoch = self._epoch_seed
+        return torch.Generator().manual_seed(derive_seed(seed, "augment", epoch, clip_id))
 
     def image_path(self, clip_id: str) -> Path:
         return self.frames_dir / f"{clip_id}.jpg"
@@ -379,7 +435,8 @@ class AudioVisualDataset(Dataset):
         """The item at ``index``; decoding errors propagate (``__getitem__`` turns them into ``FailedSample``)."""
         clip_id = self.ids[index]
         frame, spectrogram = self._decoded(clip_id)
-        image = augment_frame(frame, self.split, self.image_size)
+        generator = self.generator(clip_id) if self.split == "train" else None
+        image = augment_frame(frame, self.split, self.image_size, generator)
         item: dict[str, Any] = {"image": image, "spectrogram": spectrogram, "id": clip_id}
         if self.annotations is not None:
             item["gt_map"] = self.gt_map(clip_id)
