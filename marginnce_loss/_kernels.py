@@ -13,8 +13,8 @@ kernel, as plain differentiable ops), :func:`margin_nce_core` (eq. 3), and the t
   with ``recompute=True``) and ``S``, ``Z`` (``[B, B']``), then runs the two gradient products.
 
 Layouts: an NCHW ``img`` is used through batched products (``A @ V_i``, ``addbmm``), a channels-last
-one through plain ``[B*HW, C]`` products; neither copies ``img``, and the ``img`` gradient has
-``img``'s layout. On CPU the eager kernels work a block of images at a time (see ``_BLOCK_BYTES``):
+one through plain ``[B*HW, C]`` products; no product copies ``img`` (the max-MIL backward of an NCHW
+``img`` transposes it into rows, a block at a time), and the ``img`` gradient has ``img``'s layout. On CPU the eager kernels work a block of images at a time (see ``_BLOCK_BYTES``):
 temporaries stay cache-sized, and max-MIL's response maps never exist whole.
 
 The public, validated entry points are in :mod:`marginnce_loss.functional`; nothing here checks
