@@ -1,0 +1,134 @@
+"""Model construction (baselines.models): shapes, normalisation, losses through marginnce_loss, every
+parameter trained, the GroupNorm option's batch independence, configuration errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+pytest.importorskip("torchvision")
+
+from baselines.models import MODELS, ModelConfig, build_model  # noqa: E402
+from marginnce_loss import functional as MF  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _inputs(b: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(b, 3, 224, 224, generator=g), torch.randn(b, 1, 257, 200, generator=g)
+
+
+def _channels(config: ModelConfig) -> int:
+    if config.model != "lvs":
+        return config.dim
+    return 512 if config.backbone == "resnet18" else 4 * config.width
+
+
+@pytest.mark.parametrize("norm", ["batch", "group"])
+@pytest.mark.parametrize("model", MODELS)
+def test_small_backbone_shapes_loss_and_gradients(model: str, norm: str) -> None:
+    torch.manual_seed(0)
+    config = ModelConfig(model=model, backbone="small", width=8, dim=32, norm=norm)
+    net = build_model(config)
+    image, spec = _inputs(3)
+    img, aud = net.encode(image, spec)
+    c = _channels(config)
+    assert img.shape == (3, c, 7, 7) and aud.shape == (3, c)
+    torch.testing.assert_close(img.norm(dim=1), torch.ones(3, 7, 7))
+    torch.testing.assert_close(aud.norm(dim=1), torch.ones(3))
+    loss, maps = net(image, spec)
+    assert loss.dim() == 0 and torch.isfinite(loss)
+    assert maps.shape == (3, 7, 7) and not maps.requires_grad
+    torch.testing.assert_close(maps, MF.response_map(img, aud).detach())
+    torch.testing.assert_close(net.localize(image, spec), maps)
+    loss.backward()
+    # every parameter takes part (DistributedDataParallel needs no find_unused_parameters)
+    missing = [n for n, p in net.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert not missing
+    assert any(p.grad.abs().sum() > 0 for p in net.parameters())
+    norms = {type(m) for m in net.modules() if isinstance(m, (nn.BatchNorm2d, nn.GroupNorm))}
+    assert norms == {nn.BatchNorm2d if norm == "batch" else nn.GroupNorm}
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_resnet18_shapes(model: str) -> None:
+    torch.manual_seed(0)
+    config = ModelConfig(model=model, backbone="resnet18", dim=64)
+    net = build_model(config).eval()  # eval: BatchNorm running statistics, a batch of 2 is fine
+    image, spec = _inputs(2)
+    with torch.no_grad():
+        img, aud = net.encode(image, spec)  # forward = encode + criterion + response map (small-backbone test)
+        loss, maps = net.criterion(img, aud), MF.response_map(img, aud)
+    c = _channels(config)
+    assert img.shape == (2, c, 7, 7) and aud.shape == (2, c)
+    torch.testing.assert_close(img.norm(dim=1), torch.ones(2, 7, 7))
+    torch.testing.assert_close(aud.norm(dim=1), torch.ones(2))
+    assert torch.isfinite(loss) and maps.shape == (2, 7, 7)
+    assert net.audnet[0].in_channels == 1  # the audio ResNet's 1-channel conv1
+
+
+def test_resnet18_group_norm_replaces_every_batchnorm() -> None:
+    net = build_model(ModelConfig(model="lvs", backbone="resnet18", norm="group"))
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in net.modules())
+    groups = [m for m in net.modules() if isinstance(m, nn.GroupNorm)]
+    assert len(groups) == 2 * 20 and all(m.num_groups == 32 for m in groups)  # ResNet-18 has 20 norm layers
+
+
+@pytest.mark.parametrize("model", ["ezvsl", "reference"])
+def test_group_norm_features_do_not_depend_on_the_batch(model: str) -> None:
+    """The property the CPU DDP equivalence rests on: a clip's features are the same whatever else
+    is in its batch (train mode), with GroupNorm; BatchNorm's are not."""
+    image, spec = _inputs(4)
+    for norm in ("group", "batch"):
+        torch.manual_seed(0)
+        net = build_model(ModelConfig(model=model, backbone="small", width=8, dim=32, norm=norm)).train()
+        whole = net.encode(image, spec)
+        halves = [net.encode(image[s], spec[s]) for s in (slice(0, 2), slice(2, 4))]
+        joined = [torch.cat([h[k] for h in halves]) for k in range(2)]
+        same = all(torch.allclose(w, j, rtol=1e-5, atol=1e-6) for w, j in zip(whole, joined))
+        assert same == (norm == "group")
+
+
+def test_margin_reaches_the_loss() -> None:
+    image, spec = _inputs(3)
+    losses = {}
+    for margin in (0.0, -0.2):
+        torch.manual_seed(0)
+        net = build_model(ModelConfig(model="reference", backbone="small", width=8, dim=32, margin=margin)).eval()
+        img, aud = net.encode(image, spec)
+        losses[margin] = net.criterion(img, aud)
+        sim = MF.thresholded_similarity(img, aud, 0.65, 0.03)
+        torch.testing.assert_close(losses[margin], MF.margin_nce(sim, margin, 0.07))
+    assert losses[-0.2] < losses[0.0]  # a negative margin lowers the loss on the same features
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    (dict(model="clip"), ValueError, r"model: expected one of \('lvs', 'ezvsl', 'reference'\), got 'clip'"),
+    (dict(backbone="resnet50"), ValueError, r"backbone: expected one of \('resnet18', 'small'\), got 'resnet50'"),
+    (dict(norm="instance"), ValueError, r"norm: expected one of \('batch', 'group'\), got 'instance'"),
+    (dict(backbone="small", pretrained=True), ValueError, r"pretrained: ImageNet weights exist for backbone 'resnet18' only"),
+    (dict(pretrained=True, norm="group"), ValueError, r"pretrained: the ImageNet weights are for norm 'batch'"),
+    (dict(width=1), ValueError, r"width: expected an int >= 2, got 1"),
+    (dict(dim=0), ValueError, r"dim: expected an int >= 1, got 0"),
+    (dict(dim=32.0), ValueError, r"dim: expected an int >= 1, got 32.0"),
+    (dict(margin=float("nan")), ValueError, r"margin: expected a finite float, got nan"),
+    (dict(beta=0.0), ValueError, r"beta: expected a float > 0, got 0.0"),
+    (dict(gather_distributed=1), TypeError, r"gather_distributed: expected a bool, got int 1"),
+])
+def test_model_config_errors(kwargs, error, message) -> None:
+    with pytest.raises(error, match=message):
+        ModelConfig(**kwargs)
+
+
+def test_group_norm_group_count() -> None:
+    net = build_model(ModelConfig(model="ezvsl", backbone="small", width=8, dim=32, norm="group"))
+    counts = [(m.num_channels, m.num_groups) for m in net.imgnet.modules() if isinstance(m, nn.GroupNorm)]
+    assert counts == [(4, 4), (8, 8), (16, 16), (32, 32)]  # gcd(channels, 32)
