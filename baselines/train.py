@@ -226,11 +226,7 @@ def _check_config(c: TrainConfig, world_size: int = 1) -> None:
 
 
 def _device(config: TrainConfig, local_rank: int) -> torch.device:
-    if config.device == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError("device: expected 'cpu' on this machine (CUDA is not available), got 'cuda'")
-        return torch.device("cuda", local_rank)
-    return torch.device("cpu")
+    return torch.device("cuda", local_rank) if config.device == "cuda" else torch.device("cpu")
 
 
 # --------------------------------------------------------------------------- distributed
@@ -456,6 +452,8 @@ def train(config: TrainConfig, out: Path, resume: bool = False, progress: bool =
     if stop_after_epoch is not None and (not _is_int(stop_after_epoch) or stop_after_epoch < 1):
         raise ValueError(f"stop_after_epoch: expected None or an int >= 1, got {stop_after_epoch!r}")
     _check_config(config)
+    if config.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device: expected 'cpu' on this machine (CUDA is not available), got 'cuda'")
     out = Path(out)
     dist = _Distributed(config.device)
     try:
