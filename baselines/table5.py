@@ -79,7 +79,7 @@ class StudyPreset:
 
 
 # CPU-sized: the small backbone (stride 32, 7 x 7 maps), Adam at 1e-3, decoded clips cached in memory
-_EMBEDDED_TRAIN = dict(backbone="small", width=16, dim=128, batch_size=64, lr=1e-3, weight_decay=1e-4, epochs=6,
+_EMBEDDED_TRAIN = dict(backbone="small", width=16, dim=128, batch_size=64, lr=1e-3, weight_decay=1e-4, epochs=10,
                        cache=True)
 
 PRESETS: Dict[str, StudyPreset] = {
