@@ -137,7 +137,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     annotations = args.annotations or config.annotations
     if not (test_root and test_list and annotations):
         raise SystemExit("evaluate: give --test-root, --test-list and --annotations (the checkpoint's config has none)")
-    test_set = build_test_set(test_root, test_list, annotations, args.annotation_format)
+    annotation_format = args.annotation_format or config.annotation_format
+    test_set = build_test_set(test_root, test_list, annotations, annotation_format)
     prior = None
     if args.ogl:
         from torchvision.models import ResNet18_Weights, resnet18
@@ -161,12 +162,13 @@ def _reference_rows_main(args: argparse.Namespace) -> int:
 
     if not args.annotations:
         raise SystemExit("evaluate --reference-rows: give --annotations (vggss.json or the Flickr XML folder)")
+    fmt = args.annotation_format or "vggss"
     ids = load_id_list(args.test_list) if args.test_list else None
-    boxes = load_annotations(args.annotations, args.annotation_format, ids)
-    gts = torch.stack([torch.from_numpy(gt_map(b, args.annotation_format)) for b in boxes.values()])
+    boxes = load_annotations(args.annotations, fmt, ids)
+    gts = torch.stack([torch.from_numpy(gt_map(b, fmt)) for b in boxes.values()])
     rows = reference_rows_for(gts)
     result = {"annotations": Path(args.annotations).name, "test_list": Path(args.test_list).name if args.test_list else None,
-              "format": args.annotation_format, **rows}
+              "format": fmt, **rows}
     for name in ("center prior", "ceiling"):
         r = rows[name]
         print(f"{name:>13}: cIoU {r['ciou']:6.2f}  AUC {r['auc']:6.2f}  mean cIoU {r['mean_ciou']:6.2f}  (n = {r['n']})")

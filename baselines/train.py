@@ -594,7 +594,8 @@ def add_data_arguments(p: argparse.ArgumentParser, train: bool = True) -> None:
     p.add_argument("--test-root", default="", help="test folder (frames/, audio/)")
     p.add_argument("--test-list", default="", help="test ids (e.g. vggss_test.csv)")
     p.add_argument("--annotations", default="", help="vggss.json, or the SoundNet-Flickr XML folder")
-    p.add_argument("--annotation-format", default="vggss", choices=("vggss", "flickr"))
+    # evaluation without --annotation-format reads the format from the checkpoint's config
+    p.add_argument("--annotation-format", default="vggss" if train else None, choices=("vggss", "flickr"))
 
 
 def _fraction_or_count(text: str) -> float | int:

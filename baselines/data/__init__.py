@@ -31,6 +31,7 @@ from .datasets import (
     collate,
     collate_batch,
     augment_frame,
+    derive_seed,
     image_transform,
     load_annotations,
     load_image,
@@ -67,5 +68,6 @@ __all__ = [
     "image_transform",
     "resize_frame",
     "augment_frame",
+    "derive_seed",
     "load_image",
 ]
