@@ -12,9 +12,9 @@ kernel, as plain differentiable ops), :func:`margin_nce_core` (eq. 3), and the t
   the backward forms ``dS/dalpha`` in one element-wise pass from ``alpha`` (saved, or recomputed
   with ``recompute=True``) and ``S``, ``Z`` (``[B, B']``), then runs the two gradient products.
 
-Layouts: an NCHW ``img`` is used through batched products (``A @ V_i``, ``addbmm``), a channels-last
-one through plain ``[B*HW, C]`` products; no product copies ``img`` (the max-MIL backward of an NCHW
-``img`` transposes it into rows, a block at a time), and the ``img`` gradient has ``img``'s layout. On CPU the eager kernels work a block of images at a time (see ``_BLOCK_BYTES``):
+Layouts: an NCHW ``img`` is used through batched products (``A @ V_i``), a channels-last
+one through plain ``[B*HW, C]`` products; the backward of an NCHW ``img`` copies it a block at a time
+where a product needs ``(i, p)`` contiguous, and the ``img`` gradient has ``img``'s layout. On CPU the eager kernels work a block of images at a time (see ``_BLOCK_BYTES``):
 temporaries stay bounded, and max-MIL's response maps of a large batch never exist whole.
 
 The public, validated entry points are in :mod:`marginnce_loss.functional`; nothing here checks
@@ -81,8 +81,9 @@ def _products_block(grad: Tensor, img: Tensor, aud: Tensor, i0: int, i1: int, gr
         \frac{\partial L}{\partial A_j} = \sum_{i, p} G_{ij}[p]\,V_i[:, p]
 
     Writes rows ``i0:i1`` of ``grad_img`` (laid out like ``img``) and accumulates into ``grad_aud``.
-    NCHW: a batched product and a batch-reduced one (``addbmm``); channels-last: two plain products.
-    No copy of ``img``.
+    Channels-last: two plain products on views. NCHW: a batched product for ``grad_img``; the audio
+    gradient contracts over ``(i, p)``, which NCHW does not lay out contiguously, so it is one product
+    on block-sized copies (``[C, k*HW]`` of ``img``, ``[k*HW, B']`` of ``grad``).
     """
     b, c, h, w = img.shape
     hw, bp = h * w, aud.shape[0]
@@ -96,7 +97,11 @@ def _products_block(grad: Tensor, img: Tensor, aud: Tensor, i0: int, i1: int, gr
     if grad_img is not None:
         torch.bmm(aud.t().expand(i1 - i0, -1, -1), grad, out=grad_img.view(b, c, hw)[i0:i1])
     if grad_aud is not None:
-        grad_aud.addbmm_(grad, img.reshape(b, c, hw)[i0:i1].transpose(1, 2))
+        # one product over K = (i, p), on block-sized copies: addbmm would be i1 - i0 small
+        # parallel products in a row, which stall badly when the cores are shared
+        x_cols = img.reshape(b, c, hw)[i0:i1].permute(1, 0, 2).reshape(c, (i1 - i0) * hw)
+        g_cols = grad.transpose(1, 2).reshape((i1 - i0) * hw, bp)
+        grad_aud.addmm_(g_cols.t(), x_cols.t())
 
 
 # Images are processed in blocks whose [k, B', HW] / [k*HW, C] temporaries stay below this size,
