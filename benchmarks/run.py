@@ -133,7 +133,9 @@ def timed(fn: Callable[[], object], device: torch.device) -> float:
 
 
 def peak_bytes(fn: Callable[[], object], device: torch.device) -> int:
-    """Most bytes ``fn`` had allocated at once above what was allocated when it started."""
+    """Most bytes ``fn`` had allocated at once above what was allocated when it started.
+
+    Frees of memory allocated before the call would lower the count: free it first."""
     if device.type == "cuda":
         _sync(device)
         base = torch.cuda.memory_allocated(device)
@@ -212,7 +214,10 @@ def bench_losses(
                 single = {name: timed(fn, device) for name, fn in fns.items()}
                 n = max(3, min(repeats, int(budget_s / max(sum(single.values()), 1e-9))))
                 times = interleaved(fns, n, device)
-                peaks = {name: peak_bytes(fns[name], device) for name in variants}
+                peaks = {}
+                for name in variants:
+                    img.grad = aud.grad = None  # freed before, not during, the measured call
+                    peaks[name] = peak_bytes(fns[name], device)
                 for name in fns:
                     row = {
                         "formulation": formulation,

@@ -12,10 +12,11 @@ kernel, as plain differentiable ops), :func:`margin_nce_core` (eq. 3), and the t
   the backward forms ``dS/dalpha`` in one element-wise pass from ``alpha`` (saved, or recomputed
   with ``recompute=True``) and ``S``, ``Z`` (``[B, B']``), then runs the two gradient products.
 
-Layouts: an NCHW ``img`` is used through batched products (``A @ V_i``), a channels-last
-one through plain ``[B*HW, C]`` products; the backward of an NCHW ``img`` copies it a block at a time
-where a product needs ``(i, p)`` contiguous, and the ``img`` gradient has ``img``'s layout. On CPU the eager kernels work a block of images at a time (see ``_BLOCK_BYTES``):
-temporaries stay bounded, and max-MIL's response maps of a large batch never exist whole.
+Layouts: an NCHW ``img`` is used through batched products (``A @ V_i``), a channels-last one
+through plain ``[B*HW, C]`` products; the backward of an NCHW ``img`` copies it a block at a time
+where a product needs ``(i, p)`` contiguous, and the ``img`` gradient has ``img``'s layout. On CPU
+the eager kernels work a block of images at a time (see ``_BLOCK_BYTES``): temporaries stay
+bounded, and max-MIL's response maps of a large batch never exist whole.
 
 The public, validated entry points are in :mod:`marginnce_loss.functional`; nothing here checks
 its arguments.

@@ -67,7 +67,10 @@ def test_run_writes_tables_and_numbers(tmp_path):
     for r in rows:
         assert r["median_ms"] > 0 and len(r["times_ms"]) == r["repeats"] >= 3
         if r["variant"] == "eager":
-            assert r["matches_upstream"] is True and r["peak_MB"] > 0
+            assert r["matches_upstream"] is True
+        if r["variant"] != "floor":  # at least the two gradients are allocated during the call
+            grads = 4 * (r["B"] * r["C"] * r["H"] * r["W"] + r["B"] * r["C"])
+            assert r["peak_MB"] * 2**20 >= grads
     assert [t["variant"] for t in saved["train_step"]] == ["upstream", "eager"]
     assert all(0 < t["loss_share"] < 1 for t in saved["train_step"])
     table = (tmp_path / "smoke.md").read_text()
