@@ -84,8 +84,8 @@ def _products_block(grad: Tensor, img: Tensor, aud: Tensor, i0: int, i1: int, gr
     Writes rows ``i0:i1`` of ``grad_img`` (laid out like ``img``) and accumulates into ``grad_aud``.
     Channels-last: two plain products on views. NCHW: a batched product for ``grad_img``; the audio
     gradient contracts over ``(i, p)``, which NCHW does not lay out contiguously: ``addbmm`` with one
-    CPU thread (or on GPU), otherwise one product on block-sized copies (``[C, k*HW]`` of ``img``,
-    ``[k*HW, B']`` of ``grad``).
+    CPU thread (or eager on GPU), otherwise one product on block-sized copies (``[C, k*HW]`` of
+    ``img``, ``[k*HW, B']`` of ``grad``; under ``torch.compile`` the compiler lays them out).
     """
     b, c, h, w = img.shape
     hw, bp = h * w, aud.shape[0]
@@ -100,7 +100,7 @@ def _products_block(grad: Tensor, img: Tensor, aud: Tensor, i0: int, i1: int, gr
         torch.bmm(aud.t().expand(i1 - i0, -1, -1), grad, out=grad_img.view(b, c, hw)[i0:i1])
     if grad_aud is not None:
         x = img.reshape(b, c, hw)[i0:i1]
-        if torch.get_num_threads() == 1 or img.device.type != "cpu":
+        if not torch.compiler.is_compiling() and (img.device.type != "cpu" or torch.get_num_threads() == 1):
             grad_aud.addbmm_(grad, x.transpose(1, 2))  # i1 - i0 products summed in place, no copy
         else:
             # addbmm runs one small parallel product per image, in a row: each waits for every
@@ -289,6 +289,7 @@ def _max_backward_sparse(
             table = _rows(img[i0:i1])
             local = index[i0:i1] + torch.arange(k, device=index.device).unsqueeze(1) * hw  # [k, B']
             grad_aud += nnf.embedding_bag(local.t().contiguous(), table, per_sample_weights=g[i0:i1].t().contiguous(), mode="sum")
+            del table  # a block-sized copy for NCHW img: gone before the image gradient's rows exist
         if need_img:
             e0, e1 = i0 * bp, i1 * bp
             rows = nnf.embedding_bag(

@@ -360,12 +360,14 @@ def test_compiled_matches_eager_on_cpu(name):
 
     # losses on random features (of order log B; a trained-like loss is ~1e-3, all cancellation)
     features = normalized_features if name.endswith("loss") else trained_like_features
+    breaks = sum(counters["graph_break"].values())
     for b, seed in ((6, 1), (10, 2), (7, 3)):
         img, aud = features(b, 32, 7, 7, seed, dtype=torch.float32)
         before = counters["stats"]["unique_graphs"]
         _compiled_vs_eager(COMPILED[name], img, aud, _weights((b, b), seed))
         if b != 6:
             assert counters["stats"]["unique_graphs"] == before, "a new batch size recompiled"
+    assert sum(counters["graph_break"].values()) == breaks, dict(counters["graph_break"])  # one graph each
     assert C.KERNELS[{"thresholded_similarity": "thresholded", "max_similarity": "max", "reference loss": "thresholded_loss",
                       "EZ-VSL loss": "max_loss"}[name]].failure is None
 
