@@ -330,7 +330,7 @@ def markdown(meta: dict, rows: List[dict], train: List[dict]) -> str:
     lines = [
         f"# Loss benchmark: {meta['device']}",
         "",
-        f"`{meta['command']}` on {meta['date']}; torch {meta['torch']}, {meta['threads']} threads, "
+        f"`{meta['command']}` on {meta['date']}; torch {meta['torch']}, {meta['threads']} intra-op thread(s), "
         f"load average {meta['load_before']} before and {meta['load_after']} after; "
         f"features {meta['layout']}, C = {meta['channels']}, margin {MARGIN}.",
         "",
