@@ -7,6 +7,7 @@
 from . import adapters, distributed, functional
 from .distributed import all_gather_with_grad, gathered_localization_margin_nce
 from .functional import (
+    BACKENDS,
     background_similarity,
     margin_nce,
     max_similarity,
@@ -22,6 +23,7 @@ __all__ = [
     "MarginNCE",
     "LocalizationMarginNCE",
     "SIMILARITIES",
+    "BACKENDS",
     "functional",
     "adapters",
     "distributed",
