@@ -72,6 +72,8 @@ import soundfile as sf
 from PIL import Image
 from tqdm import tqdm
 
+from .data.annotations import load_id_list
+
 __all__ = [
     "AUDIO_DIR",
     "ClipError",
@@ -206,35 +208,32 @@ def read_ids(path: str | os.PathLike[str]) -> list[str]:
             items from 1), or an entry is not a usable id.
     """
     path = Path(path)
-    text = path.read_text(encoding="utf-8")
-    raw: list[str] = []
-    if path.suffix.lower() == ".json":
-        data = json.loads(text)
+    if path.suffix.lower() != ".json":
+        # text split files: the loaders' own reader (first CSV column, blanks skipped, duplicates rejected)
+        ids = load_id_list(path)
+        for clip_id in ids:
+            _check_id(clip_id, f"ids file {path}")
+    else:
+        data = json.loads(path.read_text(encoding="utf-8"))
         if not isinstance(data, list):
             raise ValueError(f"ids file {path}: expected a JSON list, got {type(data).__name__}")
+        ids = []
+        seen: set[str] = set()
         for i, entry in enumerate(data):
             if isinstance(entry, str):
-                raw.append(entry)
+                clip_id = entry.strip()
             elif isinstance(entry, dict) and isinstance(entry.get("file"), str):
-                raw.append(entry["file"])
+                clip_id = entry["file"].strip()
             else:
                 raise ValueError(
                     f"ids file {path}: entry {i}: expected a string or an object with a string "
                     f"'file', got {entry!r}"
                 )
-    else:
-        raw = [line.split(",", 1)[0] for line in text.splitlines()]
-    ids: list[str] = []
-    seen: set[str] = set()
-    for position, entry in enumerate(raw, start=1):
-        clip_id = entry.strip()
-        if not clip_id:
-            continue
-        _check_id(clip_id, f"ids file {path}")
-        if clip_id in seen:
-            raise ValueError(f"ids file {path}: entry {position}: duplicate clip id {clip_id!r}")
-        seen.add(clip_id)
-        ids.append(clip_id)
+            _check_id(clip_id, f"ids file {path}")
+            if clip_id in seen:
+                raise ValueError(f"ids file {path}: entry {i + 1}: duplicate clip id {clip_id!r}")
+            seen.add(clip_id)
+            ids.append(clip_id)
     if not ids:
         raise ValueError(f"ids file {path}: expected at least one id, found none")
     return ids

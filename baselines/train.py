@@ -200,17 +200,11 @@ def _check_config(c: TrainConfig, world_size: int = 1) -> None:
     mf = c.max_failures
     if not ((isinstance(mf, float) and 0.0 <= mf < 1.0) or (_is_int(mf) and mf >= 0)):
         raise ValueError(f"max_failures: expected a fraction in [0, 1) or a count >= 0, got {mf!r}")
-    if c.model not in MODELS:
-        raise ValueError(f"model: expected one of {MODELS}, got {c.model!r}")
-    if c.backbone not in BACKBONES:
-        raise ValueError(f"backbone: expected one of {BACKBONES}, got {c.backbone!r}")
-    if c.norm not in NORMS:
-        raise ValueError(f"norm: expected one of {NORMS}, got {c.norm!r}")
     if c.device not in ("cpu", "cuda"):
         raise ValueError(f"device: expected 'cpu' or 'cuda', got {c.device!r}")
     if c.annotation_format not in ("vggss", "flickr"):
         raise ValueError(f"annotation_format: expected 'vggss' or 'flickr', got {c.annotation_format!r}")
-    c.model_config()  # the model's own checks (e.g. pretrained needs resnet18 and BatchNorm)
+    c.model_config()  # the model's own checks: model, backbone, norm, dim, width, pretrained
     for name in ("train_root", "train_list"):
         if not getattr(c, name):
             raise ValueError(f"{name}: expected a path, got nothing")

@@ -402,7 +402,7 @@ def test_read_ids_formats(tmp_path):
     (tmp_path / "a.txt").write_text("x_000001\r\n\r\n y_000002 \n")
     assert P.read_ids(tmp_path / "a.txt") == ["x_000001", "y_000002"]
     (tmp_path / "dup.txt").write_text("x_000001\ny_000002\nx_000001\n")
-    with pytest.raises(ValueError, match="entry 3: duplicate clip id 'x_000001'"):
+    with pytest.raises(ValueError, match=r"dup.txt:3: duplicate clip id 'x_000001'"):  # the loaders' reader
         P.read_ids(tmp_path / "dup.txt")
     (tmp_path / "b.csv").write_text("10000130166,202\n10007936344,0\n")
     assert P.read_ids(tmp_path / "b.csv") == ["10000130166", "10007936344"]
