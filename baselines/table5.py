@@ -19,11 +19,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -157,10 +156,15 @@ class Runner:
         return TrainConfig(model=model, margin=margin, seed=seed, train_root=self.data.train_root,
                            train_list=train_list, device=self.device, workers=self.workers, **self.train_kwargs)
 
-    def _cached(self, model: str, margin: float, seed: int, train_list: str, test_lists: Sequence[str],
-                tag: str = "") -> Optional[Dict[str, Dict[str, Any]]]:
+    def _cache_entry(self, model: str, margin: float, seed: int, train_list: str, test_lists: Sequence[str],
+                     tag: str = "") -> Tuple[Path, TrainConfig, Dict[str, Any]]:
+        """Where a run's result lives, its config, and the key a cached result must carry."""
+        config = self._config(model, margin, seed, train_list)
         path = self.out / "runs" / _run_name(model, margin, seed, tag) / "result.json"
-        key = {"config": asdict(self._config(model, margin, seed, train_list)), "tests": list(test_lists)}
+        return path, config, {"config": asdict(config), "tests": list(test_lists)}
+
+    def _cached(self, *spec: Any) -> Optional[Dict[str, Dict[str, Any]]]:
+        path, _, key = self._cache_entry(*spec)
         if path.exists():
             cached = json.loads(path.read_text())
             if cached.get("key") == key:
@@ -177,14 +181,13 @@ class Runner:
         from .models import build_model
         from .train import load_checkpoint
 
-        cached = self._cached(model, margin, seed, train_list, test_lists, tag)
+        spec = (model, margin, seed, train_list, test_lists, tag)
+        cached = self._cached(*spec)
         if cached is not None:
             return cached
-        name = _run_name(model, margin, seed, tag)
-        run_dir = self.out / "runs" / name
-        config = self._config(model, margin, seed, train_list)
-        result_path = run_dir / "result.json"
-        key = {"config": asdict(config), "tests": list(test_lists)}
+        result_path, config, key = self._cache_entry(*spec)
+        run_dir = result_path.parent
+        name = run_dir.name
         t0 = time.time()
         if self.progress:
             print(f"  training {name} ...", flush=True)
@@ -194,7 +197,7 @@ class Runner:
         state = load_checkpoint(run_dir / "checkpoint.pt")
         net = build_model(config.model_config())
         net.load_state_dict(state["model"])
-        results = {t: evaluate_model(net, self.test_set(t), "cpu" if self.device == "cpu" else self.device,
+        results = {t: evaluate_model(net, self.test_set(t), self.device,
                                      batch_size=64, workers=self.workers) for t in test_lists}
         results["_seconds"] = {"train_and_eval": round(time.time() - t0, 1)}
         atomic_write_text(json.dumps({"key": key, "results": results}, indent=2), result_path)

@@ -29,7 +29,6 @@ from torch import Tensor
 
 from . import _compiled, _kernels
 from ._compiled import BACKENDS
-from ._kernels import _STABLE_LIMIT  # noqa: F401  (re-exported for callers of the private helpers)
 from ._kernels import pairwise as _pairwise
 from ._kernels import sigmoid_weighted_mean as _sigmoid_weighted_mean
 from ._validation import (
