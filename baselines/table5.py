@@ -486,7 +486,12 @@ def run_studies(preset: str, out: Path, studies: Sequence[str], data: Optional[S
             "torch": torch.__version__}
     results: Dict[str, Any] = {}
     t0 = time.time()
-    execute_runs(runner, plan_runs(studies, data, seeds), jobs if device == "cpu" else 1)
+    runs = plan_runs(studies, data, seeds)
+    execute_runs(runner, runs, jobs if device == "cpu" else 1)
+    # the measured cost of the study: every run's training + evaluation time, as recorded when it ran
+    meta["compute"] = {"runs": len(runs), "jobs": jobs,
+                       "train_and_eval_seconds_total": round(sum(runner.run(*r)["_seconds"]["train_and_eval"]
+                                                                 for r in runs), 1)}
     if "table5" in studies:
         results["table5"] = study_table5(runner, seeds, meta)
         print(markdown_table("Table 5", results["table5"]["rows"], _note(results["table5"])))
