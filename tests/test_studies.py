@@ -57,9 +57,9 @@ def test_smoke_preset_writes_table5(smoke):
     assert any(cache.iterdir())  # the dataset went to MARGINNCE_CACHE
 
 
-def test_smoke_preset_is_fast_and_resumes_from_cache(smoke, capsys):
+def test_smoke_preset_resumes_from_cache(smoke, capsys):
     out, seconds, cache = smoke
-    print(f"smoke preset took {seconds:.0f} s")  # the budget is 3 minutes on 2 cores; not asserted here
+    print(f"smoke preset took {seconds:.0f} s")  # reported, never asserted (speed lives in benchmarks)
     import os
 
     os.environ["MARGINNCE_CACHE"] = str(cache)
