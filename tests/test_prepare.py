@@ -373,7 +373,8 @@ def test_verify_lists_missing_and_undecodable_files(videos, tmp_path, capsys):
     assert problems == {
         a: ["missing audio"],
         b: [problems[b][0]],
-        c: ["audio: expected 16000 Hz, got 8000 Hz", "audio: expected 1 channel, got 2"],
+        c: ["audio: expected 16000 Hz, got 8000 Hz", "audio: expected 1 channel, got 2",
+            "too short: 0.100 s of audio, the minimum is 1 s"],
         "never_prepared": ["missing frame", "missing audio"],
     }
     assert problems[b][0].startswith("frame does not decode")
@@ -445,7 +446,8 @@ def test_find_videos_rejects_two_files_for_one_id(tmp_path):
 
 def test_argument_errors(videos, tmp_path, capsys):
     folder, _ = videos
-    for bad, exc in [(0.0, ValueError), (math.nan, ValueError), (-1.0, ValueError), (True, TypeError), ("3", TypeError)]:
+    for bad, exc in [(0.0, ValueError), (0.99, ValueError), (math.nan, ValueError), (-1.0, ValueError),
+                     (True, TypeError), ("3", TypeError)]:
         with pytest.raises(exc, match="audio_seconds"):
             P.prepare(folder, tmp_path, audio_seconds=bad, progress=False)
     with pytest.raises(ValueError, match="workers"):
@@ -461,5 +463,8 @@ def test_argument_errors(videos, tmp_path, capsys):
         with pytest.raises(SystemExit) as exit_info:
             P.main(argv)
         assert exit_info.value.code == 2
-    assert P.main(["--videos", str(tmp_path / "absent"), "--out", str(tmp_path)]) == 2
-    assert "videos_dir" in capsys.readouterr().err
+    # expected user errors: one line on stderr, status 1, no traceback
+    capsys.readouterr()
+    assert P.main(["--videos", str(tmp_path / "absent"), "--out", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: videos_dir") and "Traceback" not in err

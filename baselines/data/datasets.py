@@ -13,7 +13,10 @@ a random other clip). Instead:
   annotations, whose annotation) is missing; those ids are left out of the index
   and recorded in ``dataset.failures`` (a ``DataFailureTracker``);
 * ``__getitem__`` returns a ``FailedSample(id, reason)`` when a file cannot be
-  decoded. It does not record it itself: in a DataLoader worker process the
+  decoded or the clip breaks the acceptance rule that ``prepare`` and ``prepare --verify`` apply
+  (``baselines.data.acceptance.clip_problems``: frame decodes in an 8-bit colour mode; audio
+  decodes, 16 kHz, mono, at least 1 s, every sample finite), with the same reason ``--verify``
+  prints. It does not record it itself: in a DataLoader worker process the
   dataset is a copy, so a record there would never reach the main process. The
   sentinel travels through ``collate_batch`` into ``batch["failures"]`` and the
   training/evaluation loop calls ``dataset.failures.update(batch["failures"])``,
@@ -44,7 +47,8 @@ import torch
 from torch.utils.data import Dataset
 
 from .annotations import GT_FORMATS, GT_SIZE, gt_map, load_flickr_annotations, load_vggss_annotations
-from .audio import load_spectrogram
+from .acceptance import ClipRejected, decode_frame, frame_problems, load_clip
+from .audio import log_spectrogram, waveform_from_samples
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -267,11 +271,17 @@ def augment_frame(
 
 
 def load_image(path: str | Path):
-    """Decode an image file fully into an RGB ``PIL.Image``."""
-    from PIL import Image
+    """Decode an image file fully into an RGB ``PIL.Image``.
 
-    with Image.open(path) as im:
-        return im.convert("RGB")
+    Raises:
+        ClipRejected: the file does not decode, or its colour mode is not one of
+            ``acceptance.FRAME_MODES`` (the frame part of the acceptance rule).
+    """
+    image = decode_frame(path)
+    problems = frame_problems(image)
+    if problems:
+        raise ClipRejected("; ".join(problems))
+    return image.convert("RGB")
 
 
 class AudioVisualDataset(Dataset):
@@ -411,8 +421,11 @@ class AudioVisualDataset(Dataset):
         hit = self._cache.get(clip_id)
         if hit is not None:
             return hit
-        frame = resize_frame(load_image(self.image_path(clip_id)), self.split, self.image_size)
-        decoded = (frame, load_spectrogram(self.audio_path(clip_id)))
+        # the acceptance rule shared with prepare and --verify; raises ClipRejected with their reason
+        image, samples, _ = load_clip(self.image_path(clip_id), self.audio_path(clip_id))
+        frame = resize_frame(image, self.split, self.image_size)
+        spectrogram = log_spectrogram(torch.from_numpy(waveform_from_samples(samples))).unsqueeze(0)
+        decoded = (frame, spectrogram)
         if self.cache:
             self._cache[clip_id] = decoded
         return decoded
@@ -447,6 +460,10 @@ class AudioVisualDataset(Dataset):
         clip_id = self.ids[index]
         try:
             return self.load(index)
+        except ClipRejected as exc:  # the acceptance rule's reason, as prepare --verify prints it
+            failed = FailedSample(clip_id, exc.reason)
+            self.failures.record(failed.id, failed.reason)
+            return failed
         except DECODE_ERRORS as exc:
             failed = FailedSample(clip_id, f"{type(exc).__name__}: {exc}")
             self.failures.record(failed.id, failed.reason)
