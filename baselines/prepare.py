@@ -12,8 +12,9 @@ Definitions
 -----------
 Times
     Seconds on the file's own timeline (its packets' timestamps).  The file starts at ``t0``, the
-    earlier of its first video and first audio timestamp, and lasts ``D = end - t0`` where ``end``
-    is the later of the two streams' last timestamp plus that packet's duration.
+    time of its first video frame (audio packets may start a few milliseconds earlier with the
+    codec's priming samples), and lasts ``D = end - t0`` where ``end`` is the later of the two
+    streams' last timestamp plus that packet's duration.
 Clip window
     The span ``[a, b)`` of the file the clip is taken from.  A VGGSound id
     ``<11-character YouTube id>_<start second, 6 digits>`` names the 10 s clip ``[s, s + 10)`` of a
@@ -455,7 +456,7 @@ class _Probe:
     """Pass 1 of ``decode_clip``: timestamps from demuxed packets, nothing decoded."""
 
     frame_times: list[float]  # presentation times of the non-empty video packets, sorted (seconds)
-    start: float  # t0
+    start: float  # t0, the first video frame's time
     end: float  # t0 + D
 
 
@@ -477,7 +478,6 @@ def _probe(video_path: Path) -> _Probe:
         video_stream, audio_stream = container.streams.video[0], container.streams.audio[0]
         times: list[float | None] = []
         ends: list[float] = []
-        starts: list[float] = []
         try:
             for packet in container.demux(video_stream, audio_stream):
                 if packet.size <= 0:
@@ -486,7 +486,6 @@ def _probe(video_path: Path) -> _Probe:
                 if packet.stream.index == video_stream.index:
                     times.append(t)
                 if t is not None:
-                    starts.append(t)
                     duration = float(packet.duration * packet.time_base) if packet.duration else 0.0
                     ends.append(t + duration)
         except av.FFmpegError as error:
@@ -500,9 +499,10 @@ def _probe(video_path: Path) -> _Probe:
             raise ClipError("decode error: the video packets have no timestamps and the stream no frame rate")
         times = [i / float(rate) for i in range(len(times))]
         ends.append(len(times) / float(rate))
-        starts.append(0.0)
     frame_times = sorted(t for t in times if t is not None)
-    return _Probe(frame_times, min(starts), max(ends))
+    # the file starts with its first video frame: audio packets may start earlier by the codec's
+    # priming samples (AAC in MP4: -1024 samples), which are not part of the video's timeline
+    return _Probe(frame_times, frame_times[0], max(ends))
 
 
 def clip_window(clip_id: str, file_start: float, file_end: float, rule: WindowRule) -> tuple[float, float, str]:

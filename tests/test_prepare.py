@@ -468,3 +468,24 @@ def test_argument_errors(videos, tmp_path, capsys):
     assert P.main(["--videos", str(tmp_path / "absent"), "--out", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: videos_dir") and "Traceback" not in err
+
+
+def test_help_shows_defaults_and_what_ids_does(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        P.main(["--help"])
+    assert exit_info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for default in ("(default: auto)", "(default: 10.0)", "(default: 1.0)", f"(default: {P.VGGSOUND_ID_PATTERN})"):
+        assert default in text, default
+    assert "When preparing: only these ids are prepared" in text
+    assert "--write-clean CLEAN" in text and "--window {auto,from-id,whole-file}" in text
+
+
+def test_bad_start_regex_and_write_clean_without_verify_are_user_errors(videos, tmp_path, capsys):
+    folder, _ = videos
+    assert P.main(["--videos", str(folder), "--out", str(tmp_path), "--start-regex", "(no start group)"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "start-regex: expected a named group (?P<start>...)" in err
+    with pytest.raises(SystemExit) as exit_info:
+        P.main(["--videos", str(folder), "--out", str(tmp_path), "--write-clean", str(tmp_path / "c.txt")])
+    assert exit_info.value.code == 2
