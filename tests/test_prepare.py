@@ -489,3 +489,16 @@ def test_bad_start_regex_and_write_clean_without_verify_are_user_errors(videos, 
     with pytest.raises(SystemExit) as exit_info:
         P.main(["--videos", str(folder), "--out", str(tmp_path), "--write-clean", str(tmp_path / "c.txt")])
     assert exit_info.value.code == 2
+
+
+def test_report_records_windows_and_keeps_them_for_skipped_clips(videos, tmp_path):
+    folder, specs = videos
+    first = P.prepare(folder, tmp_path, ids=list(specs), progress=False)
+    assert sorted(first["clips"]) == sorted(specs)
+    for clip_id, entry in first["clips"].items():
+        assert entry["window_rule"] == "whole-file"  # 3 s files: trimmed, even with VGGSound ids
+        assert entry["window"][0] == 0.0 and entry["frame_time"] == pytest.approx(1.5)
+        assert entry["audio"] == pytest.approx([0.0, 3.0], abs=0.03)
+    second = P.prepare(folder, tmp_path, ids=list(specs), progress=False)
+    assert second["skipped"] == len(specs) and second["clips"] == first["clips"]
+    assert json.loads((tmp_path / P.REPORT_NAME).read_text())["clips"] == first["clips"]

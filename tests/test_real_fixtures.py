@@ -456,3 +456,29 @@ def test_verify_cli_reports_and_writes_the_clean_list(root, tmp_path, capsys):
     assert out[-1] == f"verify: wrote the {len(good)} ids that pass to {clean}"
     assert P.read_ids(clean) == good
     assert P.main(["--verify", str(root), "--ids", str(clean), "--workers", "1"]) == 0
+
+
+@pytest.mark.skipif(not (_encodable("libx264") and _encodable("pcm_f32le")), reason="needs libx264 and pcm_f32le")
+def test_prepare_and_verify_give_the_same_reason_for_the_same_defect(tmp_path):
+    """The issue's case: --verify said ok to a 1-sample wav that prepare rejects; and NaN audio."""
+    videos, root = tmp_path / "videos", tmp_path / "root"
+    videos.mkdir()
+    (root / "frames").mkdir(parents=True)
+    (root / "audio").mkdir()
+    write_video(videos / "one_sample.mkv", 1.0, audio=Audio("pcm_s16le", 16000, "mono", seconds=1 / 16000))
+    write_video(videos / "nan.mkv", 2.0, audio=Audio("pcm_f32le", 16000, "mono", inject={0.5: np.nan}))
+    report = P.prepare(videos, tmp_path / "out", workers=1, progress=False)
+    by_prepare = {item["id"]: item["reason"] for item in report["failed"]}
+    nan = sweep(np.arange(32000) / 16000).astype(np.float32)
+    nan[8000] = np.nan
+    for clip_id, audio in (("one_sample", np.zeros(1, np.int16)), ("nan", nan)):
+        _rgb().save(P.frame_path(root, clip_id))
+        sf.write(str(P.audio_path(root, clip_id)), audio, 16000, subtype="FLOAT" if audio.dtype.kind == "f" else "PCM_16")
+    assert by_prepare == {
+        "one_sample": "too short: 0.000 s of audio, the minimum is 1 s",
+        "nan": "non-finite audio: 1 NaN, 0 +Inf, 0 -Inf values, the first at 0.500 s",
+    }
+    for clip_id, reason in by_prepare.items():
+        assert P.verify_clip(root, clip_id) == [reason]
+        item = AudioVisualDataset(root, [clip_id], split="test", max_failures=1)[0]
+        assert isinstance(item, FailedSample) and item.reason == reason
