@@ -1008,7 +1008,12 @@ def write_ids(path: str | os.PathLike[str], ids: Sequence[str]) -> None:
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults in the help, and the description's line breaks kept."""
+    """Defaults in the help (not for options without one), and the description's line breaks kept."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -478,6 +478,7 @@ def test_help_shows_defaults_and_what_ids_does(capsys):
     for default in ("(default: auto)", "(default: 10.0)", "(default: 1.0)", f"(default: {P.VGGSOUND_ID_PATTERN})"):
         assert default in text, default
     assert "When preparing: only these ids are prepared" in text
+    assert "(default: None)" not in text and "(default: False)" not in text
     assert "--write-clean CLEAN" in text and "--window {auto,from-id,whole-file}" in text
 
 
