@@ -103,6 +103,9 @@ def audio_problems(samples: np.ndarray, sample_rate: int) -> list[str]:
     In this order: ``audio: expected 16000 Hz, got R Hz``; ``audio: expected 1 channel, got C``;
     ``too short: ...`` (fewer than ``round(MIN_AUDIO_SECONDS * sample_rate)`` samples);
     ``non-finite audio: ...`` (counts of NaN, +Inf and -Inf values and the time of the first).
+
+    Raises:
+        ValueError: ``samples`` is not 1-D or 2-D.
     """
     a = np.asarray(samples)
     if a.ndim == 1:
@@ -144,6 +147,9 @@ def clip_problems(frame, audio: tuple[np.ndarray, int]) -> list[str]:
 
     Returns:
         ``frame_problems(frame) + audio_problems(*audio)``.
+
+    Raises:
+        ValueError: the samples are not 1-D or 2-D.
     """
     return frame_problems(frame) + audio_problems(*audio)
 

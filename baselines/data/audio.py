@@ -1,4 +1,4 @@
-"""Audio front end of the sound-source-localisation baselines (SPEC section 6).
+"""Audio front end of the sound-source-localisation baselines (upstream EZ-VSL ``datasets.py@95ff5bf``).
 
 Pipeline for one clip (``load_spectrogram``):
 

@@ -1,4 +1,4 @@
-"""Audio-visual clip dataset over the on-disk layout of SPEC section 6, with failure accounting.
+"""Audio-visual clip dataset over the on-disk layout ``frames/`` + ``audio/`` (upstream EZ-VSL ``datasets.py@95ff5bf``), with failure accounting.
 
 Layout: ``<root>/frames/<id>.jpg`` (the clip's centre frame) and
 ``<root>/audio/<id>.wav`` (16 kHz). One item is a dict::
@@ -221,7 +221,7 @@ def _remove_owned_file(path: str, owner_pid: int) -> None:
 
 
 def image_transform(split: str, image_size: int = 224):
-    """The image pipeline of SPEC section 6 as one callable ``PIL.Image -> [3, size, size]`` float32.
+    """The image pipeline (upstream EZ-VSL ``datasets.py@95ff5bf``) as one callable ``PIL.Image -> [3, size, size]`` float32.
 
     ``"train"``: ``Resize(int(1.1 * size), bicubic) -> RandomCrop(size) -> RandomHorizontalFlip ->
     ToTensor -> Normalize(ImageNet)`` (246 for 224); ``"test"``: ``Resize((size, size), bicubic) ->
