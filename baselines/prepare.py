@@ -1016,9 +1016,16 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescrip
         return super()._get_help_string(action)
 
 
+class _Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose usage errors are one line on stderr and exit status 1."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(1, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
     """The command-line parser."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m baselines.prepare",
         formatter_class=_HelpFormatter,
         description=(
@@ -1078,10 +1085,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the exit status.
 
     Prepare: 0 when the run completed (per-clip failures are in the report and the
-    summary line).  Verify: 0 when every id is fine, 1 when some have problems.  Bad
-    arguments: 2 (argparse's usage message).  Other user errors (a missing folder or ids file, a
-    malformed ids file, a bad --start-regex): one line ``error: ...`` on stderr, status 1, no
-    traceback.
+    summary line).  Verify: 0 when every id is fine, 1 when some have problems.  User errors
+    (bad or missing arguments, a missing folder or ids file, a malformed ids file, a bad
+    --start-regex): one line on stderr naming the problem, status 1, no traceback.
     """
     parser = _parser()
     args = parser.parse_args(argv)

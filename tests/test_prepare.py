@@ -458,11 +458,14 @@ def test_argument_errors(videos, tmp_path, capsys):
         P.prepare_clip(folder / "silent.mp4", tmp_path)
     assert P.prepare_clip(folder / "clip_c.mkv", tmp_path, audio_seconds=2.0) == "clip_c"
     assert sf.info(str(P.audio_path(tmp_path, "clip_c"))).frames == 32000
+    capsys.readouterr()
     for argv in (["--verify", str(tmp_path)], ["--videos", str(folder)], ["--videos", str(folder), "--out",
-                 str(tmp_path), "--audio-seconds", "0"]):
+                 str(tmp_path), "--audio-seconds", "0"], ["--workers", "two"], ["--window", "trim"]):
         with pytest.raises(SystemExit) as exit_info:
             P.main(argv)
-        assert exit_info.value.code == 2
+        assert exit_info.value.code == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("python -m baselines.prepare: error: "), err
     # expected user errors: one line on stderr, status 1, no traceback
     capsys.readouterr()
     assert P.main(["--videos", str(tmp_path / "absent"), "--out", str(tmp_path)]) == 1
@@ -489,7 +492,8 @@ def test_bad_start_regex_and_write_clean_without_verify_are_user_errors(videos, 
     assert err.count("\n") == 1 and "start-regex: expected a named group (?P<start>...)" in err
     with pytest.raises(SystemExit) as exit_info:
         P.main(["--videos", str(folder), "--out", str(tmp_path), "--write-clean", str(tmp_path / "c.txt")])
-    assert exit_info.value.code == 2
+    assert exit_info.value.code == 1
+    assert "--write-clean CLEAN goes with --verify" in capsys.readouterr().err
 
 
 def test_report_records_windows_and_keeps_them_for_skipped_clips(videos, tmp_path):
