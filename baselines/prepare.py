@@ -1033,7 +1033,7 @@ def _parser() -> argparse.ArgumentParser:
             "of each clip from downloaded videos <id>.<ext>, or --verify a prepared split.\n\n"
             "Clip window: a VGGSound id <11-char YouTube id>_<start second, 6 digits> names the 10 s clip\n"
             "[start, start + 10) of a YouTube video. With --window auto, an untrimmed download (longer than\n"
-            f"--clip-seconds + --window-tolerance) is cut to that window; a trimmed one (or another id scheme)\n"
+            "--clip-seconds + --window-tolerance) is cut to that window; a trimmed one (or another id scheme)\n"
             "is used whole. A window past the end of its video, or that does not fit, is a failed clip.\n"
             "Each clip's window and frame time are in ROOT/prepare_report.json."
         ),
