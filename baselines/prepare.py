@@ -3,7 +3,9 @@
 For every video ``<id>.<ext>`` (``<id>`` is the file stem, e.g. the VGGSound id
 ``zpWuikVorYg_000032``) this writes
 
-* ``ROOT/frames/<id>.jpg`` -- the centre frame, RGB, JPEG quality 95 (Pillow);
+* ``ROOT/frames/<id>.jpg`` -- the centre frame, RGB, JPEG quality 95 (Pillow); with
+  ``--frame-size PX`` its shorter side bicubic-resized to ``PX`` (``shrink_frame``; 246 is what the
+  training transform resizes 224-pixel inputs to, so the loader then skips that resize);
 * ``ROOT/audio/<id>.wav``  -- up to ``audio_seconds`` of audio centred on that frame's
   time, resampled to 16 kHz mono by FFmpeg's resampler (PyAV ``AudioResampler``,
   format ``s16``) and written as 16-bit PCM WAV (soundfile).
@@ -44,7 +46,7 @@ Robustness
 Command line
 ------------
 ``python -m baselines.prepare --videos DIR --out ROOT [--ids LIST] [--workers N]
-[--audio-seconds 10]`` prepares; ``python -m baselines.prepare --verify ROOT --ids LIST``
+[--audio-seconds 10] [--frame-size PX]`` prepares; ``python -m baselines.prepare --verify ROOT --ids LIST``
 lists the ids that lack a frame or an audio file or whose files do not decode (exit
 status 1 when it finds any).  ``LIST`` is a text file with one id per line (a CSV's first
 column is used, so ``vggss_test.csv`` and ``flickr_test.csv`` work) or a JSON list of ids
@@ -93,6 +95,8 @@ __all__ = [
     "main",
     "prepare",
     "prepare_clip",
+    "save_frame",
+    "shrink_frame",
     "read_ids",
     "verify",
     "verify_clip",
@@ -182,6 +186,12 @@ def _check_audio_seconds(audio_seconds: float) -> float:
     if not math.isfinite(audio_seconds) or audio_seconds <= 0:
         raise ValueError(f"audio_seconds: expected a finite number > 0, got {audio_seconds!r}")
     return float(audio_seconds)
+
+
+def _check_frame_size(frame_size: int | None) -> int | None:
+    if frame_size is not None and (isinstance(frame_size, bool) or not isinstance(frame_size, int) or frame_size < 1):
+        raise ValueError(f"frame_size: expected None or an int >= 1, got {frame_size!r}")
+    return frame_size
 
 
 def _check_workers(workers: int) -> int:
@@ -418,13 +428,57 @@ def decode_clip(video_path: str | os.PathLike[str], audio_seconds: float = 10.0)
     )
 
 
+def shrink_frame(frame: np.ndarray, short_side: int) -> np.ndarray:
+    """``--frame-size``: the ``(H, W, 3)`` uint8 frame bicubic-resized (Pillow ``BICUBIC``, what
+    torchvision's ``Resize(short_side, bicubic)`` does to a PIL image) so that its shorter side is
+    ``short_side`` and the longer ``int(short_side * longer / shorter)``; returned unchanged when its
+    shorter side is ``short_side`` or less (frames are never enlarged).
+
+    With ``short_side = int(1.1 * 224) = 246`` a stored frame is already the size the training
+    transform resizes to, so the loader skips the resize (and decodes 2.1x fewer pixels of a
+    640 x 360 frame).
+
+    Raises:
+        ValueError: ``short_side`` is not a positive int or ``frame`` not ``(H, W, 3)`` uint8.
+    """
+    if isinstance(short_side, bool) or not isinstance(short_side, int) or short_side < 1:
+        raise ValueError(f"short_side: expected a positive int, got {short_side!r}")
+    if not isinstance(frame, np.ndarray) or frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
+        raise ValueError(f"frame: expected an (H, W, 3) uint8 array, got {getattr(frame, 'dtype', type(frame))} "
+                         f"{getattr(frame, 'shape', '')}")
+    h, w = frame.shape[:2]
+    if min(h, w) <= short_side:
+        return frame
+    size = (int(short_side * w / h), short_side) if w >= h else (short_side, int(short_side * h / w))
+    return np.asarray(Image.fromarray(frame).resize(size, Image.Resampling.BICUBIC))
+
+
+def save_frame(frame: np.ndarray, path: str | os.PathLike[str], frame_size: int | None = None) -> None:
+    """Write the centre frame ``(H, W, 3)`` uint8 as a JPEG file (``format="JPEG"`` whatever the name).
+
+    ``frame_size=None``: the full frame, quality ``JPEG_QUALITY`` (95), Pillow's default 4:2:0 chroma.
+    Otherwise ``shrink_frame(frame, frame_size)`` at quality 95 with full-resolution chroma (4:4:4,
+    ``subsampling=0``): at 4:2:0 the small frame would lose more colour detail than the loader's
+    resize of a full frame does (the resize averages the JPEG error away); at 4:4:4 it is as close to
+    the source frame as that resize is or closer, and decodes as fast (``benchmarks/data_loading.py``
+    measures both: the ``vs source`` columns).
+    """
+    if frame_size is None:
+        Image.fromarray(frame).save(path, format="JPEG", quality=JPEG_QUALITY)
+    else:
+        Image.fromarray(shrink_frame(frame, frame_size)).save(
+            path, format="JPEG", quality=JPEG_QUALITY, subsampling=0
+        )
+
+
 def _temp_path(final: Path) -> Path:
     """Temp name beside ``final``: ``<name>.<pid>.tmp`` (ignored by the skip check)."""
     return final.with_name(f"{final.name}.{os.getpid()}{TMP_SUFFIX}")
 
 
 def _prepare_clip(
-    video_path: Path, out_root: Path, audio_seconds: float, pause_before_rename: float = 0.0
+    video_path: Path, out_root: Path, audio_seconds: float, pause_before_rename: float = 0.0,
+    frame_size: int | None = None,
 ) -> str:
     """``prepare_clip`` with an optional pause between writing temps and renaming (test hook)."""
     clip_id = _check_id(video_path.stem, "video_path")
@@ -435,7 +489,7 @@ def _prepare_clip(
     audio_final.parent.mkdir(parents=True, exist_ok=True)
     frame_tmp, audio_tmp = _temp_path(frame_final), _temp_path(audio_final)
     try:
-        Image.fromarray(clip.frame).save(frame_tmp, format="JPEG", quality=JPEG_QUALITY)
+        save_frame(clip.frame, frame_tmp, frame_size)
         sf.write(audio_tmp, clip.audio, SAMPLE_RATE, subtype="PCM_16", format="WAV")
         if pause_before_rename > 0:
             time.sleep(pause_before_rename)
@@ -448,7 +502,8 @@ def _prepare_clip(
 
 
 def prepare_clip(
-    video_path: str | os.PathLike[str], out_root: str | os.PathLike[str], audio_seconds: float = 10.0
+    video_path: str | os.PathLike[str], out_root: str | os.PathLike[str], audio_seconds: float = 10.0,
+    frame_size: int | None = None,
 ) -> str:
     """Write ``out_root/frames/<id>.jpg`` and ``out_root/audio/<id>.wav`` for one video.
 
@@ -464,17 +519,18 @@ def prepare_clip(
     video_path = Path(video_path)
     if not video_path.is_file():
         raise ClipError(f"missing video: {str(video_path)!r} is not a file")
-    return _prepare_clip(video_path, Path(out_root), _check_audio_seconds(audio_seconds))
+    return _prepare_clip(video_path, Path(out_root), _check_audio_seconds(audio_seconds),
+                         frame_size=_check_frame_size(frame_size))
 
 
-def _work(task: tuple[str, str, str, float]) -> tuple[str, str | None]:
+def _work(task: tuple[str, str, str, float, int | None]) -> tuple[str, str | None]:
     """Pool task: prepare one clip and return ``(id, None)`` or ``(id, reason)``; never raises."""
-    clip_id, video, out_root, audio_seconds = task
+    clip_id, video, out_root, audio_seconds, frame_size = task
     if os.environ.get(_CRASH_ENV) == clip_id:
         os._exit(70)
     pause = float(os.environ.get(_PAUSE_ENV, "0") or 0)
     try:
-        _prepare_clip(Path(video), Path(out_root), audio_seconds, pause_before_rename=pause)
+        _prepare_clip(Path(video), Path(out_root), audio_seconds, pause_before_rename=pause, frame_size=frame_size)
     except ClipError as error:
         return clip_id, error.reason
     except Exception as error:  # anything else is recorded, never allowed to stop the run
@@ -557,6 +613,7 @@ def prepare(
     workers: int = 1,
     audio_seconds: float = 10.0,
     progress: bool = True,
+    frame_size: int | None = None,
 ) -> dict[str, object]:
     """Prepare every video of ``videos_dir`` (or only ``ids``) into ``out_root``.
 
@@ -565,7 +622,7 @@ def prepare(
     ``out_root/prepare_report.json``.  Per-clip failures are recorded, never raised.
 
     Returns:
-        The report: ``{"videos", "out", "audio_seconds", "sample_rate", "total",
+        The report: ``{"videos", "out", "audio_seconds", "sample_rate", "frame_size", "total",
         "done": [ids], "skipped": n, "failed": [{"id", "reason"}], "stale_temp_files_removed",
         "interrupted"}``; ``total = len(done) + skipped + len(failed)``.  ``interrupted`` is
         True when a KeyboardInterrupt stopped the run (the report is written, the
@@ -573,6 +630,7 @@ def prepare(
     """
     workers = _check_workers(workers)
     audio_seconds = _check_audio_seconds(audio_seconds)
+    frame_size = _check_frame_size(frame_size)
     if ids is not None:
         ids = [_check_id(clip_id, "ids") for clip_id in ids]
     videos, missing = find_videos(videos_dir, ids)
@@ -586,13 +644,13 @@ def prepare(
         {"id": clip_id, "reason": f"missing video: no {clip_id}.<video extension> in {str(videos_dir)!r}"}
         for clip_id in missing
     ]
-    tasks: list[tuple[str, str, str, float]] = []
+    tasks: list[tuple[str, str, str, float, int | None]] = []
     skipped = 0
     for clip_id, video in videos.items():
         if frame_path(out_root, clip_id).is_file() and audio_path(out_root, clip_id).is_file():
             skipped += 1
         else:
-            tasks.append((clip_id, str(video), str(out_root), audio_seconds))
+            tasks.append((clip_id, str(video), str(out_root), audio_seconds, frame_size))
 
     bar = tqdm(total=len(tasks), desc="prepare", unit="clip", disable=not progress, dynamic_ncols=True)
 
@@ -621,6 +679,7 @@ def prepare(
             "out": str(out_root),
             "audio_seconds": audio_seconds,
             "sample_rate": SAMPLE_RATE,
+            "frame_size": frame_size,
             "total": len(videos) + len(missing),
             "done": sorted(done),
             "skipped": skipped,
@@ -720,6 +779,11 @@ def _parser() -> argparse.ArgumentParser:
         "--audio-seconds", type=float, default=10.0, metavar="S",
         help="seconds of audio to keep, centred on the centre frame (default 10)",
     )
+    parser.add_argument(
+        "--frame-size", type=int, default=None, metavar="PX",
+        help="store frames with their shorter side resized to PX (bicubic; never enlarged); 246 = the "
+             "training transform's resize for 224 inputs, so the loader skips it (default: full frames)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
@@ -755,7 +819,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1 if problems else 0
         report = prepare(
             args.videos, args.out, ids=ids, workers=args.workers,
-            audio_seconds=args.audio_seconds, progress=not args.no_progress,
+            audio_seconds=args.audio_seconds, progress=not args.no_progress, frame_size=args.frame_size,
         )
     except (OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)

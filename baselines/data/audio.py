@@ -137,13 +137,29 @@ def power_spectrogram(wave: torch.Tensor, fs: float = SAMPLE_RATE) -> torch.Tens
         raise ValueError(f"fs must be positive, got {fs!r}")
     x = wave.to(torch.float64)
     frames = x.unfold(-1, NPERSEG, HOP)  # [..., F, 512]
+    window, scale = _window_and_scale(fs, x.device)
     frames = frames - frames.mean(dim=-1, keepdim=True)
-    window = tukey_window(NPERSEG, TUKEY_ALPHA, device=x.device)
     spectrum = torch.fft.rfft(frames * window, dim=-1)  # [..., F, 257]
-    power = spectrum.real.square() + spectrum.imag.square()
-    power = power / (fs * window.square().sum())
-    power[..., 1:-1] *= 2.0  # one-sided: fold negative frequencies (nperseg even -> keep DC, Nyquist)
+    power = spectrum.real.square() + spectrum.imag.square()  # |X|^2
+    power.mul_(scale)  # c_f / (fs * sum(w^2)): one-sided doubling except DC and Nyquist (nperseg even)
     return power.transpose(-1, -2)
+
+
+_WINDOWS: dict[tuple[float, str], tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _window_and_scale(fs: float, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The float64 Tukey window ``[512]`` and the density/one-sided factors ``c_f / (fs sum w^2)``
+    ``[257]`` of ``power_spectrogram``, built once per ``(fs, device)``."""
+    key = (float(fs), str(device))
+    hit = _WINDOWS.get(key)
+    if hit is None:
+        window = tukey_window(NPERSEG, TUKEY_ALPHA, device=device)
+        scale = torch.full((N_FREQ,), 2.0, dtype=torch.float64, device=device)
+        scale[0] = scale[-1] = 1.0
+        scale = scale / (fs * window.square().sum())
+        hit = _WINDOWS[key] = (window, scale)
+    return hit
 
 
 def log_spectrogram(wave: torch.Tensor) -> torch.Tensor:
@@ -158,7 +174,7 @@ def log_spectrogram(wave: torch.Tensor) -> torch.Tensor:
         Computed in float64, cast at the end.
     """
     power = power_spectrogram(wave, SAMPLE_RATE)
-    return (torch.log(power + LOG_EPS) / LOG_SCALE).to(torch.float32)
+    return power.add_(LOG_EPS).log_().div_(LOG_SCALE).to(torch.float32)
 
 
 def centre_crop(wave: np.ndarray | torch.Tensor, length: int = CLIP_SAMPLES):
