@@ -94,7 +94,8 @@ def chroma_420(frame: np.ndarray) -> np.ndarray:
 
 def make_clips(root: Path, n: int, seed: int = 0, stored_short_side: Optional[int] = None) -> List[str]:
     """Write ``n`` clips ``root/frames/<id>.jpg`` (640 x 360, quality 95) + ``root/audio/<id>.wav``
-    (10 s, 16 kHz, PCM-16) and the frame's pixels before JPEG ``root/source/<id>.npy``; with ``stored_short_side`` also ``root/small/frames/<id>.jpg``: the same
+    (10 s, 16 kHz, PCM-16) and the frame's pixels before JPEG ``root/source/<id>.npy``; with
+    ``stored_short_side`` also ``root/small/frames/<id>.jpg``: the same
     source pixels stored as ``prepare --frame-size`` stores them (audio files linked)."""
     import soundfile as sf
 
@@ -200,7 +201,8 @@ def compare_outputs(root: Path, ids: Sequence[str], small_root: Optional[Path]) 
     spec_max: Dict[str, float] = {k: 0.0 for k in datasets}
 
     def add(pipeline: str, against: str, st: Dict[str, float]) -> None:
-        a = acc.setdefault(pipeline, {}).setdefault(against, {"max": 0.0, "sum": 0.0, "n": 0, "grey_max": 0.0, "over_1": 0.0})
+        empty = {"max": 0.0, "sum": 0.0, "n": 0, "grey_max": 0.0, "over_1": 0.0}
+        a = acc.setdefault(pipeline, {}).setdefault(against, empty)
         for k in ("sum", "n", "over_1"):
             a[k] += st[k]
         for k in ("max", "grey_max"):
