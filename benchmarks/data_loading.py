@@ -311,7 +311,7 @@ def markdown(meta: dict, rows: List[dict], outputs: Dict[str, dict]) -> str:
             cells += (["-", "-"] if d is None else
                       [f"{d['max_abs']:.4f} ({d['max_grey_levels']:.0f})", f"{d['mean_abs']:.2e}"])
             if against == "upstream":
-                cells.append("-" if d is None else f"{100 * d['fraction_over_1_grey_level']:.3f}%")
+                cells.append("-" if d is None else f"{100 * d['fraction_over_1_grey_level']:.2g}%")
         spec = o.get("spectrogram_vs_upstream_max_abs")
         cells.append("-" if spec is None else f"{spec:.1e}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")

@@ -330,14 +330,19 @@ def load_image(path: str | Path):
 
 def load_frame(path: str | Path) -> torch.Tensor:
     """Decode an image file into a uint8 ``[3, H, W]`` RGB tensor: :func:`load_image`'s pixels, in the
-    layout :func:`resize_frame` works on (one copy, from Pillow's buffer).
+    layout :func:`resize_frame` works on (a channels-last view of one copy of Pillow's buffer; an RGB
+    file is not copied once more by ``convert``).
 
     Raises:
         OSError: the file is unreadable, truncated or not an image (``PIL.UnidentifiedImageError``).
     """
     import numpy as np
+    from PIL import Image
 
-    return torch.from_numpy(np.array(load_image(path), dtype=np.uint8)).permute(2, 0, 1)
+    with Image.open(path) as im:
+        im.load()
+        rgb = im if im.mode == "RGB" else im.convert("RGB")
+        return torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1)
 
 
 class AudioVisualDataset(Dataset):
