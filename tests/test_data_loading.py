@@ -32,6 +32,7 @@ from torchvision.transforms import InterpolationMode  # noqa: E402
 from torchvision.transforms import functional as TF  # noqa: E402
 
 from baselines.data import AudioVisualDataset, augment_frame, load_image, resize_frame  # noqa: E402
+from baselines.data.acceptance import ClipRejected  # noqa: E402
 from baselines.data.audio import log_spectrogram, power_spectrogram  # noqa: E402
 from baselines.data.datasets import IMAGENET_MEAN, IMAGENET_STD, load_frame, resized_size  # noqa: E402
 from baselines.prepare import save_frame, shrink_frame  # noqa: E402
@@ -104,8 +105,11 @@ def test_load_frame_is_load_image(tmp_path):
         assert frame.dtype == torch.uint8 and frame.shape[0] == 3
         assert torch.equal(frame, TF.pil_to_tensor(load_image(p)))
     (tmp_path / "bad.jpg").write_bytes(path.read_bytes()[:200])
-    with pytest.raises(OSError):
+    with pytest.raises(ClipRejected, match="frame does not decode"):
         load_frame(tmp_path / "bad.jpg")
+    Image.fromarray(np.zeros((8, 8), np.uint16)).save(tmp_path / "deep.png")  # refused, as load_image does
+    with pytest.raises(ClipRejected, match="unsupported colour mode"):
+        load_frame(tmp_path / "deep.png")
 
 
 def test_augment_frame_equals_totensor_normalize():

@@ -32,6 +32,7 @@ from baselines.data import (  # noqa: E402
     resize_frame,
 )
 from baselines.data.datasets import derive_seed  # noqa: E402
+from baselines.prepare import verify_clip  # noqa: E402
 
 FS = 16000
 
@@ -189,7 +190,12 @@ def test_broken_files_become_sentinels_never_substitutes(tmp_path):
     ds = AudioVisualDataset(root, ids, split="test", max_failures=2)
     bad_img, bad_wav = ds[0], ds[3]
     assert isinstance(bad_img, FailedSample) and bad_img.id == ids[0]
-    assert isinstance(bad_wav, FailedSample) and "22050 Hz, expected 16000 Hz" in bad_wav.reason
+    assert isinstance(bad_wav, FailedSample)
+    # the acceptance rule's reasons, word for word what prepare --verify prints
+    assert bad_wav.reason == "; ".join(verify_clip(root, ids[3])) == (
+        "audio: expected 16000 Hz, got 22050 Hz; too short: 0.726 s of audio, the minimum is 1 s")
+    assert bad_img.reason == "; ".join(verify_clip(root, ids[0]))
+    assert bad_img.reason.startswith("frame does not decode: UnidentifiedImageError")
     assert ds.failures.count == 2
     ds.failures.check()  # 2 allowed
     batch = collate([ds[i] for i in range(4)])

@@ -373,7 +373,8 @@ def test_verify_lists_missing_and_undecodable_files(videos, tmp_path, capsys):
     assert problems == {
         a: ["missing audio"],
         b: [problems[b][0]],
-        c: ["audio: expected 16000 Hz, got 8000 Hz", "audio: expected 1 channel, got 2"],
+        c: ["audio: expected 16000 Hz, got 8000 Hz", "audio: expected 1 channel, got 2",
+            "too short: 0.100 s of audio, the minimum is 1 s"],
         "never_prepared": ["missing frame", "missing audio"],
     }
     assert problems[b][0].startswith("frame does not decode")
@@ -445,7 +446,8 @@ def test_find_videos_rejects_two_files_for_one_id(tmp_path):
 
 def test_argument_errors(videos, tmp_path, capsys):
     folder, _ = videos
-    for bad, exc in [(0.0, ValueError), (math.nan, ValueError), (-1.0, ValueError), (True, TypeError), ("3", TypeError)]:
+    for bad, exc in [(0.0, ValueError), (0.99, ValueError), (math.nan, ValueError), (-1.0, ValueError),
+                     (True, TypeError), ("3", TypeError)]:
         with pytest.raises(exc, match="audio_seconds"):
             P.prepare(folder, tmp_path, audio_seconds=bad, progress=False)
     with pytest.raises(ValueError, match="workers"):
@@ -456,10 +458,52 @@ def test_argument_errors(videos, tmp_path, capsys):
         P.prepare_clip(folder / "silent.mp4", tmp_path)
     assert P.prepare_clip(folder / "clip_c.mkv", tmp_path, audio_seconds=2.0) == "clip_c"
     assert sf.info(str(P.audio_path(tmp_path, "clip_c"))).frames == 32000
+    capsys.readouterr()
     for argv in (["--verify", str(tmp_path)], ["--videos", str(folder)], ["--videos", str(folder), "--out",
-                 str(tmp_path), "--audio-seconds", "0"]):
+                 str(tmp_path), "--audio-seconds", "0"], ["--workers", "two"], ["--window", "trim"]):
         with pytest.raises(SystemExit) as exit_info:
             P.main(argv)
-        assert exit_info.value.code == 2
-    assert P.main(["--videos", str(tmp_path / "absent"), "--out", str(tmp_path)]) == 2
-    assert "videos_dir" in capsys.readouterr().err
+        assert exit_info.value.code == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("python -m baselines.prepare: error: "), err
+    # expected user errors: one line on stderr, status 1, no traceback
+    capsys.readouterr()
+    assert P.main(["--videos", str(tmp_path / "absent"), "--out", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: videos_dir") and "Traceback" not in err
+
+
+def test_help_shows_defaults_and_what_ids_does(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        P.main(["--help"])
+    assert exit_info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for default in ("(default: auto)", "(default: 10.0)", "(default: 1.0)", f"(default: {P.VGGSOUND_ID_PATTERN})"):
+        assert default in text, default
+    assert "When preparing: only these ids are prepared" in text
+    assert "(default: None)" not in text and "(default: False)" not in text
+    assert "--write-clean CLEAN" in text and "--window {auto,from-id,whole-file}" in text
+
+
+def test_bad_start_regex_and_write_clean_without_verify_are_user_errors(videos, tmp_path, capsys):
+    folder, _ = videos
+    assert P.main(["--videos", str(folder), "--out", str(tmp_path), "--start-regex", "(no start group)"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "start-regex: expected a named group (?P<start>...)" in err
+    with pytest.raises(SystemExit) as exit_info:
+        P.main(["--videos", str(folder), "--out", str(tmp_path), "--write-clean", str(tmp_path / "c.txt")])
+    assert exit_info.value.code == 1
+    assert "--write-clean CLEAN goes with --verify" in capsys.readouterr().err
+
+
+def test_report_records_windows_and_keeps_them_for_skipped_clips(videos, tmp_path):
+    folder, specs = videos
+    first = P.prepare(folder, tmp_path, ids=list(specs), progress=False)
+    assert sorted(first["clips"]) == sorted(specs)
+    for clip_id, entry in first["clips"].items():
+        assert entry["window_rule"] == "whole-file"  # 3 s files: trimmed, even with VGGSound ids
+        assert entry["window"][0] == 0.0 and entry["frame_time"] == pytest.approx(1.5)
+        assert entry["audio"] == pytest.approx([0.0, 3.0], abs=0.03)
+    second = P.prepare(folder, tmp_path, ids=list(specs), progress=False)
+    assert second["skipped"] == len(specs) and second["clips"] == first["clips"]
+    assert json.loads((tmp_path / P.REPORT_NAME).read_text())["clips"] == first["clips"]

@@ -187,7 +187,7 @@ def test_broken_clips_are_counted_and_stop_the_run_past_the_threshold(tmp_path: 
     (record,) = _records(tmp_path / "ok")
     assert record["data_failures"] == 2 and record["steps"] == 2  # each batch of 4 keeps >= 2 good clips
     # one allowed: the run stops inside the first epoch, naming both clips, before any checkpoint
-    ids = rf"(?=.*{fx.train_ids[1]}: UnidentifiedImageError)(?=.*{fx.train_ids[6]}: )"
+    ids = rf"(?=.*{fx.train_ids[1]}: frame does not decode: UnidentifiedImageError)(?=.*{fx.train_ids[6]}: audio does not decode: )"
     with pytest.raises(DataError, match=rf"(?s)2 of 8 clips missing or broken \(allowed: 1\){ids}"):
         train(replace(config, max_failures=1), tmp_path / "stop", progress=False)
     assert not (tmp_path / "stop" / "checkpoint.pt").exists()

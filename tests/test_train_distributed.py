@@ -194,7 +194,7 @@ def test_process_group_lifetime_and_errors_on_every_rank(runs: Dict[str, Any]) -
                                     "batch is split evenly over the ranks), got 5")
         kind, message = res["broken"]
         assert kind == "DataError" and "2 of 8 clips missing or broken (allowed: 1)" in message
-        assert f"{runs['bad'].train_ids[2]}: UnidentifiedImageError" in message
+        assert f"{runs['bad'].train_ids[2]}: frame does not decode: UnidentifiedImageError" in message
         assert f"{runs['bad'].train_ids[5]}: " in message
     assert not (runs["tmp"] / "bad" / "checkpoint.pt").exists()
 

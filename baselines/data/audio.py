@@ -1,4 +1,4 @@
-"""Audio front end of the sound-source-localisation baselines (SPEC section 6).
+"""Audio front end of the sound-source-localisation baselines (upstream EZ-VSL ``datasets.py@95ff5bf``).
 
 Pipeline for one clip (``load_spectrogram``):
 
@@ -49,6 +49,7 @@ __all__ = [
     "centre_crop",
     "load_waveform",
     "load_spectrogram",
+    "waveform_from_samples",
 ]
 
 SAMPLE_RATE: int = 16000
@@ -215,6 +216,27 @@ def centre_crop(wave: np.ndarray | torch.Tensor, length: int = CLIP_SAMPLES):
     return wave.repeat(reps)[:length]
 
 
+def waveform_from_samples(samples: np.ndarray, length: int = CLIP_SAMPLES) -> np.ndarray:
+    """Steps 2 and 3 on decoded samples: clip to [-1, 1], average the channels, ``centre_crop``.
+
+    Args:
+        samples: ``[n]`` or ``[n, channels]`` float array (n >= 1).
+        length: output length in samples.
+
+    Returns:
+        float64 ``[length]``.
+
+    Raises:
+        ValueError: ``samples`` is empty or not 1-D / 2-D.
+    """
+    data = np.asarray(samples, dtype=np.float64)
+    if data.ndim == 1:
+        data = data[:, None]
+    if data.ndim != 2:
+        raise ValueError(f"samples: expected shape [n] or [n, channels], got {tuple(data.shape)}")
+    return centre_crop(np.clip(data, -1.0, 1.0).mean(axis=1), length)
+
+
 def load_waveform(
     path: str | Path,
     *,
@@ -224,7 +246,9 @@ def load_waveform(
     """Read the centred ``seconds`` of a wav file as a mono float64 array ``[seconds * sample_rate]``.
 
     Only the needed frames are read for long files. Channels are averaged, values
-    clipped to [-1, 1], short clips tiled (see ``centre_crop``).
+    clipped to [-1, 1], short clips tiled (see ``centre_crop``).  This reader checks only the
+    sample rate; the dataset applies the full acceptance rule (``baselines.data.acceptance``:
+    16 kHz, mono, >= 1 s, finite) through ``load_clip`` before ``waveform_from_samples``.
 
     Raises:
         ValueError: the file's sample rate is not ``sample_rate`` or it has no samples.
@@ -248,8 +272,7 @@ def load_waveform(
     data, _ = sf.read(str(path), start=start, stop=stop, dtype="float64", always_2d=True)
     if data.shape[0] == 0:
         raise ValueError(f"{path}: could not read any samples (header says {n} frames)")
-    mono = np.clip(data, -1.0, 1.0).mean(axis=1)
-    return centre_crop(mono, length)
+    return waveform_from_samples(data, length)
 
 
 def load_spectrogram(path: str | Path) -> torch.Tensor:

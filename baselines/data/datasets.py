@@ -1,4 +1,4 @@
-"""Audio-visual clip dataset over the on-disk layout of SPEC section 6, with failure accounting.
+"""Audio-visual clip dataset over the on-disk layout ``frames/`` + ``audio/`` (upstream EZ-VSL ``datasets.py@95ff5bf``), with failure accounting.
 
 Layout: ``<root>/frames/<id>.jpg`` (the clip's centre frame) and
 ``<root>/audio/<id>.wav`` (16 kHz). One item is a dict::
@@ -13,7 +13,10 @@ a random other clip). Instead:
   annotations, whose annotation) is missing; those ids are left out of the index
   and recorded in ``dataset.failures`` (a ``DataFailureTracker``);
 * ``__getitem__`` returns a ``FailedSample(id, reason)`` when a file cannot be
-  decoded. It does not record it itself: in a DataLoader worker process the
+  decoded or the clip breaks the acceptance rule that ``prepare`` and ``prepare --verify`` apply
+  (``baselines.data.acceptance.clip_problems``: frame decodes in an 8-bit colour mode; audio
+  decodes, 16 kHz, mono, at least 1 s, every sample finite), with the same reason ``--verify``
+  prints. It does not record it itself: in a DataLoader worker process the
   dataset is a copy, so a record there would never reach the main process. The
   sentinel travels through ``collate_batch`` into ``batch["failures"]`` and the
   training/evaluation loop calls ``dataset.failures.update(batch["failures"])``,
@@ -44,7 +47,8 @@ import torch
 from torch.utils.data import Dataset
 
 from .annotations import GT_FORMATS, GT_SIZE, gt_map, load_flickr_annotations, load_vggss_annotations
-from .audio import load_spectrogram
+from .acceptance import ClipRejected, clip_problems, decode_audio, decode_frame, frame_problems
+from .audio import CLIP_SAMPLES, log_spectrogram, waveform_from_samples
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -221,7 +225,7 @@ def _remove_owned_file(path: str, owner_pid: int) -> None:
 
 
 def image_transform(split: str, image_size: int = 224):
-    """The image pipeline of SPEC section 6 as one callable ``PIL.Image -> [3, size, size]`` float32.
+    """The image pipeline (upstream EZ-VSL ``datasets.py@95ff5bf``) as one callable ``PIL.Image -> [3, size, size]`` float32.
 
     ``"train"``: ``Resize(int(1.1 * size), bicubic) -> RandomCrop(size) -> RandomHorizontalFlip ->
     ToTensor -> Normalize(ImageNet)`` (246 for 224); ``"test"``: ``Resize((size, size), bicubic) ->
@@ -321,28 +325,40 @@ def augment_frame(
 
 
 def load_image(path: str | Path):
-    """Decode an image file fully into an RGB ``PIL.Image``."""
-    from PIL import Image
+    """Decode an image file fully into an RGB ``PIL.Image``.
 
-    with Image.open(path) as im:
-        return im.convert("RGB")
+    Raises:
+        ClipRejected: the file does not decode, or its colour mode is not one of
+            ``acceptance.FRAME_MODES`` (the frame part of the acceptance rule).
+    """
+    image = decode_frame(path)
+    problems = frame_problems(image)
+    if problems:
+        raise ClipRejected("; ".join(problems))
+    return image.convert("RGB")
 
 
 def load_frame(path: str | Path) -> torch.Tensor:
-    """Decode an image file into a uint8 ``[3, H, W]`` RGB tensor: :func:`load_image`'s pixels, in the
-    layout :func:`resize_frame` works on (a channels-last view of one copy of Pillow's buffer; an RGB
-    file is not copied once more by ``convert``).
+    """:func:`load_image` as a uint8 ``[3, H, W]`` RGB tensor, the layout :func:`resize_frame` works on
+    (a channels-last view of one copy of Pillow's buffer; an RGB frame is not copied by ``convert``).
 
     Raises:
-        OSError: the file is unreadable, truncated or not an image (``PIL.UnidentifiedImageError``).
+        ClipRejected: as :func:`load_image`.
     """
-    import numpy as np
-    from PIL import Image
+    image = decode_frame(path)
+    problems = frame_problems(image)
+    if problems:
+        raise ClipRejected("; ".join(problems))
+    return _rgb_tensor(image)
 
-    with Image.open(path) as im:
-        im.load()
-        rgb = im if im.mode == "RGB" else im.convert("RGB")
-        return torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1)
+
+def _rgb_tensor(image) -> torch.Tensor:
+    """A decoded ``PIL.Image`` of an accepted mode as uint8 ``[3, H, W]`` RGB (``convert("RGB")`` only
+    when it is not RGB already)."""
+    import numpy as np
+
+    rgb = image if image.mode == "RGB" else image.convert("RGB")
+    return torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1)
 
 
 class AudioVisualDataset(Dataset):
@@ -482,8 +498,22 @@ class AudioVisualDataset(Dataset):
         hit = self._cache.get(clip_id)
         if hit is not None:
             return hit
-        frame = resize_frame(load_frame(self.image_path(clip_id)), self.split, self.image_size)
-        decoded = (frame, load_spectrogram(self.audio_path(clip_id)))
+        # the acceptance rule shared with prepare and --verify (acceptance.load_clip's steps, in its order;
+        # clip_problems decides), raising ClipRejected with their reason
+        image = decode_frame(self.image_path(clip_id))
+        samples, rate = decode_audio(self.audio_path(clip_id))
+        problems = clip_problems(image, (samples, rate))
+        if problems:
+            raise ClipRejected("; ".join(problems))
+        frame = resize_frame(_rgb_tensor(image), self.split, self.image_size)
+        # waveform_from_samples clips and averages sample by sample and then takes the centred
+        # CLIP_SAMPLES: taking them first (same start) gives the same waveform from 3 s instead of 10
+        n = samples.shape[0]
+        if n > CLIP_SAMPLES:
+            start = (n - CLIP_SAMPLES) // 2
+            samples = samples[start:start + CLIP_SAMPLES]
+        spectrogram = log_spectrogram(torch.from_numpy(waveform_from_samples(samples))).unsqueeze(0)
+        decoded = (frame, spectrogram)
         if self.cache:
             self._cache[clip_id] = decoded
         return decoded
@@ -518,6 +548,10 @@ class AudioVisualDataset(Dataset):
         clip_id = self.ids[index]
         try:
             return self.load(index)
+        except ClipRejected as exc:  # the acceptance rule's reason, as prepare --verify prints it
+            failed = FailedSample(clip_id, exc.reason)
+            self.failures.record(failed.id, failed.reason)
+            return failed
         except DECODE_ERRORS as exc:
             failed = FailedSample(clip_id, f"{type(exc).__name__}: {exc}")
             self.failures.record(failed.id, failed.reason)

@@ -1,0 +1,209 @@
+"""The one rule that decides whether a clip is usable, shared by ``prepare``, ``--verify`` and the dataset.
+
+A clip is its centre frame and its audio.  It is usable when
+
+* the frame decodes completely to an image of at least 1 x 1 pixels in an 8-bit colour mode that
+  converts to RGB without loss of range (``FRAME_MODES``: 1, L, LA, La, P, PA, RGB, RGBA, RGBa, RGBX,
+  CMYK, YCbCr; a 16-bit or float image would be clipped to 255 by ``convert("RGB")`` and is refused);
+* the audio decodes completely and is ``SAMPLE_RATE`` (16 kHz) with ``CHANNELS`` (1) channel,
+  holds at least ``MIN_AUDIO_SECONDS`` (1 s) of samples, and every sample is finite (no NaN, no
+  +-Inf: one such sample turns every spectrogram frame it reaches, the loss and the weights into NaN).
+
+``clip_problems`` is that rule on decoded data; it lists every problem, in the order above, each
+starting with its kind (``frame:``, ``audio:``, ``too short:``, ``non-finite audio:``).  Who calls it:
+
+* ``baselines.prepare`` on the frame and audio window it is about to write (nothing is written when
+  it finds a problem), and on the finiteness of the whole decoded audio stream (``nonfinite_reason``);
+* ``prepare --verify`` (``verify_clip``) on the files of a prepared root, via ``load_clip``;
+* ``AudioVisualDataset`` on every clip it loads, via ``load_clip``; a clip that breaks the rule becomes
+  a ``FailedSample`` with the same reason ``--verify`` prints.
+
+Decoding failures have their own kinds: ``frame does not decode: ...`` and ``audio does not decode:
+...``; a missing file is ``missing frame`` / ``missing audio`` (``verify``) or the dataset's
+``missing frame <path>`` found before loading.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "CHANNELS",
+    "ClipRejected",
+    "FRAME_MODES",
+    "MIN_AUDIO_SECONDS",
+    "SAMPLE_RATE",
+    "audio_problems",
+    "clip_problems",
+    "decode_audio",
+    "decode_frame",
+    "frame_problems",
+    "load_clip",
+    "nonfinite_counts",
+    "nonfinite_reason",
+    "too_short_reason",
+]
+
+SAMPLE_RATE: int = 16000
+"""Audio sample rate of a prepared clip in Hz."""
+CHANNELS: int = 1
+"""Audio channels of a prepared clip (mono)."""
+MIN_AUDIO_SECONDS: float = 1.0
+"""Shortest usable audio in seconds (shorter clips are tiled to 3 s by the loader; below 1 s the tiling
+would repeat a fragment more than three times)."""
+FRAME_MODES: frozenset[str] = frozenset(
+    {"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr"}
+)
+"""Pillow image modes accepted for a frame: 8-bit modes whose ``convert("RGB")`` keeps the value range."""
+
+
+class ClipRejected(ValueError):
+    """A clip breaks the acceptance rule; ``reason`` holds its problems joined by ``"; "``."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def too_short_reason(num_samples: int, sample_rate: int) -> str:
+    """``"too short: 0.500 s of audio, the minimum is 1 s"`` for ``num_samples`` at ``sample_rate`` Hz."""
+    return f"too short: {num_samples / sample_rate:.3f} s of audio, the minimum is {MIN_AUDIO_SECONDS:g} s"
+
+
+def nonfinite_counts(samples: np.ndarray) -> tuple[int, int, int, int | None]:
+    """``(n_nan, n_pos_inf, n_neg_inf, first)`` of an audio array ``[n]`` or ``[n, channels]``.
+
+    ``first`` is the index (along axis 0, the time axis) of the first sample with a non-finite value in
+    any channel, ``None`` when all are finite.  Integer arrays are finite by construction.
+    """
+    a = np.asarray(samples)
+    if a.dtype.kind not in "fc" or a.size == 0:
+        return 0, 0, 0, None
+    bad = ~np.isfinite(a)
+    if not bad.any():
+        return 0, 0, 0, None
+    rows = bad.reshape(a.shape[0], -1).any(axis=1)
+    return int(np.isnan(a).sum()), int(np.isposinf(a).sum()), int(np.isneginf(a).sum()), int(rows.argmax())
+
+
+def nonfinite_reason(n_nan: int, n_pos_inf: int, n_neg_inf: int, first_seconds: float) -> str:
+    """``"non-finite audio: 1 NaN, 0 +Inf, 0 -Inf values, the first at 0.500 s"``."""
+    return (
+        f"non-finite audio: {n_nan} NaN, {n_pos_inf} +Inf, {n_neg_inf} -Inf values, "
+        f"the first at {first_seconds:.3f} s"
+    )
+
+
+def audio_problems(samples: np.ndarray, sample_rate: int) -> list[str]:
+    """Problems of decoded audio ``[n]`` or ``[n, channels]`` at ``sample_rate`` Hz (empty: usable).
+
+    In this order: ``audio: expected 16000 Hz, got R Hz``; ``audio: expected 1 channel, got C``;
+    ``too short: ...`` (fewer than ``round(MIN_AUDIO_SECONDS * sample_rate)`` samples);
+    ``non-finite audio: ...`` (counts of NaN, +Inf and -Inf values and the time of the first).
+
+    Raises:
+        ValueError: ``samples`` is not 1-D or 2-D.
+    """
+    a = np.asarray(samples)
+    if a.ndim == 1:
+        a = a[:, None]
+    if a.ndim != 2:
+        raise ValueError(f"samples: expected shape [n] or [n, channels], got {tuple(a.shape)}")
+    problems = []
+    if sample_rate != SAMPLE_RATE:
+        problems.append(f"audio: expected {SAMPLE_RATE} Hz, got {sample_rate} Hz")
+    if a.shape[1] != CHANNELS:
+        problems.append(f"audio: expected {CHANNELS} channel, got {a.shape[1]}")
+    if a.shape[0] < round(MIN_AUDIO_SECONDS * sample_rate):
+        problems.append(too_short_reason(a.shape[0], sample_rate))
+    n_nan, n_pos, n_neg, first = nonfinite_counts(a)
+    if first is not None:
+        problems.append(nonfinite_reason(n_nan, n_pos, n_neg, first / sample_rate))
+    return problems
+
+
+def frame_problems(image) -> list[str]:
+    """Problems of a decoded frame (a ``PIL.Image``); empty: usable."""
+    problems = []
+    if image.mode not in FRAME_MODES:
+        problems.append(
+            f"frame: unsupported colour mode {image.mode!r} (expected one of {', '.join(sorted(FRAME_MODES))})"
+        )
+    if image.width < 1 or image.height < 1:
+        problems.append(f"frame: empty image {image.width}x{image.height}")
+    return problems
+
+
+def clip_problems(frame, audio: tuple[np.ndarray, int]) -> list[str]:
+    """THE acceptance rule: every problem of a decoded clip, frame first (empty: usable).
+
+    Args:
+        frame: the decoded centre frame, a ``PIL.Image`` (any mode; see ``FRAME_MODES``).
+        audio: ``(samples, sample_rate)``, samples ``[n]`` or ``[n, channels]`` of any dtype
+            (float values as decoded: NaN / Inf are looked for, not clipped away).
+
+    Returns:
+        ``frame_problems(frame) + audio_problems(*audio)``.
+
+    Raises:
+        ValueError: the samples are not 1-D or 2-D.
+    """
+    return frame_problems(frame) + audio_problems(*audio)
+
+
+def decode_frame(path: str | os.PathLike[str]):
+    """Open and fully decode an image file (Pillow; any format Pillow reads, e.g. a PNG named ``.jpg``).
+
+    Returns:
+        The ``PIL.Image`` in its own mode (not converted).
+
+    Raises:
+        ClipRejected: ``frame does not decode: <exception>`` (missing, truncated or garbage file).
+    """
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image.copy()  # the data outlives the closed file
+    except Exception as error:  # Pillow raises OSError, SyntaxError, ValueError, struct.error ...
+        raise ClipRejected(f"frame does not decode: {type(error).__name__}: {error}") from error
+
+
+def decode_audio(path: str | os.PathLike[str]) -> tuple[np.ndarray, int]:
+    """Decode a whole audio file with soundfile as float64 ``[n, channels]`` (no clipping).
+
+    Integer PCM is scaled to [-1, 1) (divided by 32768 for 16-bit); float files keep their values,
+    NaN and Inf included, so that ``audio_problems`` sees them.
+
+    Raises:
+        ClipRejected: ``audio does not decode: <exception>``.
+    """
+    import soundfile as sf
+
+    try:
+        data, rate = sf.read(str(path), dtype="float64", always_2d=True)
+    except Exception as error:  # LibsndfileError, RuntimeError, OSError ...
+        raise ClipRejected(f"audio does not decode: {type(error).__name__}: {error}") from error
+    return data, int(rate)
+
+
+def load_clip(frame_path: str | os.PathLike[str], audio_path: str | os.PathLike[str]):
+    """Decode a prepared clip's two files and apply the rule.
+
+    Returns:
+        ``(image, samples, sample_rate)``: the frame converted to RGB, the audio float64
+        ``[n, channels]`` as decoded and its rate, for a clip without problems.
+
+    Raises:
+        ClipRejected: the problems of ``clip_problems`` (or a decode failure), joined by ``"; "``.
+    """
+    image = decode_frame(Path(frame_path))
+    samples, rate = decode_audio(Path(audio_path))
+    problems = clip_problems(image, (samples, rate))
+    if problems:
+        raise ClipRejected("; ".join(problems))
+    return image.convert("RGB"), samples, rate
