@@ -14,7 +14,9 @@ Pipelines:
   reads the centred 3 s (upstream seeks with PyAV and decodes 3 s), channels averaged, clipped,
   tiled when short, ``scipy.signal.spectrogram(x, 16000, nperseg=512, noverlap=274)``,
   ``log(S + 1e-7)``, ``ToTensor``, ``Normalize(0, 12)``.
-- ``ours (full frames)``: ``baselines.data.AudioVisualDataset(split="train")`` on the same files.
+- ``ours (full frames)``: ``baselines.data.AudioVisualDataset(split="train")`` on the same files, as
+  shipped: it also applies the acceptance rule (``baselines.data.acceptance``), which decodes the
+  whole wav (10 s) to look for non-finite samples; upstream reads the 3 s it uses.
 - ``ours (stored 246)``: the same dataset on frames stored by ``prepare --frame-size 246`` (the
   shorter side already 246, the size the training transform resizes to), made here from the same
   source pixels with ``baselines.prepare.save_frame`` (what ``prepare`` writes); the dataset then
