@@ -4,6 +4,8 @@ For every video ``<id>.<ext>`` (``<id>`` is the file stem, e.g. the VGGSound id
 ``zpWuikVorYg_000032``) this writes
 
 * ``ROOT/frames/<id>.jpg`` -- the centre frame of the clip's window, RGB, JPEG quality 95 (Pillow);
+  with ``--frame-size PX`` its shorter side bicubic-resized to ``PX`` (``save_frame``; 246 is what the
+  training transform resizes 224-pixel inputs to, so the loader then skips that resize);
 * ``ROOT/audio/<id>.wav``  -- up to ``audio_seconds`` of the window's audio centred on that frame's
   time, resampled to 16 kHz mono by FFmpeg's resampler (PyAV ``AudioResampler``, format ``s16``)
   and written as 16-bit PCM WAV (soundfile).
@@ -71,7 +73,7 @@ Robustness
 Command line
 ------------
 ``python -m baselines.prepare --videos DIR --out ROOT [--ids LIST] [--workers N]
-[--audio-seconds 10] [--window auto|from-id|whole-file] [--start-regex RE]`` prepares (only the
+[--audio-seconds 10] [--window auto|from-id|whole-file] [--start-regex RE] [--frame-size PX]`` prepares (only the
 ids in ``LIST`` when given); ``python -m baselines.prepare --verify ROOT --ids LIST
 [--write-clean CLEAN]`` lists the ids that lack a frame or an audio file or that break the
 acceptance rule (exit status 1 when it finds any) and writes the ids that pass to ``CLEAN``.
@@ -142,6 +144,8 @@ __all__ = [
     "main",
     "prepare",
     "prepare_clip",
+    "save_frame",
+    "shrink_frame",
     "read_ids",
     "verify",
     "verify_clip",
@@ -681,9 +685,58 @@ def _temp_path(final: Path) -> Path:
     return final.with_name(f"{final.name}.{os.getpid()}{TMP_SUFFIX}")
 
 
+def shrink_frame(frame: np.ndarray, short_side: int) -> np.ndarray:
+    """``--frame-size``: the ``(H, W, 3)`` uint8 frame bicubic-resized (Pillow ``BICUBIC``, what
+    torchvision's ``Resize(short_side, bicubic)`` does to a PIL image) so that its shorter side is
+    ``short_side`` and the longer ``int(short_side * longer / shorter)``; returned unchanged when its
+    shorter side is ``short_side`` or less (frames are never enlarged).
+
+    With ``short_side = int(1.1 * 224) = 246`` a stored frame is already the size the training
+    transform resizes to, so the loader skips the resize (and decodes 2.1x fewer pixels of a
+    640 x 360 frame).
+
+    Raises:
+        ValueError: ``short_side`` is not a positive int or ``frame`` not ``(H, W, 3)`` uint8.
+    """
+    if isinstance(short_side, bool) or not isinstance(short_side, int) or short_side < 1:
+        raise ValueError(f"short_side: expected a positive int, got {short_side!r}")
+    if not isinstance(frame, np.ndarray) or frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
+        raise ValueError(f"frame: expected an (H, W, 3) uint8 array, got {getattr(frame, 'dtype', type(frame))} "
+                         f"{getattr(frame, 'shape', '')}")
+    h, w = frame.shape[:2]
+    if min(h, w) <= short_side:
+        return frame
+    size = (int(short_side * w / h), short_side) if w >= h else (short_side, int(short_side * h / w))
+    return np.asarray(Image.fromarray(frame).resize(size, Image.Resampling.BICUBIC))
+
+
+def save_frame(frame: np.ndarray, path: str | os.PathLike[str], frame_size: int | None = None) -> None:
+    """Write the centre frame ``(H, W, 3)`` uint8 as a JPEG file (``format="JPEG"`` whatever the name).
+
+    ``frame_size=None``: the full frame, quality ``JPEG_QUALITY`` (95), Pillow's default 4:2:0 chroma.
+    Otherwise ``shrink_frame(frame, frame_size)`` at quality 95 with full-resolution chroma (4:4:4,
+    ``subsampling=0``): at 4:2:0 the small frame would lose more colour detail than the loader's
+    resize of a full frame does (the resize averages the JPEG error away); at 4:4:4 it is as close to
+    the source frame as that resize is or closer, and decodes as fast (``benchmarks/data_loading.py``
+    measures both: the ``vs source`` columns).
+    """
+    if frame_size is None:
+        Image.fromarray(frame).save(path, format="JPEG", quality=JPEG_QUALITY)
+    else:
+        Image.fromarray(shrink_frame(frame, frame_size)).save(
+            path, format="JPEG", quality=JPEG_QUALITY, subsampling=0
+        )
+
+
+def _check_frame_size(frame_size: int | None) -> int | None:
+    if frame_size is not None and (isinstance(frame_size, bool) or not isinstance(frame_size, int) or frame_size < 1):
+        raise ValueError(f"frame_size: expected None or an int >= 1, got {frame_size!r}")
+    return frame_size
+
+
 def _prepare_clip(
     video_path: Path, out_root: Path, audio_seconds: float, window: WindowRule | None = None,
-    pause_before_rename: float = 0.0,
+    pause_before_rename: float = 0.0, frame_size: int | None = None,
 ) -> DecodedClip:
     """``prepare_clip`` with an optional pause between writing temps and renaming (test hook)."""
     clip_id = _check_id(video_path.stem, "video_path")
@@ -694,7 +747,7 @@ def _prepare_clip(
     audio_final.parent.mkdir(parents=True, exist_ok=True)
     frame_tmp, audio_tmp = _temp_path(frame_final), _temp_path(audio_final)
     try:
-        Image.fromarray(clip.frame).save(frame_tmp, format="JPEG", quality=JPEG_QUALITY)
+        save_frame(clip.frame, frame_tmp, frame_size)
         sf.write(audio_tmp, clip.audio, SAMPLE_RATE, subtype="PCM_16", format="WAV")
         if pause_before_rename > 0:
             time.sleep(pause_before_rename)
@@ -708,7 +761,7 @@ def _prepare_clip(
 
 def prepare_clip(
     video_path: str | os.PathLike[str], out_root: str | os.PathLike[str], audio_seconds: float = 10.0,
-    window: WindowRule | None = None,
+    window: WindowRule | None = None, frame_size: int | None = None,
 ) -> str:
     """Write ``out_root/frames/<id>.jpg`` and ``out_root/audio/<id>.wav`` for one video.
 
@@ -724,22 +777,24 @@ def prepare_clip(
     video_path = Path(video_path)
     if not video_path.is_file():
         raise ClipError(f"missing video: {str(video_path)!r} is not a file")
-    _prepare_clip(video_path, Path(out_root), _check_audio_seconds(audio_seconds), window)
+    _prepare_clip(video_path, Path(out_root), _check_audio_seconds(audio_seconds), window,
+                  frame_size=_check_frame_size(frame_size))
     return video_path.stem
 
 
-_Task = tuple[str, str, str, float, WindowRule]
+_Task = tuple[str, str, str, float, WindowRule, "int | None"]
 _Result = tuple[str, "str | None", "dict[str, object] | None"]
 
 
 def _work(task: _Task) -> _Result:
     """Pool task: prepare one clip; ``(id, None, report entry)`` or ``(id, reason, None)``; never raises."""
-    clip_id, video, out_root, audio_seconds, window = task
+    clip_id, video, out_root, audio_seconds, window, frame_size = task
     if os.environ.get(_CRASH_ENV) == clip_id:
         os._exit(70)
     pause = float(os.environ.get(_PAUSE_ENV, "0") or 0)
     try:
-        clip = _prepare_clip(Path(video), Path(out_root), audio_seconds, window, pause_before_rename=pause)
+        clip = _prepare_clip(Path(video), Path(out_root), audio_seconds, window, pause_before_rename=pause,
+                             frame_size=frame_size)
     except ClipError as error:
         return clip_id, error.reason, None
     except Exception as error:  # anything else is recorded, never allowed to stop the run
@@ -832,6 +887,7 @@ def prepare(
     audio_seconds: float = 10.0,
     progress: bool = True,
     window: WindowRule | None = None,
+    frame_size: int | None = None,
 ) -> dict[str, object]:
     """Prepare every video of ``videos_dir`` (or only ``ids``) into ``out_root``.
 
@@ -841,9 +897,10 @@ def prepare(
 
     Args:
         window: the clip-window rule (default ``WindowRule()``: VGGSound ids, ``auto``).
+        frame_size: store frames with this shorter side (``save_frame``); None: full frames.
 
     Returns:
-        The report: ``{"videos", "out", "audio_seconds", "sample_rate", "window", "total",
+        The report: ``{"videos", "out", "audio_seconds", "sample_rate", "frame_size", "window", "total",
         "done": [ids], "skipped": n, "failed": [{"id", "reason"}], "clips": {id: {"window": [a, b],
         "window_rule", "frame_time", "audio": [start, end], "video_seconds"}},
         "stale_temp_files_removed", "interrupted"}``; ``total = len(done) + skipped + len(failed)``;
@@ -853,6 +910,7 @@ def prepare(
     """
     workers = _check_workers(workers)
     audio_seconds = _check_audio_seconds(audio_seconds)
+    frame_size = _check_frame_size(frame_size)
     rule = WindowRule() if window is None else window
     if not isinstance(rule, WindowRule):
         raise TypeError(f"window: expected a WindowRule, got {type(rule).__name__}")
@@ -879,7 +937,7 @@ def prepare(
             if clip_id in previous:
                 clips[clip_id] = previous[clip_id]
         else:
-            tasks.append((clip_id, str(video), str(out_root), audio_seconds, rule))
+            tasks.append((clip_id, str(video), str(out_root), audio_seconds, rule, frame_size))
 
     bar = tqdm(total=len(tasks), desc="prepare", unit="clip", disable=not progress, dynamic_ncols=True)
 
@@ -909,6 +967,7 @@ def prepare(
             "out": str(out_root),
             "audio_seconds": audio_seconds,
             "sample_rate": SAMPLE_RATE,
+            "frame_size": frame_size,
             "window": {
                 "mode": rule.mode, "start_regex": rule.id_pattern, "clip_seconds": rule.clip_seconds,
                 "tolerance": rule.tolerance,
@@ -1077,6 +1136,11 @@ def _parser() -> argparse.ArgumentParser:
         help="slack in seconds: 'auto' cuts a video only when it is longer than --clip-seconds + S; "
              "a window may overrun the video's end by at most S",
     )
+    parser.add_argument(
+        "--frame-size", type=int, default=None, metavar="PX",
+        help="store frames with their shorter side resized to PX (bicubic; never enlarged); 246 = the "
+             "training transform's resize for 224 inputs, so the loader skips it (default: full frames)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
@@ -1122,6 +1186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         report = prepare(
             args.videos, args.out, ids=ids, workers=args.workers,
             audio_seconds=args.audio_seconds, progress=not args.no_progress, window=rule,
+            frame_size=args.frame_size,
         )
     except (OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)

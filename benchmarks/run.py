@@ -385,6 +385,8 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p.add_argument("--train-repeats", type=int, default=None, help="default 5 (--quick 3)")
     p.add_argument("--out", type=Path, default=RESULTS, help="results directory")
     p.add_argument("--name", default=None, help="results file stem (default: the device name)")
+    p.add_argument("--data-loading", action="store_true",
+                   help="also run benchmarks.data_loading (its own data-loading-<cpu>.md/.json in --out)")
     return p.parse_args(argv)
 
 
@@ -429,6 +431,11 @@ def _main(args: argparse.Namespace, argv: Optional[Sequence[str]]) -> dict:
         )
     meta["load_after"] = [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
     result = {"meta": meta, "losses": rows, "train_step": train}
+    if args.data_loading:  # one worker's clips/s, ours vs upstream-style (see benchmarks/data_loading.py)
+        from . import data_loading
+
+        quick = ["--clips", "16", "--rounds", "3"] if args.quick else []
+        result["data_loading"] = data_loading.main(["--out", str(args.out)] + quick)["pipelines"]
     report = markdown(meta, rows, train)
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.name or meta["device"]

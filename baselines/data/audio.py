@@ -19,8 +19,9 @@ Pipeline for one clip (``load_spectrogram``):
    ``scipy.signal.spectrogram(x, 16000, nperseg=512, noverlap=274)`` computes it
    with its defaults, then ``log(S + 1e-7) / 12`` -> ``[257, 200]``.
 
-Everything after reading the file is torch (float64 internally), so it runs on any
-device and needs no scipy at run time; the test-suite compares it with scipy.
+Everything after reading the file is torch (the spectrogram in float32 by default,
+within 1e-5 of scipy's float64 on the log scale; float64 on request), so it runs on
+any device and needs no scipy at run time; the test-suite compares it with scipy.
 """
 
 from __future__ import annotations
@@ -116,7 +117,7 @@ def _check_wave(wave: torch.Tensor, name: str = "wave") -> None:
         )
 
 
-def power_spectrogram(wave: torch.Tensor, fs: float = SAMPLE_RATE) -> torch.Tensor:
+def power_spectrogram(wave: torch.Tensor, fs: float = SAMPLE_RATE, dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """One-sided PSD, identical to ``scipy.signal.spectrogram(wave, fs, nperseg=512, noverlap=274)``.
 
     Segments ``x_k = wave[238 k : 238 k + 512]`` (no padding, incomplete tail
@@ -128,38 +129,66 @@ def power_spectrogram(wave: torch.Tensor, fs: float = SAMPLE_RATE) -> torch.Tens
     Args:
         wave: ``[T]`` or ``[N, T]`` floating tensor (T >= 512).
         fs: sampling rate in Hz (only enters the density scaling).
+        dtype: precision of the computation and of the result: ``torch.float64`` (default; equal
+            to scipy's to ~1e-15 relative) or ``torch.float32`` (the network input's precision).
 
     Returns:
-        float64 tensor ``[257, F]`` or ``[N, 257, F]``, ``F = (T - 512) // 238 + 1``
+        ``dtype`` tensor ``[257, F]`` or ``[N, 257, F]``, ``F = (T - 512) // 238 + 1``
         (``F = 200`` for 48,000 samples).
+
+    Raises:
+        TypeError / ValueError: ``wave`` is not a floating ``[T]`` / ``[N, T]`` tensor with
+            ``T >= 512``, ``fs <= 0`` or ``dtype`` not float32 / float64.
     """
     _check_wave(wave)
     if not fs > 0:
         raise ValueError(f"fs must be positive, got {fs!r}")
-    x = wave.to(torch.float64)
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+    x = wave.to(dtype)
     frames = x.unfold(-1, NPERSEG, HOP)  # [..., F, 512]
+    window, scale = _window_and_scale(fs, x.device, dtype)
     frames = frames - frames.mean(dim=-1, keepdim=True)
-    window = tukey_window(NPERSEG, TUKEY_ALPHA, device=x.device)
     spectrum = torch.fft.rfft(frames * window, dim=-1)  # [..., F, 257]
-    power = spectrum.real.square() + spectrum.imag.square()
-    power = power / (fs * window.square().sum())
-    power[..., 1:-1] *= 2.0  # one-sided: fold negative frequencies (nperseg even -> keep DC, Nyquist)
+    power = spectrum.real.square() + spectrum.imag.square()  # |X|^2
+    power.mul_(scale)  # c_f / (fs * sum(w^2)): one-sided doubling except DC and Nyquist (nperseg even)
     return power.transpose(-1, -2)
 
 
-def log_spectrogram(wave: torch.Tensor) -> torch.Tensor:
+_WINDOWS: dict[tuple[float, str, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _window_and_scale(fs: float, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """The Tukey window ``[512]`` and the density/one-sided factors ``c_f / (fs sum w^2)`` ``[257]``
+    of ``power_spectrogram`` (computed in float64, then cast to ``dtype``), built once per
+    ``(fs, device, dtype)``."""
+    key = (float(fs), str(device), dtype)
+    hit = _WINDOWS.get(key)
+    if hit is None:
+        window = tukey_window(NPERSEG, TUKEY_ALPHA, device=device)
+        scale = torch.full((N_FREQ,), 2.0, dtype=torch.float64, device=device)
+        scale[0] = scale[-1] = 1.0
+        scale = scale / (fs * window.square().sum())
+        hit = _WINDOWS[key] = (window.to(dtype), scale.to(dtype))
+    return hit
+
+
+def log_spectrogram(wave: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Network input: ``log(S + 1e-7) / 12`` of the 16 kHz PSD (``power_spectrogram``).
 
     Args:
         wave: ``[T]`` or ``[N, T]`` floating tensor at 16 kHz (``T = 48000`` for the
             3 s protocol clip).
+        dtype: precision of the computation (``power_spectrogram``'s ``dtype``). The default
+            float32 is 1.6x faster than float64 and within 1e-5 of scipy's float64 result on this
+            log scale (measured up to 4.5e-6, on a full-scale square wave; float64: 6e-8, the final
+            cast; ``tests/test_data_audio.py`` and ``tests/test_data_loading.py`` check both).
 
     Returns:
         float32 tensor ``[257, F]`` or ``[N, 257, F]`` (``[257, 200]`` for 3 s).
-        Computed in float64, cast at the end.
     """
-    power = power_spectrogram(wave, SAMPLE_RATE)
-    return (torch.log(power + LOG_EPS) / LOG_SCALE).to(torch.float32)
+    power = power_spectrogram(wave, SAMPLE_RATE, dtype)
+    return power.add_(LOG_EPS).log_().div_(LOG_SCALE).to(torch.float32)
 
 
 def centre_crop(wave: np.ndarray | torch.Tensor, length: int = CLIP_SAMPLES):
