@@ -27,6 +27,7 @@ from baselines.train import (  # noqa: E402
     GlobalBatchSampler,
     TrainConfig,
     build_train_model,
+    effective_config,
     load_checkpoint,
     train,
 )
@@ -34,6 +35,12 @@ from baselines.train import (  # noqa: E402
 from .fixtures import AVFixture, break_audio, break_frame, make_av_dataset, train_argv, train_config
 
 METRIC_KEYS = {"ciou", "auc", "mean_ciou", "n", "data_failures"}
+PROVENANCE_KEYS = {"git_commit", "git_dirty", "python", "torch", "torchvision", "cuda", "cudnn", "device", "world_size",
+                   "not_applied"}
+
+
+def _effective(config: TrainConfig) -> Dict:
+    return asdict(effective_config(config)[0])
 
 
 @pytest.fixture(autouse=True)
@@ -83,27 +90,44 @@ def _assert_same_optimizer(a: dict, b: dict) -> None:
 def test_cli_train_then_evaluate(fx: AVFixture, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "run"
     assert train_cli.main(train_argv(fx, out, "--eval-every", "1")) == 0
-    assert "reference margin -0.20: cIoU" in capsys.readouterr().out
-    assert {p.name for p in out.iterdir()} == {"config.json", "checkpoint.pt", "metrics.jsonl", "final.json"}
+    captured = capsys.readouterr().out
+    assert "reference margin -0.20: cIoU" in captured
+    assert {p.name for p in out.iterdir()} == {"config.json", "checkpoint.pt", "metrics.jsonl", "final.json",
+                                               "curves.png"}
 
-    config = TrainConfig.from_dict(json.loads((out / "config.json").read_text()))
-    assert config == train_config(fx, eval_every=1)  # the CLI maps every flag onto the config
+    saved = json.loads((out / "config.json").read_text())
+    config = TrainConfig.from_dict(saved)
+    # the CLI maps every flag onto the config; recorded as it applies on the CPU (no autocast, no SyncBatchNorm)
+    assert config == replace(train_config(fx, eval_every=1), amp=False, sync_batchnorm=False)
+    assert set(saved["provenance"]) == PROVENANCE_KEYS
+    assert saved["provenance"]["not_applied"] == {"amp": True, "sync_batchnorm": True}
+    assert saved["provenance"]["torch"] == torch.__version__ and saved["provenance"]["device"] == "cpu"
     state = load_checkpoint(out / "checkpoint.pt")
     assert set(state) == {"model", "optimizer", "epoch", "config", "history"}
     assert state["epoch"] == 2 and state["config"] == asdict(config)
+    # a checkpoint holds tensors and plain containers only: loadable without unpickling code
+    plain = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)
+    _assert_same_state(plain["model"], state["model"])
 
     records = _records(out)
     assert [r.get("epoch") for r in records] == [1, 2, None]
     assert records[:2] == state["history"]
     for r in records[:2]:
         assert r["steps"] == 4 and r["skipped_batches"] == 0 and r["data_failures"] == 0  # 16 clips / batch 4
+        assert r["failed_clips"] == {} and r["lr"] == 1e-3
         assert math.isfinite(r["loss"]) and r["loss"] > 0
     _check_metrics(records[0]["eval"], 8)  # --eval-every 1: after epoch 1 (the last epoch has the final one)
     assert "eval" not in records[1]
     final = json.loads((out / "final.json").read_text())
     assert final["config"] == asdict(config) and final["epochs_completed"] == 2
+    assert final["provenance"] == saved["provenance"]
+    assert final["failed_clips"] == {"train": {}, "test": {}}
     _check_metrics(final["eval"], 8)
     assert records[2] == {"final_eval": final["eval"]}
+    # one line per epoch on stdout (the CLI ran with --no-progress), with the evaluation when one ran
+    lines = [line for line in captured.splitlines() if line.startswith("epoch ")]
+    assert len(lines) == 2 and lines[0].startswith("epoch 1/2  loss ") and "eval: cIoU" in lines[0]
+    assert "lr 0.001" in lines[1] and "failed clips 0" in lines[1] and "eval" not in lines[1]
 
     # the evaluator CLI on the checkpoint: the same numbers, beside the two reference rows
     result_path = tmp_path / "eval.json"
@@ -123,13 +147,13 @@ def test_resume_equals_uninterrupted_run(fx: AVFixture, tmp_path: Path) -> None:
 
     part = tmp_path / "part"
     first = train(config, part, progress=False, stop_after_epoch=1)
-    assert first == {"config": asdict(config), "epochs_completed": 1, "stopped": True}
+    assert first == {"config": _effective(config), "epochs_completed": 1, "stopped": True}
     assert load_checkpoint(part / "checkpoint.pt")["epoch"] == 1 and not (part / "final.json").exists()
     # from the command line, with DataLoader worker processes: crops and flips do not depend on which
     # process decodes a clip
     assert train_cli.main(train_argv(fx, part, "--model", "ezvsl", "--margin", "-0.1", "--resume", "--workers", "2")) == 0
     resumed = json.loads((part / "final.json").read_text())
-    assert resumed["config"] == asdict(replace(config, workers=2))
+    assert resumed["config"] == _effective(replace(config, workers=2))
 
     assert resumed["eval"] == whole["eval"] and resumed["epochs_completed"] == 2
     a, b = load_checkpoint(tmp_path / "whole" / "checkpoint.pt"), load_checkpoint(part / "checkpoint.pt")
@@ -186,6 +210,10 @@ def test_broken_clips_are_counted_and_stop_the_run_past_the_threshold(tmp_path: 
     assert final["epochs_completed"] == 1
     (record,) = _records(tmp_path / "ok")
     assert record["data_failures"] == 2 and record["steps"] == 2  # each batch of 4 keeps >= 2 good clips
+    # which clips, and why: in every epoch's record and in final.json
+    assert set(record["failed_clips"]) == {fx.train_ids[1], fx.train_ids[6]}
+    assert record["failed_clips"][fx.train_ids[1]].startswith("UnidentifiedImageError")
+    assert json.loads((tmp_path / "ok" / "final.json").read_text())["failed_clips"] == {"train": record["failed_clips"]}
     # one allowed: the run stops inside the first epoch, naming both clips, before any checkpoint
     ids = rf"(?=.*{fx.train_ids[1]}: UnidentifiedImageError)(?=.*{fx.train_ids[6]}: )"
     with pytest.raises(DataError, match=rf"(?s)2 of 8 clips missing or broken \(allowed: 1\){ids}"):
