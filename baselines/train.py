@@ -238,14 +238,14 @@ def provenance(device: Optional[torch.device] = None, world_size: int = 1) -> Di
     try:
         import torchvision
 
-        tv: Optional[str] = torchvision.__version__
+        tv: Optional[str] = str(torchvision.__version__)  # plain str (torch's TorchVersion is a str subclass)
     except ImportError:
         tv = None
     name = "cpu"
     if device is not None and device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
+        name = str(torch.cuda.get_device_name(device))
     cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
-    return {"git_commit": commit, "git_dirty": dirty, "python": platform.python_version(), "torch": torch.__version__,
+    return {"git_commit": commit, "git_dirty": dirty, "python": platform.python_version(), "torch": str(torch.__version__),
             "torchvision": tv, "cuda": torch.version.cuda, "cudnn": cudnn, "device": name, "world_size": world_size}
 
 
@@ -546,8 +546,9 @@ def _restore(config: TrainConfig, ckpt_path: Path) -> Dict[str, Any]:
         raise CheckpointNotFoundError(f"resume: expected a checkpoint at {ckpt_path}, found none",
                                       "drop --resume to start a new run")
     state = load_checkpoint(ckpt_path)
-    saved = asdict(TrainConfig.from_dict(state["config"]))
-    now = asdict(config)
+    # as they apply on the device (a checkpoint written before configs were recorded so says amp=True on CPU)
+    saved = asdict(effective_config(TrainConfig.from_dict(state["config"]))[0])
+    now = asdict(effective_config(config)[0])
     diff = {k: (v, now[k]) for k, v in saved.items() if now[k] != v and k not in RESUME_INDEPENDENT}
     if diff:
         raise ConfigError(f"resume: the checkpoint's config differs from this run's ({{field: (checkpoint, now)}}): "

@@ -513,3 +513,15 @@ def test_pretrained_offline_says_where_to_put_the_weights(tmp_path: Path, monkey
     cached.parent.mkdir(parents=True, exist_ok=True)
     torch.save(resnet18(weights=None).state_dict(), cached)
     assert train_cli.main(argv) == 0
+
+
+def test_resume_from_an_older_checkpoint(fx: AVFixture, tmp_path: Path) -> None:
+    """A checkpoint written before the effective settings were recorded (amp / sync_batchnorm true on
+    CPU, no visual_weights field) resumes: configs are compared as they apply on the device."""
+    config = train_config(fx, test_list="")
+    out = tmp_path / "run"
+    train(config, out, progress=False, stop_after_epoch=1)
+    state = load_checkpoint(out / "checkpoint.pt")
+    older = {k: v for k, v in state["config"].items() if k != "visual_weights"}
+    torch.save({**state, "config": {**older, "amp": True, "sync_batchnorm": True}}, out / "checkpoint.pt")
+    assert train(config, out, resume=True, progress=False)["epochs_completed"] == 2
