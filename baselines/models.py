@@ -140,7 +140,8 @@ def _read_state(path: Path, fix: str) -> Dict[str, Tensor]:
         raise WeightsUnavailableError(f"{path}: cannot be read as a weights-only state dict "
                                       f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})", fix) from e
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise WeightsUnavailableError(f"{path}: expected a state dict {{name: tensor}}, got {type(state).__name__}", fix)
+        raise WeightsUnavailableError(f"{path}: expected a state dict {{name: tensor}}, got {type(state).__name__}",
+                                      fix)
     return state
 
 

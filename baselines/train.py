@@ -245,8 +245,8 @@ def provenance(device: Optional[torch.device] = None, world_size: int = 1) -> Di
     if device is not None and device.type == "cuda":
         name = str(torch.cuda.get_device_name(device))
     cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
-    return {"git_commit": commit, "git_dirty": dirty, "python": platform.python_version(), "torch": str(torch.__version__),
-            "torchvision": tv, "cuda": torch.version.cuda, "cudnn": cudnn, "device": name, "world_size": world_size}
+    return {"git_commit": commit, "git_dirty": dirty, "python": platform.python_version(),
+            "torch": str(torch.__version__), "torchvision": tv, "cuda": torch.version.cuda, "cudnn": cudnn, "device": name, "world_size": world_size}
 
 
 def atomic_save(obj: Any, path: Path) -> None:
@@ -305,7 +305,8 @@ def _is_real(v: Any) -> bool:
 
 
 def _check_config(c: TrainConfig, world_size: int = 1) -> None:
-    """Raise ``TypeError`` / :class:`ConfigError` (a ``ValueError``) naming the field, the expected and the received value."""
+    """Raise ``TypeError`` / :class:`ConfigError` (a ``ValueError``) naming the field, the expected and the
+    received value."""
     if not isinstance(c, TrainConfig):
         raise TypeError(f"config: expected a TrainConfig, got {type(c).__name__}")
     for name in _STR_FIELDS:
@@ -621,7 +622,8 @@ def plot_curves(history: Sequence[Dict[str, Any]], path: Path, final_eval: Optio
 
 
 class _Scalars:
-    """TensorBoard scalars in ``<out>/tensorboard`` (rank 0, with ``tensorboard=True``); otherwise inert."""
+    """TensorBoard scalars in ``<out>/tensorboard`` (rank 0, with ``tensorboard=True``); otherwise inert.
+    Flushed after every epoch, so a run stopped by an error keeps what it logged."""
 
     def __init__(self, log_dir: Optional[Path], purge_step: Optional[int]) -> None:
         self.writer = None
@@ -641,6 +643,7 @@ class _Scalars:
         self.writer.add_scalar("data/failed_clips", record["data_failures"], step)
         if "eval" in record:
             self.eval(record["eval"], step)
+        self.writer.flush()
 
     def eval(self, result: Dict[str, Any], step: int) -> None:
         if self.writer is None:
@@ -806,96 +809,95 @@ def _train(config: TrainConfig, out: Path, resume: bool, progress: bool, train_s
             plot_curves(history, out / "curves.png", final_eval, config.epochs,
                         title=f"{config.model}, margin {config.margin:+.2f}")
 
-    try:
-        for epoch in range(start_epoch, config.epochs):
-            torch.manual_seed(derive_seed(config.seed, "torch", epoch))  # any stray global-RNG use: (seed, epoch)
-            sampler.set_epoch(epoch)
-            if callable(set_epoch):
-                set_epoch(epoch, config.seed)
-            loader = DataLoader(train_set, batch_sampler=sampler, num_workers=config.workers, collate_fn=collate,
-                                generator=torch.Generator().manual_seed(derive_seed(config.seed, "loader", epoch, dist.rank)),
-                                pin_memory=device.type == "cuda")
-            net.train()
-            lr = float(optimizer.param_groups[0]["lr"])
-            loss_sum, steps, skipped, t0 = 0.0, 0, 0, time.time()
-            bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not (progress and dist.is_main),
-                       leave=False, dynamic_ncols=True)
-            for batch in bar:
-                if config.limit_steps and steps + skipped >= config.limit_steps:
-                    break
-                items = 0 if batch is None else int(batch["image"].shape[0])
-                failed = 1 if batch is None else len(batch["failures"])  # a None batch had only failures
-                empty_ranks, total_items, total_failed = dist.step_plan(items, failed)
-                if total_failed and tracker is not None:
-                    dist.merge_failures(tracker)
-                    tracker.check()  # raises DataError past the threshold (on every rank alike)
-                if empty_ranks or total_items < 2:
-                    skipped += 1
-                    continue
-                image = batch["image"].to(device, non_blocking=True)
-                spec = batch["spectrogram"].to(device, non_blocking=True)
-                optimizer.zero_grad(set_to_none=True)
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.amp):
-                    loss, _ = net(image, spec)
-                # the mean over ranks of a rank's loss is the global-batch loss (marginnce_loss.distributed);
-                # NaN on any rank makes it NaN on every rank, so all stop together, before any update
-                step_loss = dist.mean(float(loss.detach()))
-                if not math.isfinite(step_loss):
-                    ids = [i for rank_ids in dist.gather(list(batch["id"])) for i in rank_ids]
-                    kept = (f"the checkpoint of epoch {history[-1]['epoch']} ({ckpt_path}) is kept" if history
-                            else "no checkpoint was written")
-                    raise NonFiniteLossError(
-                        f"epoch {epoch + 1}, step {steps + skipped + 1}: the loss is {step_loss} on the batch of clips "
-                        f"{ids}; {kept}",
-                        "check these clips (python -m baselines.prepare --verify ROOT --ids LIST) and drop the broken "
-                        "ones, or lower --lr")
-                loss.backward()
-                optimizer.step()
-                loss_sum += step_loss
-                steps += 1
-                bar.set_postfix(loss=f"{loss_sum / steps:.4f}")
-            bar.close()
-            if tracker is not None:
+    for epoch in range(start_epoch, config.epochs):
+        torch.manual_seed(derive_seed(config.seed, "torch", epoch))  # any stray global-RNG use: (seed, epoch)
+        sampler.set_epoch(epoch)
+        if callable(set_epoch):
+            set_epoch(epoch, config.seed)
+        loader = DataLoader(train_set, batch_sampler=sampler, num_workers=config.workers, collate_fn=collate,
+                            generator=torch.Generator().manual_seed(derive_seed(config.seed, "loader", epoch, dist.rank)),
+                            pin_memory=device.type == "cuda")
+        net.train()
+        lr = float(optimizer.param_groups[0]["lr"])
+        loss_sum, steps, skipped, t0 = 0.0, 0, 0, time.time()
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not (progress and dist.is_main),
+                   leave=False, dynamic_ncols=True)
+        for batch in bar:
+            if config.limit_steps and steps + skipped >= config.limit_steps:
+                break
+            items = 0 if batch is None else int(batch["image"].shape[0])
+            failed = 1 if batch is None else len(batch["failures"])  # a None batch had only failures
+            empty_ranks, total_items, total_failed = dist.step_plan(items, failed)
+            if total_failed and tracker is not None:
                 dist.merge_failures(tracker)
-                tracker.check()
-            bad = _nonfinite_tensors(model.state_dict())
-            if bad:  # never reached through a finite loss in practice; never saved either way
-                raise NonFiniteLossError(f"epoch {epoch + 1}: non-finite weights in {bad[:5]} after a finite loss; "
-                                         f"the previous checkpoint ({ckpt_path}) is kept", "lower --lr")
-            record = {"epoch": epoch + 1, "loss": loss_sum / steps if steps else None, "lr": lr, "steps": steps,
-                      "skipped_batches": skipped, "seconds": round(time.time() - t0, 3),
-                      "data_failures": tracker.count if tracker is not None else 0,
-                      "failed_clips": tracker.failed if tracker is not None else {}}
-            if test_set is not None and config.eval_every and (epoch + 1) % config.eval_every == 0 \
-                    and epoch + 1 < config.epochs:
-                record["eval"] = evaluate(False)
-            history.append(record)
-            if dist.is_main:
-                atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
-                             "config": asdict(config), "history": history}, ckpt_path)
-                _log(out, record)
-                scalars.epoch(record)
-                curves()
-                if log_epochs:
-                    print(_epoch_line(record, config.epochs), flush=True)
-            dist.barrier()
-            if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < config.epochs:
-                return {"config": asdict(config), "epochs_completed": epoch + 1, "stopped": True}
-
-        final: Dict[str, Any] = {"config": asdict(config), **meta, "epochs_completed": config.epochs}
-        if test_set is not None:
-            final["eval"] = evaluate(progress)
-        final["failed_clips"] = failed_clips()
+                tracker.check()  # raises DataError past the threshold (on every rank alike)
+            if empty_ranks or total_items < 2:
+                skipped += 1
+                continue
+            image = batch["image"].to(device, non_blocking=True)
+            spec = batch["spectrogram"].to(device, non_blocking=True)
+            optimizer.zero_grad(set_to_none=True)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.amp):
+                loss, _ = net(image, spec)
+            # the mean over ranks of a rank's loss is the global-batch loss (marginnce_loss.distributed);
+            # NaN on any rank makes it NaN on every rank, so all stop together, before any update
+            step_loss = dist.mean(float(loss.detach()))
+            if not math.isfinite(step_loss):
+                ids = [i for rank_ids in dist.gather(list(batch["id"])) for i in rank_ids]
+                kept = (f"the checkpoint of epoch {history[-1]['epoch']} ({ckpt_path}) is kept" if history
+                        else "no checkpoint was written")
+                raise NonFiniteLossError(
+                    f"epoch {epoch + 1}, step {steps + skipped + 1}: the loss is {step_loss} on the batch of clips "
+                    f"{ids}; {kept}",
+                    "check these clips (python -m baselines.prepare --verify ROOT --ids LIST) and drop the broken "
+                    "ones, or lower --lr")
+            loss.backward()
+            optimizer.step()
+            loss_sum += step_loss
+            steps += 1
+            bar.set_postfix(loss=f"{loss_sum / steps:.4f}")
+        bar.close()
+        if tracker is not None:
+            dist.merge_failures(tracker)
+            tracker.check()
+        bad = _nonfinite_tensors(model.state_dict())
+        if bad:  # never reached through a finite loss in practice; never saved either way
+            raise NonFiniteLossError(f"epoch {epoch + 1}: non-finite weights in {bad[:5]} after a finite loss; "
+                                     f"the previous checkpoint ({ckpt_path}) is kept", "lower --lr")
+        record = {"epoch": epoch + 1, "loss": loss_sum / steps if steps else None, "lr": lr, "steps": steps,
+                  "skipped_batches": skipped, "seconds": round(time.time() - t0, 3),
+                  "data_failures": tracker.count if tracker is not None else 0,
+                  "failed_clips": tracker.failed if tracker is not None else {}}
+        if test_set is not None and config.eval_every and (epoch + 1) % config.eval_every == 0 \
+                and epoch + 1 < config.epochs:
+            record["eval"] = evaluate(False)
+        history.append(record)
         if dist.is_main:
-            if "eval" in final:
-                _log(out, {"final_eval": final["eval"]})
-                scalars.eval(final["eval"], config.epochs)
-            curves(final.get("eval"))
-            atomic_write_text(json.dumps(final, indent=2), out / "final.json")
+            atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
+                         "config": asdict(config), "history": history}, ckpt_path)
+            _log(out, record)
+            scalars.epoch(record)
+            curves()
+            if log_epochs:
+                print(_epoch_line(record, config.epochs), flush=True)
         dist.barrier()
-        return final
-    finally:
-        scalars.close()
+        if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < config.epochs:
+            scalars.close()
+            return {"config": asdict(config), "epochs_completed": epoch + 1, "stopped": True}
+
+    final: Dict[str, Any] = {"config": asdict(config), **meta, "epochs_completed": config.epochs}
+    if test_set is not None:
+        final["eval"] = evaluate(progress)
+    final["failed_clips"] = failed_clips()
+    if dist.is_main:
+        if "eval" in final:
+            _log(out, {"final_eval": final["eval"]})
+            scalars.eval(final["eval"], config.epochs)
+        curves(final.get("eval"))
+        atomic_write_text(json.dumps(final, indent=2), out / "final.json")
+    dist.barrier()
+    scalars.close()
+    return final
 
 
 # --------------------------------------------------------------------------- command line
@@ -928,7 +930,8 @@ def check_paths(args: argparse.Namespace) -> None:
             raise UsageError(f"{option}: no such {'folder' if kind == 'root' else 'file'} {value!r}{where}",
                              data_fix if kind == "root" else f"check the path given to {option}")
         if kind == "file" and not path.is_file():
-            raise UsageError(f"{option}: expected a file, got the folder {value!r}", f"check the path given to {option}")
+            raise UsageError(f"{option}: expected a file, got the folder {value!r}",
+                             f"check the path given to {option}")
         if kind == "root":
             missing = [d for d in ("frames", "audio") if not (path / d).is_dir()]
             if missing:
