@@ -1,17 +1,21 @@
-"""Evaluate a trained baseline on an annotated test split (SPEC section 7).
+"""Evaluate a trained baseline on an annotated test split (cIoU at 0.5, AUC, mean cIoU: the VGG-SS /
+SoundNet-Flickr protocol of LVS, Chen et al. 2021, as used in the paper's Sec. 3).
 
-    python -m baselines.evaluate --checkpoint runs/reference_m-0.2/checkpoint.pt \
+    python -m baselines.evaluate --checkpoint runs/reference_m-0.2/checkpoint.pt \\
         --test-root data/vggss --test-list metadata/vggss_test.csv --annotations metadata/vggss.json [--ogl]
 
 Prints and (with ``--out``) writes the model's cIoU / AUC / mean cIoU beside two rows computed on the
 same clips: the image-independent ``center prior`` and the protocol's ``ceiling``.
+
+``--ogl`` needs ImageNet ResNet-18 weights: torchvision's cache file (downloaded when absent) or
+``--visual-weights PATH`` (a local state dict; no network). Errors the user can fix (missing files,
+broken clips, no CUDA, weights unavailable offline) are one line on stderr, exit status 1.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
@@ -101,34 +105,56 @@ def _gt_maps(test_set: Dataset) -> torch.Tensor:
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    from .cli import HelpFormatter
     from .train import add_data_arguments
 
-    p = argparse.ArgumentParser(prog="python -m baselines.evaluate", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m baselines.evaluate", description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--checkpoint", default="", help="checkpoint.pt written by baselines.train")
     p.add_argument("--reference-rows", action="store_true",
                    help="only the centre-prior and ceiling rows, from --annotations (and --test-list) alone")
     add_data_arguments(p, train=False)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--workers", type=int, default=0)
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--batch-size", type=int, default=64, help="evaluation batch")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to evaluate")
     p.add_argument("--ogl", action="store_true", help="object-guided localisation (needs ImageNet ResNet-18 weights)")
+    p.add_argument("--visual-weights", default="", metavar="PATH",
+                   help="with --ogl: a local torchvision ResNet-18 state dict ('': torchvision's cache)")
     p.add_argument("--out", default="", help="write the results as JSON here")
     return p.parse_args(argv)
 
 
+def _write_json(result: Dict[str, Any], path: str) -> None:
+    from .train import atomic_write_text
+
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(json.dumps(result, indent=2) + "\n", out)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from .models import build_model
-    from .train import TrainConfig, build_test_set, load_checkpoint
+    """``python -m baselines.evaluate``; returns the exit status. Raises :class:`baselines.cli.UsageError`
+    for the user's errors (one line under :func:`baselines.cli.run_main`)."""
+    from .cli import UsageError
+    from .data import DataError
+    from .models import build_model, imagenet_resnet18
+    from .train import TrainConfig, build_test_set, check_paths, data_error, load_checkpoint
 
     args = parse_args(argv)
     if args.reference_rows:
         return _reference_rows_main(args)
     if not args.checkpoint:
-        raise SystemExit("evaluate: give --checkpoint (or --reference-rows with --annotations)")
+        raise UsageError("evaluate: no checkpoint given", "give --checkpoint (or --reference-rows with --annotations)")
+    if args.batch_size < 1 or args.workers < 0:
+        raise UsageError(f"--batch-size: expected an int >= 1 and --workers an int >= 0, got {args.batch_size} "
+                         f"and {args.workers}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: CUDA is not available on this machine", "pass --device cpu")
+    if args.visual_weights and not args.ogl:
+        raise UsageError(f"--visual-weights {args.visual_weights!r} is read for --ogl only", "add --ogl, or drop it")
+    check_paths(args)
     state = load_checkpoint(Path(args.checkpoint))
     config = TrainConfig.from_dict(state["config"])
-    model = build_model(config.model_config())
+    model = build_model(config.model_config(), load_pretrained=False)  # every weight comes from the checkpoint
     model.load_state_dict(state["model"])
     device = torch.device(args.device)
     model.to(device)
@@ -136,32 +162,38 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     test_list = args.test_list or config.test_list
     annotations = args.annotations or config.annotations
     if not (test_root and test_list and annotations):
-        raise SystemExit("evaluate: give --test-root, --test-list and --annotations (the checkpoint's config has none)")
+        raise UsageError("evaluate: no test split (the checkpoint's config has none)",
+                         "give --test-root, --test-list and --annotations")
+    if not args.test_root:  # paths from the checkpoint's config: check them too
+        check_paths(argparse.Namespace(test_root=test_root, test_list=test_list, annotations=annotations))
     annotation_format = args.annotation_format or config.annotation_format
-    test_set = build_test_set(test_root, test_list, annotations, annotation_format)
-    prior = None
-    if args.ogl:
-        from torchvision.models import ResNet18_Weights, resnet18
-
-        prior = ObjectPrior(resnet18(weights=ResNet18_Weights.IMAGENET1K_V1)).to(device).eval()
-    result = {"model": config.model, "margin": config.margin, "epoch": state["epoch"],
-              "eval": evaluate_model(model, test_set, device, args.batch_size, args.workers, True, prior),
+    prior = ObjectPrior(imagenet_resnet18(args.visual_weights)).to(device).eval() if args.ogl else None
+    try:
+        test_set = build_test_set(test_root, test_list, annotations, annotation_format)
+        scores = evaluate_model(model, test_set, device, args.batch_size, args.workers, True, prior)
+    except DataError as e:
+        raise data_error(e) from e
+    result = {"model": config.model, "margin": config.margin, "epoch": state["epoch"], "eval": scores,
               **reference_rows(test_set)}
     for name in ("eval", "center prior", "ceiling"):
         r = result[name]
         label = f"{config.model} m={config.margin:+.2f}" if name == "eval" else name
         print(f"{label:>22}: cIoU {r['ciou']:6.2f}  AUC {r['auc']:6.2f}  mean cIoU {r['mean_ciou']:6.2f}  (n = {r['n']})")
     if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=2))
+        _write_json(result, args.out)
     return 0
 
 
 def _reference_rows_main(args: argparse.Namespace) -> int:
     """Centre prior and ceiling on an annotation file, e.g. all 5,158 clips of the real ``vggss.json``."""
+    from .cli import UsageError
     from .data import gt_map, load_annotations, load_id_list
+    from .train import check_paths
 
     if not args.annotations:
-        raise SystemExit("evaluate --reference-rows: give --annotations (vggss.json or the Flickr XML folder)")
+        raise UsageError("evaluate --reference-rows: no annotations given",
+                         "give --annotations (vggss.json or the Flickr XML folder)")
+    check_paths(args)
     fmt = args.annotation_format or "vggss"
     ids = load_id_list(args.test_list) if args.test_list else None
     boxes = load_annotations(args.annotations, fmt, ids)
@@ -173,10 +205,11 @@ def _reference_rows_main(args: argparse.Namespace) -> int:
         r = rows[name]
         print(f"{name:>13}: cIoU {r['ciou']:6.2f}  AUC {r['auc']:6.2f}  mean cIoU {r['mean_ciou']:6.2f}  (n = {r['n']})")
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+        _write_json(result, args.out)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from .cli import run_main
+
+    run_main(main, prog="python -m baselines.evaluate")

@@ -1,4 +1,4 @@
-"""The three baselines of the paper's Table 5 as trainable models (SPEC section 5).
+"""The three baselines of the paper's Table 5 as trainable models (the paper: Sec. 2, eqs. 1-3; Sec. 3.2).
 
 Every model maps ``(image [B, 3, 224, 224], spectrogram [B, 1, 257, 200])`` to L2-normalised
 features ``img [B, C, h, w]`` and ``aud [B, C]``; the loss and the localisation map come from
@@ -14,8 +14,16 @@ features ``img [B, C, h, w]`` and ``aud [B, C]``; the loss and the localisation 
   tau 0.07, epsilon 0.65, beta 0.03.
 
 Backbones: ``resnet18`` (torchvision; random init unless ``pretrained=True``, which loads the
-ImageNet weights for the visual encoder where they can be downloaded) or ``small``, a compact
-convolutional encoder with the same output geometry (stride 32: 224 -> 7 x 7) for CPU-sized runs.
+ImageNet weights into the visual encoder, see :func:`imagenet_resnet18_state`) or ``small``, a
+compact convolutional encoder with the same output geometry (stride 32: 224 -> 7 x 7) for CPU-sized
+runs.
+
+ImageNet weights without a network: ``visual_weights`` (``--visual-weights PATH``) names a file
+holding torchvision's ResNet-18 state dict (``torch.save(resnet18(...).state_dict(), PATH)``, e.g. a
+copy of torchvision's ``resnet18-f37072fd.pth``); without it the weights come from torchvision's cache
+file ``<torch.hub.get_dir()>/checkpoints/resnet18-f37072fd.pth`` (``$TORCH_HOME/hub/...``, by default
+``~/.cache/torch/hub/...``), downloaded there when absent. Offline and absent, the error says where to
+put the file. Weight files are read with ``torch.load(..., weights_only=True)``: a file cannot run code.
 
 Normalisation layers (``norm``): ``"batch"`` (BatchNorm, as in the paper's ResNet-18) or
 ``"group"`` (GroupNorm with ``gcd(channels, 32)`` groups). GroupNorm's output of a clip does not
@@ -28,7 +36,9 @@ has no CPU implementation, so CPU/gloo DDP with BatchNorm uses per-rank statisti
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Dict, Tuple
 
 import torch
@@ -38,12 +48,15 @@ from torch import Tensor, nn
 from marginnce_loss import LocalizationMarginNCE, functional as MF
 from marginnce_loss.adapters import lvs
 
-__all__ = ["MODELS", "BACKBONES", "NORMS", "ModelConfig", "AudioVisualModel", "build_model", "norm_layer", "TAU"]
+from .cli import UsageError
+
+__all__ = ["MODELS", "BACKBONES", "NORMS", "ModelConfig", "AudioVisualModel", "build_model", "norm_layer", "TAU",
+           "WeightsUnavailableError", "imagenet_resnet18", "imagenet_resnet18_state", "torchvision_cache_path"]
 
 MODELS = ("lvs", "ezvsl", "reference")
 BACKBONES = ("resnet18", "small")
 NORMS = ("batch", "group")
-# the contrastive temperature of each method (SPEC 3-4)
+# the contrastive temperature of each method (LVS: Chen et al. 2021; EZ-VSL: Mo & Morgado 2022; ours: Sec. 2)
 TAU = {"lvs": 0.07, "ezvsl": 0.03, "reference": 0.07}
 
 
@@ -63,6 +76,7 @@ class ModelConfig:
     width: int = 64  # channel width of the ``small`` backbone's first stage
     gather_distributed: bool = False  # global-batch negatives under DDP (ezvsl, reference; LVS stays local)
     norm: str = "batch"  # "batch" | "group" (batch-independent; see the module docstring)
+    visual_weights: str = ""  # pretrained: a local ImageNet ResNet-18 state dict ("" = torchvision's cache)
 
     def __post_init__(self) -> None:
         if self.model not in MODELS:
@@ -88,6 +102,12 @@ class ModelConfig:
             raise ValueError(f"pretrained: ImageNet weights exist for backbone 'resnet18' only, got backbone {self.backbone!r}")
         if self.pretrained and self.norm != "batch":
             raise ValueError(f"pretrained: the ImageNet weights are for norm 'batch', got norm {self.norm!r}")
+        if not isinstance(self.visual_weights, str):
+            raise TypeError(f"visual_weights: expected a str path, got {type(self.visual_weights).__name__} "
+                            f"{self.visual_weights!r}")
+        if self.visual_weights and not self.pretrained:
+            raise ValueError(f"visual_weights: a file of ImageNet weights for pretrained=True (--pretrained), "
+                             f"got {self.visual_weights!r} with pretrained=False")
 
 
 def norm_layer(norm: str) -> Callable[[int], nn.Module]:
@@ -100,10 +120,85 @@ def norm_layer(norm: str) -> Callable[[int], nn.Module]:
     raise ValueError(f"norm: expected one of {NORMS}, got {norm!r}")
 
 
-def _resnet18_image(pretrained: bool, norm: str = "batch") -> Tuple[nn.Module, int]:
-    from torchvision.models import ResNet18_Weights, resnet18
+class WeightsUnavailableError(UsageError, FileNotFoundError):
+    """ImageNet ResNet-18 weights that cannot be had: the named file is missing or unreadable, or the
+    download into torchvision's cache failed (offline). The message says where to put the file."""
 
-    net = resnet18(weights=ResNet18_Weights.IMAGENET1K_V1 if pretrained else None, norm_layer=norm_layer(norm))
+
+def torchvision_cache_path() -> Path:
+    """Where torchvision keeps (and looks for) the ImageNet ResNet-18 weights:
+    ``<torch.hub.get_dir()>/checkpoints/resnet18-f37072fd.pth`` (``$TORCH_HOME/hub/checkpoints/...``)."""
+    from torchvision.models import ResNet18_Weights
+
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(ResNet18_Weights.IMAGENET1K_V1.url)
+
+
+def _read_state(path: Path, fix: str) -> Dict[str, Tensor]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # unpickling refused (weights_only), truncated or not a torch file
+        raise WeightsUnavailableError(f"{path}: cannot be read as a weights-only state dict "
+                                      f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})", fix) from e
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise WeightsUnavailableError(f"{path}: expected a state dict {{name: tensor}}, got {type(state).__name__}",
+                                      fix)
+    return state
+
+
+def imagenet_resnet18_state(path: str = "") -> Dict[str, Tensor]:
+    """The ImageNet ResNet-18 state dict (torchvision's ``IMAGENET1K_V1`` layout).
+
+    Args:
+        path: a local file holding the state dict; ``""``: torchvision's cache file
+            (:func:`torchvision_cache_path`), downloaded from torchvision's URL (hash-checked) when absent.
+
+    Raises:
+        WeightsUnavailableError: ``path`` missing or unreadable; or no cache file and the download failed
+            (the message names the cache path to put the weights at, and ``--visual-weights``).
+    """
+    from torchvision.models import ResNet18_Weights
+
+    if path:
+        fix = "pass --visual-weights a torchvision ResNet-18 state dict (torch.save(model.state_dict(), PATH))"
+        p = Path(path)
+        if not p.is_file():
+            raise WeightsUnavailableError(f"visual weights: no such file {str(p)!r}", fix)
+        return _read_state(p, fix)
+    cached = torchvision_cache_path()
+    fix = (f"put torchvision's ImageNet ResNet-18 weights ({cached.name}, from "
+           f"{ResNet18_Weights.IMAGENET1K_V1.url}) at {cached}, or pass --visual-weights PATH")
+    if not cached.is_file():
+        try:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            match = torch.hub.HASH_REGEX.search(cached.name)
+            torch.hub.download_url_to_file(ResNet18_Weights.IMAGENET1K_V1.url, str(cached),
+                                           hash_prefix=match.group(1) if match else None, progress=False)
+        except Exception as e:  # offline (URLError), HTTP error, timeout, hash mismatch, read-only cache
+            raise WeightsUnavailableError(f"pretrained: no ImageNet ResNet-18 weights at {cached} and the download "
+                                          f"failed ({type(e).__name__}: {e})", fix) from e
+    return _read_state(cached, fix)
+
+
+def imagenet_resnet18(path: str = "", norm: str = "batch") -> nn.Module:
+    """torchvision's ``resnet18`` with the ImageNet weights of :func:`imagenet_resnet18_state`
+    (a strict load; a file of another layout raises :class:`WeightsUnavailableError` naming it)."""
+    from torchvision.models import resnet18
+
+    net = resnet18(weights=None, norm_layer=norm_layer(norm))
+    state = imagenet_resnet18_state(path)
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as e:
+        where = path or str(torchvision_cache_path())
+        raise WeightsUnavailableError(f"{where}: not a torchvision ResNet-18 state dict ({str(e).splitlines()[0]})",
+                                      "pass the weights of torchvision.models.resnet18") from e
+    return net
+
+
+def _resnet18_image(pretrained: bool, norm: str = "batch", weights: str = "") -> Tuple[nn.Module, int]:
+    from torchvision.models import resnet18
+
+    net = imagenet_resnet18(weights, norm) if pretrained else resnet18(weights=None, norm_layer=norm_layer(norm))
     return nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3, net.layer4), 512
 
 
@@ -137,13 +232,18 @@ def _small(in_channels: int, width: int, norm: str = "batch") -> Tuple[nn.Module
 
 class AudioVisualModel(nn.Module):
     """Two encoders and a marginNCE-family loss. ``forward`` returns ``(loss, maps)`` with
-    ``maps = alpha_ii`` ``[B, h, w]`` (detached), like upstream EZ-VSL's ``forward``."""
+    ``maps = alpha_ii`` ``[B, h, w]`` (detached), like upstream EZ-VSL's ``forward``.
 
-    def __init__(self, config: ModelConfig) -> None:
+    ``load_pretrained=False`` skips reading the ImageNet weights of ``config.pretrained`` (for a
+    caller that loads a full state dict next: a checkpoint, a resumed run); the initialisation is then
+    the one a ``pretrained`` model gets around its visual encoder."""
+
+    def __init__(self, config: ModelConfig, load_pretrained: bool = True) -> None:
         super().__init__()
         self.config = config
         if config.backbone == "resnet18":
-            self.imgnet, img_width = _resnet18_image(config.pretrained, config.norm)
+            self.imgnet, img_width = _resnet18_image(config.pretrained and load_pretrained, config.norm,
+                                                     config.visual_weights)
             self.audnet, aud_width = _resnet18_audio(config.norm)
         else:
             self.imgnet, img_width = _small(3, config.width, config.norm)
@@ -207,8 +307,10 @@ class AudioVisualModel(nn.Module):
         return MF.response_map(img, aud)
 
 
-def build_model(config: ModelConfig) -> AudioVisualModel:
-    return AudioVisualModel(config)
+def build_model(config: ModelConfig, load_pretrained: bool = True) -> AudioVisualModel:
+    """``AudioVisualModel(config, load_pretrained)``. Raises :class:`WeightsUnavailableError` when
+    ``config.pretrained`` and the ImageNet weights cannot be had (see :func:`imagenet_resnet18_state`)."""
+    return AudioVisualModel(config, load_pretrained)
 
 
 def describe(config: ModelConfig) -> Dict[str, object]:

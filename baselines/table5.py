@@ -193,7 +193,8 @@ class Runner:
             print(f"  training {name} ...", flush=True)
         if train_list not in self._train_sets:
             self._train_sets[train_list] = build_train_set(config)
-        train(config, run_dir, progress=self.progress, train_set=self._train_sets[train_list])
+        # no cached result for this key: whatever run_dir holds (a stale or killed run) is replaced
+        train(config, run_dir, progress=self.progress, train_set=self._train_sets[train_list], overwrite=True)
         state = load_checkpoint(run_dir / "checkpoint.pt")
         net = build_model(config.model_config())
         net.load_state_dict(state["model"])

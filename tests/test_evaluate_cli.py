@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from baselines import evaluate
+from baselines.cli import UsageError
 
 VGGSS = Path(__file__).resolve().parents[2] / "shared" / "upstream-metadata" / "ezvsl" / "vggss.json"
 
@@ -25,10 +26,10 @@ def test_reference_rows_on_real_vggss(tmp_path, capsys):
 
 
 def test_reference_rows_need_annotations():
-    with pytest.raises(SystemExit, match="give --annotations"):
+    with pytest.raises(UsageError, match="give --annotations"):
         evaluate.main(["--reference-rows"])
 
 
 def test_evaluate_needs_a_checkpoint():
-    with pytest.raises(SystemExit, match="give --checkpoint"):
+    with pytest.raises(UsageError, match="give --checkpoint"):
         evaluate.main([])

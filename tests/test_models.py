@@ -122,6 +122,8 @@ def test_margin_reaches_the_loss() -> None:
     (dict(margin=float("nan")), ValueError, r"margin: expected a finite float, got nan"),
     (dict(beta=0.0), ValueError, r"beta: expected a float > 0, got 0.0"),
     (dict(gather_distributed=1), TypeError, r"gather_distributed: expected a bool, got int 1"),
+    (dict(visual_weights="w.pth"), ValueError, r"visual_weights: a file of ImageNet weights for pretrained=True"),
+    (dict(pretrained=True, visual_weights=3), TypeError, r"visual_weights: expected a str path, got int 3"),
 ])
 def test_model_config_errors(kwargs, error, message) -> None:
     with pytest.raises(error, match=message):
@@ -132,3 +134,44 @@ def test_group_norm_group_count() -> None:
     net = build_model(ModelConfig(model="ezvsl", backbone="small", width=8, dim=32, norm="group"))
     counts = [(m.num_channels, m.num_groups) for m in net.imgnet.modules() if isinstance(m, nn.GroupNorm)]
     assert counts == [(4, 4), (8, 8), (16, 16), (32, 32)]  # gcd(channels, 32)
+
+
+def test_local_imagenet_weights_and_their_errors(tmp_path, monkeypatch) -> None:
+    """``visual_weights`` / torchvision's cache file feed the visual ResNet-18 without a network; every
+    unusable file is a WeightsUnavailableError naming it (never code run from a pickle)."""
+    from torchvision.models import resnet18
+
+    from baselines.models import WeightsUnavailableError, imagenet_resnet18_state, torchvision_cache_path
+
+    def no_download(*args, **kwargs):
+        raise OSError("offline")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_download)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "home"))
+    torch.manual_seed(3)
+    state = resnet18(weights=None).state_dict()
+    path = tmp_path / "w.pth"
+    torch.save(state, path)
+    net = build_model(ModelConfig(model="ezvsl", dim=16, pretrained=True, visual_weights=str(path)))
+    assert torch.equal(net.imgnet[0].weight, state["conv1.weight"])
+    assert torch.equal(net.imgnet[1].running_var, state["bn1.running_var"])
+    # load_pretrained=False (a checkpoint follows) reads no file at all
+    build_model(ModelConfig(model="ezvsl", dim=16, pretrained=True, visual_weights=str(tmp_path / "gone.pth")),
+                load_pretrained=False)
+    # torchvision's cache file, when present, serves pretrained=True without a path
+    cached = torchvision_cache_path()
+    with pytest.raises(WeightsUnavailableError, match=rf"no ImageNet ResNet-18 weights at {cached}.*OSError: offline"):
+        imagenet_resnet18_state()
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    cached.write_bytes(path.read_bytes())
+    assert torch.equal(imagenet_resnet18_state()["fc.weight"], state["fc.weight"])
+    with pytest.raises(WeightsUnavailableError, match="visual weights: no such file"):
+        imagenet_resnet18_state(str(tmp_path / "missing.pth"))
+    code = tmp_path / "code.pth"
+    torch.save({"conv1.weight": torch.zeros(1), "why": tmp_path}, code)  # a Path needs unpickling code
+    with pytest.raises(WeightsUnavailableError, match="cannot be read as a weights-only state dict"):
+        imagenet_resnet18_state(str(code))
+    other = tmp_path / "other.pth"
+    torch.save({"conv1.weight": torch.zeros(1)}, other)
+    with pytest.raises(WeightsUnavailableError, match="not a torchvision ResNet-18 state dict"):
+        build_model(ModelConfig(model="lvs", pretrained=True, visual_weights=str(other)))

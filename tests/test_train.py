@@ -27,6 +27,7 @@ from baselines.train import (  # noqa: E402
     GlobalBatchSampler,
     TrainConfig,
     build_train_model,
+    effective_config,
     load_checkpoint,
     train,
 )
@@ -34,6 +35,12 @@ from baselines.train import (  # noqa: E402
 from .fixtures import AVFixture, break_audio, break_frame, make_av_dataset, train_argv, train_config
 
 METRIC_KEYS = {"ciou", "auc", "mean_ciou", "n", "data_failures"}
+PROVENANCE_KEYS = {"git_commit", "git_dirty", "python", "torch", "torchvision", "cuda", "cudnn", "device", "world_size",
+                   "not_applied"}
+
+
+def _effective(config: TrainConfig) -> Dict:
+    return asdict(effective_config(config)[0])
 
 
 @pytest.fixture(autouse=True)
@@ -83,27 +90,44 @@ def _assert_same_optimizer(a: dict, b: dict) -> None:
 def test_cli_train_then_evaluate(fx: AVFixture, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "run"
     assert train_cli.main(train_argv(fx, out, "--eval-every", "1")) == 0
-    assert "reference margin -0.20: cIoU" in capsys.readouterr().out
-    assert {p.name for p in out.iterdir()} == {"config.json", "checkpoint.pt", "metrics.jsonl", "final.json"}
+    captured = capsys.readouterr().out
+    assert "reference margin -0.20: cIoU" in captured
+    assert {p.name for p in out.iterdir()} == {"config.json", "checkpoint.pt", "metrics.jsonl", "final.json",
+                                               "curves.png"}
 
-    config = TrainConfig.from_dict(json.loads((out / "config.json").read_text()))
-    assert config == train_config(fx, eval_every=1)  # the CLI maps every flag onto the config
+    saved = json.loads((out / "config.json").read_text())
+    config = TrainConfig.from_dict(saved)
+    # the CLI maps every flag onto the config; recorded as it applies on the CPU (no autocast, no SyncBatchNorm)
+    assert config == replace(train_config(fx, eval_every=1), amp=False, sync_batchnorm=False)
+    assert set(saved["provenance"]) == PROVENANCE_KEYS
+    assert saved["provenance"]["not_applied"] == {"amp": True, "sync_batchnorm": True}
+    assert saved["provenance"]["torch"] == torch.__version__ and saved["provenance"]["device"] == "cpu"
     state = load_checkpoint(out / "checkpoint.pt")
     assert set(state) == {"model", "optimizer", "epoch", "config", "history"}
     assert state["epoch"] == 2 and state["config"] == asdict(config)
+    # a checkpoint holds tensors and plain containers only: loadable without unpickling code
+    plain = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)
+    _assert_same_state(plain["model"], state["model"])
 
     records = _records(out)
     assert [r.get("epoch") for r in records] == [1, 2, None]
     assert records[:2] == state["history"]
     for r in records[:2]:
         assert r["steps"] == 4 and r["skipped_batches"] == 0 and r["data_failures"] == 0  # 16 clips / batch 4
+        assert r["failed_clips"] == {} and r["lr"] == 1e-3
         assert math.isfinite(r["loss"]) and r["loss"] > 0
     _check_metrics(records[0]["eval"], 8)  # --eval-every 1: after epoch 1 (the last epoch has the final one)
     assert "eval" not in records[1]
     final = json.loads((out / "final.json").read_text())
     assert final["config"] == asdict(config) and final["epochs_completed"] == 2
+    assert final["provenance"] == saved["provenance"]
+    assert final["failed_clips"] == {"train": {}, "test": {}}
     _check_metrics(final["eval"], 8)
     assert records[2] == {"final_eval": final["eval"]}
+    # one line per epoch on stdout (the CLI ran with --no-progress), with the evaluation when one ran
+    lines = [line for line in captured.splitlines() if line.startswith("epoch ")]
+    assert len(lines) == 2 and lines[0].startswith("epoch 1/2  loss ") and "eval: cIoU" in lines[0]
+    assert "lr 0.001" in lines[1] and "failed clips 0" in lines[1] and "eval" not in lines[1]
 
     # the evaluator CLI on the checkpoint: the same numbers, beside the two reference rows
     result_path = tmp_path / "eval.json"
@@ -123,13 +147,13 @@ def test_resume_equals_uninterrupted_run(fx: AVFixture, tmp_path: Path) -> None:
 
     part = tmp_path / "part"
     first = train(config, part, progress=False, stop_after_epoch=1)
-    assert first == {"config": asdict(config), "epochs_completed": 1, "stopped": True}
+    assert first == {"config": _effective(config), "epochs_completed": 1, "stopped": True}
     assert load_checkpoint(part / "checkpoint.pt")["epoch"] == 1 and not (part / "final.json").exists()
     # from the command line, with DataLoader worker processes: crops and flips do not depend on which
     # process decodes a clip
     assert train_cli.main(train_argv(fx, part, "--model", "ezvsl", "--margin", "-0.1", "--resume", "--workers", "2")) == 0
     resumed = json.loads((part / "final.json").read_text())
-    assert resumed["config"] == asdict(replace(config, workers=2))
+    assert resumed["config"] == _effective(replace(config, workers=2))
 
     assert resumed["eval"] == whole["eval"] and resumed["epochs_completed"] == 2
     a, b = load_checkpoint(tmp_path / "whole" / "checkpoint.pt"), load_checkpoint(part / "checkpoint.pt")
@@ -186,6 +210,10 @@ def test_broken_clips_are_counted_and_stop_the_run_past_the_threshold(tmp_path: 
     assert final["epochs_completed"] == 1
     (record,) = _records(tmp_path / "ok")
     assert record["data_failures"] == 2 and record["steps"] == 2  # each batch of 4 keeps >= 2 good clips
+    # which clips, and why: in every epoch's record and in final.json
+    assert set(record["failed_clips"]) == {fx.train_ids[1], fx.train_ids[6]}
+    assert record["failed_clips"][fx.train_ids[1]].startswith("UnidentifiedImageError")
+    assert json.loads((tmp_path / "ok" / "final.json").read_text())["failed_clips"] == {"train": record["failed_clips"]}
     # one allowed: the run stops inside the first epoch, naming both clips, before any checkpoint
     ids = rf"(?=.*{fx.train_ids[1]}: frame does not decode: UnidentifiedImageError)(?=.*{fx.train_ids[6]}: audio does not decode: )"
     with pytest.raises(DataError, match=rf"(?s)2 of 8 clips missing or broken \(allowed: 1\){ids}"):
@@ -308,3 +336,192 @@ def test_cuda_amp_training_and_sync_batchnorm(fx: AVFixture, tmp_path: Path) -> 
     assert synced.state_dict().keys() == cpu_model.state_dict().keys()
     plain = build_train_model(replace(config, sync_batchnorm=False), distributed=True, device="cuda")
     assert not any(isinstance(m, torch.nn.SyncBatchNorm) for m in plain.modules())
+
+
+# --------------------------------------------------------------------------- non-finite loss
+
+
+class _Poisoned(torch.utils.data.Dataset):
+    """``base`` with one clip's image made NaN from epoch ``from_epoch`` on (a sample that passed every
+    load-time check but poisons the forward pass)."""
+
+    def __init__(self, base, clip_id: str, from_epoch: int) -> None:
+        self.base, self.clip_id, self.from_epoch, self.epoch = base, clip_id, from_epoch, 0
+        self.failures = base.failures
+
+    def set_epoch(self, epoch: int, seed: int) -> None:
+        self.epoch = epoch
+        self.base.set_epoch(epoch, seed)
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int):
+        item = self.base[i]
+        if isinstance(item, dict) and item["id"] == self.clip_id and self.epoch >= self.from_epoch:
+            item = {**item, "image": torch.full_like(item["image"], float("nan"))}
+        return item
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(fx: AVFixture, tmp_path: Path) -> None:
+    from baselines.train import NonFiniteLossError, build_train_set
+
+    config = train_config(fx, epochs=3)
+    out = tmp_path / "run"
+    train(config, out, progress=False, stop_after_epoch=1)
+    ckpt, log = (out / "checkpoint.pt").read_bytes(), (out / "metrics.jsonl").read_bytes()
+    poison = fx.train_ids[5]
+    data = _Poisoned(build_train_set(config), poison, from_epoch=1)  # epoch index 1 = the second epoch
+    with pytest.raises(NonFiniteLossError, match=rf"epoch 2, step \d+: the loss is nan on the batch of clips "
+                                                 rf"\[.*'{poison}'.*\]; the checkpoint of epoch 1 .* is kept"):
+        train(config, out, resume=True, progress=False, train_set=data)
+    assert (out / "checkpoint.pt").read_bytes() == ckpt  # byte for byte
+    assert (out / "metrics.jsonl").read_bytes() == log and not (out / "final.json").exists()
+    # in the first epoch of a fresh run: no checkpoint at all
+    with pytest.raises(NonFiniteLossError, match="no checkpoint was written"):
+        train(config, tmp_path / "fresh", progress=False, train_set=_Poisoned(build_train_set(config), poison, 0))
+    assert not (tmp_path / "fresh" / "checkpoint.pt").exists()
+
+
+def test_non_finite_weights_are_found() -> None:
+    from baselines.train import _nonfinite_tensors
+
+    state = {"a": torch.zeros(3), "b": torch.tensor([1.0, float("inf")]), "n": torch.tensor(3),
+             "c": torch.tensor([float("nan")], dtype=torch.float64)}
+    assert _nonfinite_tensors(state) == ["b", "c"]
+
+
+# --------------------------------------------------------------------------- curves, TensorBoard, provenance
+
+
+def test_curves_and_tensorboard_scalars(fx: AVFixture, tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard")
+    from PIL import Image
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    assert train_cli.main(train_argv(fx, out, "--eval-every", "1", "--tensorboard")) == 0
+    with Image.open(out / "curves.png") as im:
+        assert im.format == "PNG" and im.size[0] >= 1000 and im.size[1] >= 400  # two panels: loss, cIoU / AUC
+    records = _records(out)
+    acc = EventAccumulator(str(out / "tensorboard"))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"train/loss", "train/lr", "data/failed_clips", "eval/ciou", "eval/auc", "eval/mean_ciou"} <= tags
+    assert [(e.step, round(e.value, 5)) for e in acc.Scalars("train/loss")] == \
+        [(r["epoch"], round(r["loss"], 5)) for r in records[:2]]
+    # the evaluation after epoch 1 (--eval-every 1) and the final one at epoch 2
+    assert [(e.step, round(e.value, 4)) for e in acc.Scalars("eval/auc")] == \
+        [(1, round(records[0]["eval"]["auc"], 4)), (2, round(records[2]["final_eval"]["auc"], 4))]
+
+
+def test_curves_without_evaluation(fx: AVFixture, tmp_path: Path) -> None:
+    from PIL import Image
+
+    train(train_config(fx, test_list="", epochs=1), tmp_path / "run", progress=False)
+    with Image.open(tmp_path / "run" / "curves.png") as im:
+        assert im.size[0] < 1000  # the loss panel alone
+
+
+def test_provenance_outside_a_git_checkout(monkeypatch: pytest.MonkeyPatch) -> None:
+    from baselines import train as module
+
+    p = module.provenance()
+    assert p["torch"] == torch.__version__ and p["cuda"] == torch.version.cuda and p["device"] == "cpu"
+    if p["git_commit"] is not None:  # a checkout: a 40-hex commit and a bool
+        assert len(p["git_commit"]) == 40 and isinstance(p["git_dirty"], bool)
+    monkeypatch.setattr(module, "_git", lambda args, cwd: None)  # no git, or not a checkout
+    p = module.provenance()
+    assert p["git_commit"] is None and p["git_dirty"] is None
+
+    def no_git(*args, **kwargs):
+        raise FileNotFoundError("git")
+
+    monkeypatch.undo()
+    monkeypatch.setattr(module.subprocess, "run", no_git)
+    assert module.provenance()["git_commit"] is None  # never fails
+
+
+# --------------------------------------------------------------------------- ImageNet weights without a network
+
+
+def test_pretrained_from_a_local_file_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--pretrained --visual-weights FILE trains, and evaluate --ogl --visual-weights FILE scores, with
+    no network: any download attempt fails the test."""
+    from torchvision.models import resnet18
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("tried to download")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_download)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))  # an empty cache
+    torch.manual_seed(7)
+    weights = tmp_path / "resnet18_random.pth"
+    torch.save(resnet18(weights=None).state_dict(), weights)
+    small = make_av_dataset(tmp_path / "data", n_train=4, n_test=2)
+    out = tmp_path / "run"
+    argv = train_argv(small, out, "--backbone", "resnet18", "--pretrained", "--visual-weights", str(weights),
+                      "--epochs", "2", "--limit-steps", "1", "--batch-size", "2")
+    assert train_cli.main([*argv, "--stop-after-epoch", "1"]) == 0
+    config = TrainConfig.from_dict(json.loads((out / "config.json").read_text()))
+    assert config.pretrained and config.visual_weights == str(weights)
+    model = build_train_model(config)  # the file's weights reach the visual encoder
+    saved = torch.load(weights, weights_only=True)
+    torch.testing.assert_close(model.imgnet[0].weight, saved["conv1.weight"], rtol=0, atol=0)
+    torch.testing.assert_close(model.imgnet[7][1].conv2.weight, saved["layer4.1.conv2.weight"], rtol=0, atol=0)
+    # resuming reads every weight from the checkpoint: the weights file may have moved meanwhile
+    weights.rename(tmp_path / "moved.pth")
+    assert train_cli.main([*argv, "--resume"]) == 0
+    result = tmp_path / "eval.json"
+    assert evaluate_cli.main(["--checkpoint", str(out / "checkpoint.pt"), "--ogl", "--visual-weights",
+                              str(tmp_path / "moved.pth"), "--out", str(result)]) == 0
+    assert json.loads(result.read_text())["eval"]["n"] == 2
+
+
+def test_pretrained_offline_says_where_to_put_the_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture) -> None:
+    from urllib.error import URLError
+
+    from torchvision.models import resnet18
+
+    from baselines.cli import run_main
+    from baselines.models import torchvision_cache_path
+
+    def offline(*args, **kwargs):
+        raise URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    cached = torchvision_cache_path()
+    assert cached == tmp_path / "torch_home" / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
+    small = make_av_dataset(tmp_path / "data", n_train=4, n_test=0)
+    argv = train_argv(small, tmp_path / "run", "--backbone", "resnet18", "--pretrained", "--epochs", "1",
+                      "--batch-size", "2", "--limit-steps", "1")
+    argv = argv[:argv.index("--test-root")] + argv[argv.index("--out"):]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        run_main(train_cli.main, argv, prog="prog")
+    assert exit_.value.code == 1
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"prog: error: pretrained: no ImageNet ResNet-18 weights at {cached} and the download "
+                           "failed (URLError")
+    assert line.endswith(f"put torchvision's ImageNet ResNet-18 weights (resnet18-f37072fd.pth, from "
+                         f"https://download.pytorch.org/models/resnet18-f37072fd.pth) at {cached}, or pass "
+                         "--visual-weights PATH")
+    assert not (tmp_path / "run").exists()
+    # the same with the file where the message says: trains without a download
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(resnet18(weights=None).state_dict(), cached)
+    assert train_cli.main(argv) == 0
+
+
+def test_resume_from_an_older_checkpoint(fx: AVFixture, tmp_path: Path) -> None:
+    """A checkpoint written before the effective settings were recorded (amp / sync_batchnorm true on
+    CPU, no visual_weights field) resumes: configs are compared as they apply on the device."""
+    config = train_config(fx, test_list="")
+    out = tmp_path / "run"
+    train(config, out, progress=False, stop_after_epoch=1)
+    state = load_checkpoint(out / "checkpoint.pt")
+    older = {k: v for k, v in state["config"].items() if k != "visual_weights"}
+    torch.save({**state, "config": {**older, "amp": True, "sync_batchnorm": True}}, out / "checkpoint.pt")
+    assert train(config, out, resume=True, progress=False)["epochs_completed"] == 2

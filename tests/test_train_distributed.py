@@ -49,6 +49,7 @@ from baselines.train import (  # noqa: E402
     GlobalBatchSampler,
     build_train_model,
     build_train_set,
+    effective_config,
     load_checkpoint,
     main,
     train,
@@ -163,7 +164,8 @@ def test_ddp_weights_match_single_process_on_the_global_batches(runs: Dict[str, 
     tmp, fx = runs["tmp"], runs["fx"]
     config = _configs(fx)[model]
     ddp, single = (load_checkpoint(tmp / f"{kind}_{model}" / "checkpoint.pt") for kind in ("ddp", "single"))
-    assert ddp["config"] == single["config"] == asdict(config)  # the CLI flags map onto the same config
+    # the CLI flags map onto the same config (recorded as it applies on the CPU)
+    assert ddp["config"] == single["config"] == asdict(effective_config(config)[0])
     init = build_train_model(config).state_dict()
     assert ddp["model"].keys() == single["model"].keys() == init.keys()
     for k, w in single["model"].items():
@@ -190,7 +192,7 @@ def test_process_group_lifetime_and_errors_on_every_rank(runs: Dict[str, Any]) -
     for res in runs["ranks"]:
         assert res["destroyed"]  # created from the environment by the trainer: destroyed at the end
         assert res["kept"]  # the caller's: left alive
-        assert res["odd_batch"] == ("ValueError", "batch_size: expected a multiple of the world size 2 (the global "
+        assert res["odd_batch"] == ("ConfigError", "batch_size: expected a multiple of the world size 2 (the global "
                                     "batch is split evenly over the ranks), got 5")
         kind, message = res["broken"]
         assert kind == "DataError" and "2 of 8 clips missing or broken (allowed: 1)" in message
