@@ -19,9 +19,13 @@ layout). Float64 would make the comparison exact, but the trainer trains in floa
 Tolerance ``rtol=1e-5, atol=1e-6``. The gradients agree to float32 rounding (relative ~1e-6), but
 Adam's update ``lr * m / sqrt(v)`` amplifies that where a weight's gradients cancel over the steps,
 and eq. 1's steep sigmoid (slope 1 / 0.03) amplifies it in the gradient itself: after 3 steps at
-lr 1e-4 the largest difference measured here is 1.7e-7 (reference) and 4e-8 (EZ-VSL), 6-25 times
-below ``atol``. Every weight tensor has moved by more than 1.7e-4 (~lr per step), so the test also
-checks that training happened, 50 times above ``atol``.
+lr 1e-4 the largest difference measured on an Intel Xeon was 1.7e-7 (reference) and 4e-8 (EZ-VSL);
+on an AMD EPYC one element of 9,216 in ``imgnet.4.weight`` (reference) differed by 3.6e-6 (the same on
+the code before any change of ours: the CPU's own summation order), all others below ``atol``. So the
+check is two-sided: almost every element (all but 1e-3 of each model) within ``rtol, atol``, and no
+element further than 5% of one Adam step (``0.05 * lr``) -- a wrong gradient (wrong negatives, wrong
+scaling) moves most elements by a good fraction of ``lr``. Every weight tensor has moved by more than
+1.7e-4 (~lr per step), so the test also checks that training happened, 50 times above ``atol``.
 """
 
 from __future__ import annotations
@@ -65,7 +69,20 @@ WORLD = 2
 STEPS = 3
 LR = 1e-4
 RTOL, ATOL = 1e-5, 1e-6
+STEP_ATOL = 0.05 * LR  # no element further than 5% of one Adam step
+OUTLIERS = 1e-3  # the fraction of a model's elements allowed between ATOL and STEP_ATOL
 ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def _assert_same_weights(got: Dict[str, torch.Tensor], expected: Dict[str, torch.Tensor]) -> None:
+    """Every element within 5% of one Adam step, all but ``OUTLIERS`` of them within ``RTOL, ATOL``."""
+    outside, total = 0, 0
+    for k, w in expected.items():
+        torch.testing.assert_close(got[k], w, rtol=RTOL, atol=STEP_ATOL, msg=lambda m: f"{k}: {m}")
+        if w.is_floating_point():
+            outside += int((~torch.isclose(got[k], w, rtol=RTOL, atol=ATOL)).sum())
+            total += w.numel()
+    assert outside <= OUTLIERS * total, f"{outside} of {total} elements differ by more than atol={ATOL}"
 
 
 def _configs(fx: AVFixture) -> Dict[str, Any]:
@@ -168,8 +185,8 @@ def test_ddp_weights_match_single_process_on_the_global_batches(runs: Dict[str, 
     assert ddp["config"] == single["config"] == asdict(effective_config(config)[0])
     init = build_train_model(config).state_dict()
     assert ddp["model"].keys() == single["model"].keys() == init.keys()
+    _assert_same_weights(ddp["model"], single["model"])
     for k, w in single["model"].items():
-        torch.testing.assert_close(ddp["model"][k], w, rtol=RTOL, atol=ATOL, msg=lambda m: f"{k}: {m}")
         assert (w - init[k]).abs().max() > 50 * ATOL, k  # every tensor trained, far beyond the tolerance
     # rank 0 alone logs: one record per epoch, with the global-batch loss of the single process
     (d,) = [r for r in _records(tmp / f"ddp_{model}") if "epoch" in r]
@@ -218,8 +235,7 @@ def test_lvs_under_ddp_uses_rank_local_negatives(runs: Dict[str, Any]) -> None:
     loss.backward()
     optimizer.step()
     ddp = load_checkpoint(tmp / "ddp_lvs" / "checkpoint.pt")
-    for k, w in model.state_dict().items():
-        torch.testing.assert_close(ddp["model"][k], w, rtol=RTOL, atol=ATOL, msg=lambda m: f"{k}: {m}")
+    _assert_same_weights(ddp["model"], model.state_dict())
     (record,) = _records(tmp / "ddp_lvs")
     assert record["loss"] == pytest.approx(loss.item(), rel=1e-5)
 
