@@ -212,7 +212,7 @@ def test_broken_clips_are_counted_and_stop_the_run_past_the_threshold(tmp_path: 
     assert record["data_failures"] == 2 and record["steps"] == 2  # each batch of 4 keeps >= 2 good clips
     # which clips, and why: in every epoch's record and in final.json
     assert set(record["failed_clips"]) == {fx.train_ids[1], fx.train_ids[6]}
-    assert record["failed_clips"][fx.train_ids[1]].startswith("UnidentifiedImageError")
+    assert record["failed_clips"][fx.train_ids[1]].startswith("frame does not decode: UnidentifiedImageError")
     assert json.loads((tmp_path / "ok" / "final.json").read_text())["failed_clips"] == {"train": record["failed_clips"]}
     # one allowed: the run stops inside the first epoch, naming both clips, before any checkpoint
     ids = rf"(?=.*{fx.train_ids[1]}: frame does not decode: UnidentifiedImageError)(?=.*{fx.train_ids[6]}: audio does not decode: )"
