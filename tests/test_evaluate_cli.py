@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
 from baselines import evaluate
 
-VGGSS = Path(__file__).resolve().parents[2] / "shared" / "upstream-metadata" / "ezvsl" / "vggss.json"
+from .conftest import UPSTREAM_METADATA  # noqa: E402
+VGGSS = UPSTREAM_METADATA / "ezvsl" / "vggss.json"
 
 
 @pytest.mark.skipif(not VGGSS.exists(), reason="real VGG-SS metadata not available")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,7 +26,8 @@ from baselines.evaluation import (
     upsample_map,
 )
 
-META = Path(__file__).resolve().parents[2] / "shared" / "upstream-metadata" / "ezvsl"
+from .conftest import UPSTREAM_METADATA  # noqa: E402
+META = UPSTREAM_METADATA / "ezvsl"
 needs_meta = pytest.mark.skipif(not (META / "vggss.json").is_file(), reason="upstream metadata not available")
 
 

@@ -39,7 +39,8 @@ from baselines.data.synthetic import (
     sounding_boxes,
 )
 
-META = Path(__file__).resolve().parents[2] / "shared" / "upstream-metadata" / "ezvsl"
+from .conftest import UPSTREAM_METADATA  # noqa: E402
+META = UPSTREAM_METADATA / "ezvsl"
 REAL_VGGSS = META / "vggss.json"
 
 #: 100 train / 60 test clips: 20 faulty positives, 6 test clips per class; ~1 s to write.

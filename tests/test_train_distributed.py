@@ -129,11 +129,8 @@ def _free_port() -> int:
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_thread):  # tests/conftest.py
+    pass
 
 
 @pytest.fixture(scope="module")
