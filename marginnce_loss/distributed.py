@@ -87,12 +87,12 @@ def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
-def rank(group: Optional[Any] = None) -> int:
+def rank(group: Any | None = None) -> int:
     """This process's rank in ``group`` (default group if ``None``); ``0`` without a process group."""
     return dist.get_rank(group) if is_distributed() else 0
 
 
-def world_size(group: Optional[Any] = None) -> int:
+def world_size(group: Any | None = None) -> int:
     """Number of ranks in ``group`` (default group if ``None``); ``1`` without a process group."""
     return dist.get_world_size(group) if is_distributed() else 1
 
@@ -115,7 +115,7 @@ class GatherWithGrad(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, sizes: Tuple[int, ...], group: Optional[Any]) -> Tensor:  # type: ignore[override]
+    def forward(ctx: Any, x: Tensor, sizes: tuple[int, ...], group: Any | None) -> Tensor:  # type: ignore[override]
         r = dist.get_rank(group)
         b = x.shape[0]
         if sizes[r] != b:
@@ -133,13 +133,13 @@ class GatherWithGrad(torch.autograd.Function):
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx: Any, grad: Tensor) -> Tuple[Tensor, None, None]:  # type: ignore[override]
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
         total = grad.clone(memory_format=torch.contiguous_format)
         dist.all_reduce(total, op=dist.ReduceOp.SUM, group=ctx.group)
         return total[ctx.offset : ctx.offset + ctx.size], None, None
 
 
-def _gather_shapes(x: Tensor, group: Optional[Any]) -> List[Tuple[int, ...]]:
+def _gather_shapes(x: Tensor, group: Any | None) -> list[tuple[int, ...]]:
     """Every rank's ``(*x.shape, dtype code)``; ``x.dim()`` must be equal on all ranks."""
     if x.dtype not in _DTYPE_CODES:
         raise TypeError(f"x: expected one of dtypes {tuple(_DTYPE_CODES)}, got {x.dtype}")
@@ -149,7 +149,7 @@ def _gather_shapes(x: Tensor, group: Optional[Any]) -> List[Tuple[int, ...]]:
     return [tuple(int(v) for v in s.tolist()) for s in shapes]
 
 
-def _check_consistent(name: str, shapes: Sequence[Tuple[int, ...]]) -> Tuple[int, ...]:
+def _check_consistent(name: str, shapes: Sequence[tuple[int, ...]]) -> tuple[int, ...]:
     """Raise on every rank alike when trailing dims or dtypes differ across ranks; return dim-0 sizes."""
     first = shapes[0]
     for r, s in enumerate(shapes):
@@ -166,7 +166,7 @@ def _check_consistent(name: str, shapes: Sequence[Tuple[int, ...]]) -> Tuple[int
     return tuple(s[0] for s in shapes)
 
 
-def all_gather_with_grad(x: Tensor, group: Optional[Any] = None) -> Tensor:
+def all_gather_with_grad(x: Tensor, group: Any | None = None) -> Tensor:
     """Concatenate every rank's ``x`` along dim 0, with gradients routed back to the owners.
 
     See :class:`GatherWithGrad` for the backward. Dim-0 sizes may differ across ranks; the other

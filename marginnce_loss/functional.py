@@ -51,7 +51,6 @@ from ._validation import (
     check_bool,
     check_choice,
     check_finite,
-    check_has_negatives,
     check_pair,
     check_positive,
     check_sim,

@@ -13,9 +13,9 @@ from marginnce_loss.adapters import ezvsl, lvs, reference
 from .reference import (
     margin_cross_entropy_ref,
     normalized_features,
+    trained_like_features,
     upstream_ezvsl_max_xmil_loss,
     upstream_lvs_logits,
-    trained_like_features,
 )
 
 INPUTS = {

@@ -11,12 +11,10 @@ The patch replaces the body with ``return max_xmil_loss(img, aud, self.tau, self
 
 from __future__ import annotations
 
-from typing import Tuple
-
 from torch import Tensor
 
-from .. import functional as F
 from .. import _kernels
+from .. import functional as F
 from .._validation import check_choice, check_finite, check_pair, check_positive
 from ._common import single_clip_loss
 
@@ -25,7 +23,7 @@ __all__ = ["max_xmil_loss"]
 
 def max_xmil_loss(
     img: Tensor, aud: Tensor, tau: float = 0.03, margin: float = 0.0, backend: str = "auto"
-) -> Tuple[Tensor, Tensor]:
+) -> tuple[Tensor, Tensor]:
     r"""EZ-VSL's symmetric max-MIL loss with a margin on the positives.
 
     .. math::

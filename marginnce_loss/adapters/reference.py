@@ -5,8 +5,6 @@ There is no public upstream code; this is the loss as the paper states it.
 
 from __future__ import annotations
 
-from typing import Tuple
-
 import torch
 from torch import Tensor
 
@@ -24,7 +22,7 @@ def loss(
     beta: float = 0.03,
     tau: float = 0.07,
     backend: str = "auto",
-) -> Tuple[Tensor, Tensor]:
+) -> tuple[Tensor, Tensor]:
     r"""The reference model's training loss and its localisation maps.
 
     .. math::
