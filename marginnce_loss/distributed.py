@@ -179,6 +179,15 @@ def all_gather_with_grad(x: Tensor, group: Any | None = None) -> Tensor:
 
     Returns:
         ``[sum_r B_r, ...]``.
+
+    Raises:
+        TypeError: ``x`` not a tensor; dtypes that differ across ranks.
+        ValueError: a 0-d ``x``; trailing dimensions that differ across ranks.
+
+    Example:
+        >>> x = torch.arange(6.0).view(3, 2)
+        >>> all_gather_with_grad(x) is x              # no process group: x itself
+        True
     """
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x: expected a torch.Tensor, got {type(x).__name__}")

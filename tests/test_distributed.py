@@ -25,9 +25,12 @@ from marginnce_loss import LocalizationMarginNCE
 from marginnce_loss import distributed as D
 from marginnce_loss import functional as MF
 
-pytestmark = pytest.mark.skipif(
-    not (dist.is_available() and dist.is_gloo_available()), reason="torch.distributed with gloo is required"
-)
+pytestmark = [
+    pytest.mark.skipif(
+        not (dist.is_available() and dist.is_gloo_available()), reason="torch.distributed with gloo is required"
+    ),
+    pytest.mark.slow,  # two spawned processes
+]
 
 WORLD = 2
 C_IN, C, H, W, D_IN = 5, 8, 3, 3, 6

@@ -12,6 +12,7 @@ from .conftest import UPSTREAM_METADATA  # noqa: E402
 VGGSS = UPSTREAM_METADATA / "ezvsl" / "vggss.json"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not VGGSS.exists(), reason="real VGG-SS metadata not available")
 def test_reference_rows_on_real_vggss(tmp_path, capsys):
     out = tmp_path / "rows.json"

@@ -59,6 +59,7 @@ from .fixtures import AVFixture, break_audio, break_frame, make_av_dataset, trai
 pytestmark = pytest.mark.skipif(
     not (dist.is_available() and dist.is_gloo_available()), reason="torch.distributed with gloo is required"
 )
+pytestmark = [pytestmark, pytest.mark.slow]  # multi-process training runs
 
 WORLD = 2
 STEPS = 3

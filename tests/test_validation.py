@@ -297,3 +297,35 @@ def test_guard_is_silent_on_valid_input():
         warnings.simplefilter("error")
         LocalizationMarginNCE()(img, aud)
         MarginNCE()(MF.max_similarity(img, aud))
+
+
+# ---------------------------------------------------------------- documentation of the errors
+
+
+def _public_callables():
+    import inspect
+
+    import marginnce_loss
+    from marginnce_loss import adapters, distributed
+
+    for name in marginnce_loss.__all__:
+        obj = getattr(marginnce_loss, name)
+        if inspect.isfunction(obj) or inspect.isclass(obj):
+            yield name, obj
+    for module in (adapters.ezvsl, adapters.lvs, adapters.reference, adapters, distributed):
+        for name in module.__all__:
+            obj = getattr(module, name)
+            if inspect.isfunction(obj):
+                yield f"{module.__name__}.{name}", obj
+
+
+@pytest.mark.parametrize("name,obj", list(_public_callables()), ids=lambda v: v if isinstance(v, str) else "")
+def test_public_api_documents_its_errors(name, obj):
+    """Every public function and class says what it raises; help(Module.forward) is the module's own text."""
+    doc = obj.__doc__ or ""
+    raises_nothing = name.endswith(("is_distributed", ".rank", "world_size"))  # process-group queries
+    assert raises_nothing or "Raises:" in doc, f"{name}: no Raises: section"
+    if isinstance(obj, type) and issubclass(obj, torch.nn.Module):
+        forward = obj.forward.__doc__ or ""
+        assert forward != torch.nn.Module.forward.__doc__ and "Raises:" in forward and "Args:" in forward, name
+        assert "Args:" in doc, f"{name}: no Args: section"
