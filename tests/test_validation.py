@@ -329,3 +329,35 @@ def test_public_api_documents_its_errors(name, obj):
         forward = obj.forward.__doc__ or ""
         assert forward != torch.nn.Module.forward.__doc__ and "Raises:" in forward and "Args:" in forward, name
         assert "Args:" in doc, f"{name}: no Args: section"
+
+
+# ---------------------------------------------------------------- each tensor checked once per call
+
+
+@pytest.mark.parametrize("similarity", ["thresholded", "max"])
+@pytest.mark.parametrize("symmetric", [False, True])
+@pytest.mark.parametrize("gather", [False, True])
+def test_forward_checks_each_tensor_once(monkeypatch, similarity, symmetric, gather):
+    from marginnce_loss import _validation
+
+    seen = []
+    original = _validation.check_features
+
+    def counting(name, tensor, ndim, layout):
+        seen.append(name)
+        return original(name, tensor, ndim, layout)
+
+    monkeypatch.setattr(_validation, "check_features", counting)
+    img, aud = _unit()
+    loss = LocalizationMarginNCE(similarity, symmetric=symmetric, gather_distributed=gather)
+    loss(img, aud)
+    loss(img, aud)
+    assert sorted(seen) == ["aud", "aud", "img", "img"]
+    seen.clear()
+    MarginNCE()(MF.max_similarity(img, aud), extra_negatives=torch.zeros(4, 1))
+    assert sorted(seen) == ["aud", "extra_negatives", "img", "sim"]  # max_similarity's two, then the loss's two
+    seen.clear()
+    ezvsl.max_xmil_loss(img, aud)
+    lvs.lvs_logits(img, aud)
+    reference.loss(img, aud)
+    assert sorted(seen) == ["aud"] * 3 + ["img"] * 3
