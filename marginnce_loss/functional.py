@@ -11,7 +11,10 @@ positives on the diagonal.
 
 Precision: the similarity kernels take the matrix product in the input dtype and run every
 element-wise step and reduction in float32 (float64 stays float64), and return that dtype.
-:func:`margin_nce` always runs its log-sum-exp in float32 or wider.
+:func:`margin_nce` always runs its log-sum-exp in float32 or wider. Half-precision features give a
+loss as accurate as their dtype allows, not as float32 (bfloat16 max-MIL: up to 1e-2 relative,
+mostly the rounding of the features; measured by ``python -m benchmarks.precision``, tabled in
+the README).
 
 Backends (``backend=`` on the similarity kernels, :class:`~marginnce_loss.LocalizationMarginNCE` and
 the adapters): ``"eager"`` runs the kernels of :mod:`marginnce_loss._kernels` (hand-derived
