@@ -1,7 +1,18 @@
 """marginNCE for sound source localisation: exact similarity kernels, the loss, upstream adapters.
 
->>> from marginnce_loss import MarginNCE
->>> loss = MarginNCE(margin=-0.2, tau=0.07)(sim)          # sim: [B, B], positives on the diagonal
+marginNCE is InfoNCE with a margin ``m`` on the positive logit (paper eq. 3, section 2.2); the
+similarities come from L2-normalised features through paper eq. 1 (section 2.1) or EZ-VSL's
+max-MIL similarity.
+
+>>> import torch
+>>> from marginnce_loss import LocalizationMarginNCE, MarginNCE
+>>> sim = torch.tensor([[0.9, 0.1], [0.2, 0.8]])               # [B, B] cosines, positives on the diagonal
+>>> loss = MarginNCE(margin=-0.2, tau=0.07)(sim)
+>>> img = torch.nn.functional.normalize(torch.randn(4, 8, 7, 7), dim=1)   # [B, C, H, W]
+>>> aud = torch.nn.functional.normalize(torch.randn(4, 8), dim=1)         # [B, C]
+>>> loss = LocalizationMarginNCE("thresholded", margin=-0.2, tau=0.07)(img, aud)
+>>> loss.shape
+torch.Size([])
 """
 
 from . import adapters, distributed, functional

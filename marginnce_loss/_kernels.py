@@ -1,6 +1,6 @@
 r"""Unvalidated tensor kernels shared by the eager and the compiled backends.
 
-Every formula of SPEC sections 1-3 that the package computes lives here once:
+Every formula of paper sections 2.1-2.2 (and EZ-VSL's max-MIL, LVS's background) lives here once:
 :func:`pairwise` (the response maps), :func:`sigmoid_weighted_mean` (eq. 1 and the LVS background
 kernel, as plain differentiable ops), :func:`margin_nce_core` (eq. 3), and the two custom
 ``torch.autograd.Function`` s of the fast path, whose backward passes are derived by hand:
@@ -285,12 +285,12 @@ def _max_backward_sparse(
     channels_last = _is_channels_last(img)
     for i0, i1 in _blocks(img, aud):
         k = i1 - i0
-        if need_aud:
+        if grad_aud is not None:
             table = _rows(img[i0:i1])
             local = index[i0:i1] + torch.arange(k, device=index.device).unsqueeze(1) * hw  # [k, B']
             grad_aud += nnf.embedding_bag(local.t().contiguous(), table, per_sample_weights=g[i0:i1].t().contiguous(), mode="sum")
             del table  # a block-sized copy for NCHW img: gone before the image gradient's rows exist
-        if need_img:
+        if grad_img is not None:
             e0, e1 = i0 * bp, i1 * bp
             rows = nnf.embedding_bag(
                 audio_index[e0:e1], aud, offsets[i0 * hw : i1 * hw] - e0, per_sample_weights=weights[e0:e1], mode="sum"

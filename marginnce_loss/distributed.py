@@ -6,7 +6,7 @@ concatenated global batch is
 .. math::
     L = \frac{1}{N} \sum_{a=1}^{N} \ell^{row}_a \;\big[+\; \frac{1}{N} \sum_{a=1}^{N} \ell^{col}_a\big]
 
-(SPEC section 3; the bracket with ``symmetric=True``). Rank ``r`` holds global rows
+(paper eq. 3, section 2.2; the bracket with ``symmetric=True``, EZ-VSL's two directions). Rank ``r`` holds global rows
 ``o_r .. o_r + B_r - 1`` with ``o_r = sum_{s<r} B_s``. It gathers every rank's audio embeddings
 (and, when symmetric, image features) *with gradients*, scores its local anchors against the
 global batch and returns
@@ -50,14 +50,23 @@ or ``einsum``); :class:`GatherWithGrad` makes the gradient contiguous before red
 
 from __future__ import annotations
 
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
 from . import functional as F
-from ._validation import REDUCTIONS, check_choice, check_finite, check_pair, check_positive, check_same_batch
+from ._validation import (
+    REDUCTIONS,
+    check_bool,
+    check_choice,
+    check_finite,
+    check_has_negatives,
+    check_pair,
+    check_positive,
+)
 
 __all__ = [
     "is_distributed",
@@ -78,12 +87,12 @@ def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
-def rank(group: Optional[Any] = None) -> int:
+def rank(group: Any | None = None) -> int:
     """This process's rank in ``group`` (default group if ``None``); ``0`` without a process group."""
     return dist.get_rank(group) if is_distributed() else 0
 
 
-def world_size(group: Optional[Any] = None) -> int:
+def world_size(group: Any | None = None) -> int:
     """Number of ranks in ``group`` (default group if ``None``); ``1`` without a process group."""
     return dist.get_world_size(group) if is_distributed() else 1
 
@@ -106,7 +115,7 @@ class GatherWithGrad(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, sizes: Tuple[int, ...], group: Optional[Any]) -> Tensor:  # type: ignore[override]
+    def forward(ctx: Any, x: Tensor, sizes: tuple[int, ...], group: Any | None) -> Tensor:  # type: ignore[override]
         r = dist.get_rank(group)
         b = x.shape[0]
         if sizes[r] != b:
@@ -124,13 +133,13 @@ class GatherWithGrad(torch.autograd.Function):
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx: Any, grad: Tensor) -> Tuple[Tensor, None, None]:  # type: ignore[override]
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
         total = grad.clone(memory_format=torch.contiguous_format)
         dist.all_reduce(total, op=dist.ReduceOp.SUM, group=ctx.group)
         return total[ctx.offset : ctx.offset + ctx.size], None, None
 
 
-def _gather_shapes(x: Tensor, group: Optional[Any]) -> List[Tuple[int, ...]]:
+def _gather_shapes(x: Tensor, group: Any | None) -> list[tuple[int, ...]]:
     """Every rank's ``(*x.shape, dtype code)``; ``x.dim()`` must be equal on all ranks."""
     if x.dtype not in _DTYPE_CODES:
         raise TypeError(f"x: expected one of dtypes {tuple(_DTYPE_CODES)}, got {x.dtype}")
@@ -140,7 +149,7 @@ def _gather_shapes(x: Tensor, group: Optional[Any]) -> List[Tuple[int, ...]]:
     return [tuple(int(v) for v in s.tolist()) for s in shapes]
 
 
-def _check_consistent(name: str, shapes: Sequence[Tuple[int, ...]]) -> Tuple[int, ...]:
+def _check_consistent(name: str, shapes: Sequence[tuple[int, ...]]) -> tuple[int, ...]:
     """Raise on every rank alike when trailing dims or dtypes differ across ranks; return dim-0 sizes."""
     first = shapes[0]
     for r, s in enumerate(shapes):
@@ -157,7 +166,7 @@ def _check_consistent(name: str, shapes: Sequence[Tuple[int, ...]]) -> Tuple[int
     return tuple(s[0] for s in shapes)
 
 
-def all_gather_with_grad(x: Tensor, group: Optional[Any] = None) -> Tensor:
+def all_gather_with_grad(x: Tensor, group: Any | None = None) -> Tensor:
     """Concatenate every rank's ``x`` along dim 0, with gradients routed back to the owners.
 
     See :class:`GatherWithGrad` for the backward. Dim-0 sizes may differ across ranks; the other
@@ -170,6 +179,15 @@ def all_gather_with_grad(x: Tensor, group: Optional[Any] = None) -> Tensor:
 
     Returns:
         ``[sum_r B_r, ...]``.
+
+    Raises:
+        TypeError: ``x`` not a tensor; dtypes that differ across ranks.
+        ValueError: a 0-d ``x``; trailing dimensions that differ across ranks.
+
+    Example:
+        >>> x = torch.arange(6.0).view(3, 2)
+        >>> all_gather_with_grad(x) is x              # no process group: x itself
+        True
     """
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x: expected a torch.Tensor, got {type(x).__name__}")
@@ -184,7 +202,7 @@ def all_gather_with_grad(x: Tensor, group: Optional[Any] = None) -> Tensor:
 def _margin_nce_at_offset(sim: Tensor, offset: int, margin: float, tau: float) -> Tensor:
     r"""Per-anchor marginNCE for ``[B, N]`` scores whose row ``i`` has its positive at column ``offset + i``.
 
-    Expressed through :func:`~marginnce_loss.functional.margin_nce` (the one formula): the square
+    Expressed through eq. 3's one implementation (``functional._margin_nce``, unchecked): the square
     block ``sim[:, offset:offset + B]`` carries the positives on its diagonal and every other column
     is an extra negative of its row, so ``l_i`` is eq. 3 over the full row. Returns ``[B]``.
     """
@@ -192,7 +210,7 @@ def _margin_nce_at_offset(sim: Tensor, offset: int, margin: float, tau: float) -
     square = sim[:, offset : offset + b]
     others = torch.cat([sim[:, :offset], sim[:, offset + b :]], dim=1)
     extra = others if others.shape[1] > 0 else None
-    return F.margin_nce(square, margin, tau, extra_negatives=extra, reduction="none")
+    return F._margin_nce(square, margin, tau, False, extra, "none")
 
 
 def gathered_localization_margin_nce(
@@ -203,7 +221,7 @@ def gathered_localization_margin_nce(
     tau: float = 0.07,
     symmetric: bool = False,
     reduction: str = "mean",
-    group: Optional[Any] = None,
+    group: Any | None = None,
 ) -> Tensor:
     r"""Rank-local share of marginNCE over the global (all-rank) batch; see the module docstring.
 
@@ -211,7 +229,7 @@ def gathered_localization_margin_nce(
     ``i``'s positive at global column ``o_r + i``. Column direction (``symmetric=True``, audio
     anchors): ``similarity(img_all, aud)`` is ``[N, B_r]``; its transpose gives local audio ``j``
     against every image, positive at ``o_r + j``. Each direction is eq. 3 over the full row
-    (margin on the positive only), through :func:`~marginnce_loss.functional.margin_nce`.
+    (margin on the positive only).
 
     Scaling (mean over ranks of the value = single-process loss on the global batch; DDP's averaged
     gradient = its gradient): ``"mean"`` returns ``(W/N) * sum_local (l_row [+ l_col])``,
@@ -231,20 +249,50 @@ def gathered_localization_margin_nce(
 
     Returns:
         Scalar, or ``[B_r]`` for ``"none"``; float32 (float64 for float64 input).
+
+    Raises:
+        TypeError: bad tensors (see :func:`~marginnce_loss.functional.response_map`), ``similarity``
+            not callable, ``margin`` / ``tau`` not real numbers, ``symmetric`` not a bool; a dtype
+            that differs across ranks.
+        ValueError: bad shapes, ``B_r`` differing between ``img`` and ``aud``, ``B < 2`` without
+            other ranks, ``margin`` / ``tau`` not finite, ``tau <= 0``, unknown ``reduction``;
+            ``C``, ``H`` or ``W`` differing across ranks (raised on every rank alike).
+
+    Example:
+        >>> import torch
+        >>> from marginnce_loss import functional as MF
+        >>> img = torch.nn.functional.normalize(torch.randn(4, 8, 3, 3), dim=1)
+        >>> aud = torch.nn.functional.normalize(torch.randn(4, 8), dim=1)
+        >>> local = gathered_localization_margin_nce(img, aud, MF.max_similarity, tau=0.03)
+        >>> torch.equal(local, MF.margin_nce(MF.max_similarity(img, aud), -0.2, 0.03))  # no process group
+        True
     """
-    check_pair(img, aud)
-    check_same_batch(img, aud)
+    check_pair(img, aud, same_batch=True)
     if not callable(similarity):
         raise TypeError(f"similarity: expected a callable (img, aud) -> [B, B'], got {type(similarity).__name__}")
     margin = check_finite("margin", margin)
     tau = check_positive("tau", tau)
-    if not isinstance(symmetric, bool):
-        raise TypeError(f"symmetric: expected a bool, got {type(symmetric).__name__} {symmetric!r}")
+    check_bool("symmetric", symmetric)
     check_choice("reduction", reduction, REDUCTIONS)
+    if world_size(group) == 1:
+        check_has_negatives(img)
+    return _gathered_loss(img, aud, similarity, margin, tau, symmetric, reduction, group)
 
+
+def _gathered_loss(
+    img: Tensor,
+    aud: Tensor,
+    similarity: Callable[[Tensor, Tensor], Tensor],
+    margin: float,
+    tau: float,
+    symmetric: bool,
+    reduction: str,
+    group: Any | None,
+) -> Tensor:
+    """:func:`gathered_localization_margin_nce` without argument checks (the caller has made them)."""
     w = world_size(group)
     if w == 1:
-        return F.margin_nce(similarity(img, aud), margin, tau, symmetric, None, reduction)
+        return F._margin_nce(similarity(img, aud), margin, tau, symmetric, None, reduction)
 
     sizes = _check_consistent("img", _gather_shapes(img, group))
     r = dist.get_rank(group)

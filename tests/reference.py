@@ -1,6 +1,14 @@
-"""Float64 references written straight from the formulas (SPEC 1-4), deliberately on a
-different code path from the package: broadcasting products instead of matmuls, explicit
-loops over anchors, and upstream's own operation order for the adapters."""
+"""The one set of test references, written straight from the formulas, deliberately on a different
+code path from the package: broadcasting products instead of matmuls, explicit loops over anchors,
+and upstream's own operation order for the adapters.
+
+- response maps, eq. 1, max-MIL, LVS background, eq. 3: the paper (sections 2.1-2.2) and the
+  upstream loss sites, float64;
+- the upstream loss sites with a margin, float32-capable, logits first as upstream computes them:
+  EZ-VSL ``model.py`` ``EZVSL.max_xmil_loss`` (stoneMo/EZ-VSL @ 95ff5bf), LVS ``model.py``
+  ``AVENet.forward`` (hche11/Localizing-Visual-Sounds-the-Hard-Way @ 8fe8cbb), and cross-entropy
+  on logits with the margin on the positives (SLAVC ``model.py``, stoneMo/SLAVC @ 05b429c).
+"""
 
 from __future__ import annotations
 
@@ -71,28 +79,36 @@ def margin_nce_ref(sim, margin, tau, symmetric=False, extra=None):
     return torch.tensor(losses, dtype=torch.float64)
 
 
-# ---- upstream loss sites as SPEC section 4 states them (float32-capable, logits-first order) ----
+# ---- upstream loss sites (float32-capable, logits-first order), a margin on the positives ----
 
 
-def spec_ezvsl_max_xmil_loss(img, aud, tau=0.03):
-    """SPEC 4, EZ-VSL: Slogits = alpha / tau; logits = max_hw Slogits; CE(logits) + CE(logits^T)."""
+def margin_cross_entropy_ref(logits, margin=0.0, tau=0.07, symmetric=False):
+    """CE(logits, arange(B)) [+ CE(logits^T, arange(B))] after ``logits_ii -= m / tau``: eq. 3 on logits."""
+    b = logits.shape[0]
+    shifted = logits - torch.eye(b, dtype=logits.dtype, device=logits.device) * (margin / tau)
+    target = torch.arange(b, device=logits.device)
+    loss = F.cross_entropy(shifted, target)
+    return loss + F.cross_entropy(shifted.t(), target) if symmetric else loss
+
+
+def upstream_ezvsl_max_xmil_loss(img, aud, tau=0.03, margin=0.0):
+    """EZ-VSL: Slogits = alpha / tau; logits = max_hw Slogits (``logits_ii -= m / tau``); CE(logits) + CE(logits^T)."""
     b = img.shape[0]
     slogits = alpha_ref(img, aud) / tau
     logits = slogits.reshape(b, b, -1).amax(dim=-1)
-    target = torch.arange(b)
-    return F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target), slogits
+    return margin_cross_entropy_ref(logits, margin, tau, symmetric=True), slogits
 
 
 def _soft_mean(a, weights):
     return (weights * a).sum(dim=(-1, -2)) / weights.sum(dim=(-1, -2))
 
 
-def spec_lvs_logits(img, aud, epsilon=0.65, epsilon2=0.4, trimap=True, neg=True):
-    """SPEC 4, LVS: [sim1 | sim * (1 - 100 I) | sim2] / 0.07 with sigmoid temperature 0.03."""
+def upstream_lvs_logits(img, aud, epsilon=0.65, epsilon2=0.4, trimap=True, neg=True, margin=0.0):
+    """LVS: [sim1 - m | sim * (1 - 100 I) | sim2] / 0.07 with sigmoid temperature 0.03."""
     b = img.shape[0]
     a_all = alpha_ref(img, aud)                      # [B, B, H, W]
     a_own = (img * aud[:, :, None, None]).sum(1)     # [B, H, W]
-    sim1 = _soft_mean(a_own, torch.sigmoid((a_own - epsilon) / 0.03))
+    sim1 = _soft_mean(a_own, torch.sigmoid((a_own - epsilon) / 0.03)) - margin
     sim = _soft_mean(a_all, torch.sigmoid((a_all - epsilon) / 0.03))
     sim = sim * (1 - 100 * torch.eye(b, dtype=sim.dtype))
     cols = [sim1[:, None], sim]

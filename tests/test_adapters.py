@@ -1,4 +1,5 @@
-"""Adapters against the upstream loss sites as SPEC section 4 describes them."""
+"""Adapters against the upstream loss sites (EZ-VSL ``model.py`` @ 95ff5bf, LVS ``model.py`` @ 8fe8cbb,
+cross-entropy on logits as SLAVC's ``model.py`` @ 05b429c), written in tests/reference.py."""
 
 from __future__ import annotations
 
@@ -10,10 +11,11 @@ from marginnce_loss import functional as MF
 from marginnce_loss.adapters import ezvsl, lvs, reference
 
 from .reference import (
+    margin_cross_entropy_ref,
     normalized_features,
-    spec_ezvsl_max_xmil_loss,
-    spec_lvs_logits,
     trained_like_features,
+    upstream_ezvsl_max_xmil_loss,
+    upstream_lvs_logits,
 )
 
 INPUTS = {
@@ -28,7 +30,7 @@ SHAPES = [(2, 8, 7, 7), (16, 64, 7, 7), (48, 128, 14, 14)]
 def test_ezvsl_margin_zero_is_upstream(kind, shape):
     img, aud = INPUTS[kind](*shape, 11)
     loss, slogits = ezvsl.max_xmil_loss(img, aud, tau=0.03, margin=0.0)
-    up_loss, up_slogits = spec_ezvsl_max_xmil_loss(img, aud, tau=0.03)
+    up_loss, up_slogits = upstream_ezvsl_max_xmil_loss(img, aud, tau=0.03)
     assert slogits.shape == up_slogits.shape == (shape[0], shape[0], shape[2], shape[3])
     torch.testing.assert_close(loss, up_loss, rtol=1e-5, atol=0)
     torch.testing.assert_close(slogits, up_slogits, rtol=1e-5, atol=1e-5)
@@ -36,18 +38,16 @@ def test_ezvsl_margin_zero_is_upstream(kind, shape):
 
 def test_ezvsl_margin_subtracts_m_over_tau_from_diagonal_logits():
     img, aud = normalized_features(12, 32, 7, 7, 3, dtype=torch.float64)
-    m, tau = -0.2, 0.03
-    loss, slogits = ezvsl.max_xmil_loss(img, aud, tau=tau, margin=m)
-    logits = slogits.flatten(-2).amax(-1) - torch.eye(12, dtype=torch.float64) * (m / tau)
-    target = torch.arange(12)
-    expected = F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)
+    loss, slogits = ezvsl.max_xmil_loss(img, aud, tau=0.03, margin=-0.2)
+    expected, up_slogits = upstream_ezvsl_max_xmil_loss(img, aud, tau=0.03, margin=-0.2)
     torch.testing.assert_close(loss, expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(slogits, up_slogits, rtol=1e-12, atol=1e-12)
 
 
 def test_ezvsl_gradients_match_upstream():
     img, aud = trained_like_features(16, 64, 7, 7, 5)
     g1 = torch.autograd.grad(ezvsl.max_xmil_loss(img.requires_grad_(), aud.requires_grad_())[0], (img, aud))
-    g2 = torch.autograd.grad(spec_ezvsl_max_xmil_loss(img, aud)[0], (img, aud))
+    g2 = torch.autograd.grad(upstream_ezvsl_max_xmil_loss(img, aud)[0], (img, aud))
     for a, b in zip(g1, g2):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
@@ -58,7 +58,7 @@ def test_ezvsl_gradients_match_upstream():
 def test_lvs_margin_zero_is_upstream(kind, shape, trimap, neg):
     img, aud = INPUTS[kind](*shape, 13)
     out = lvs.lvs_logits(img, aud, margin=0.0, trimap=trimap, hard_negative=neg)
-    up = spec_lvs_logits(img, aud, trimap=trimap, neg=neg)
+    up = upstream_lvs_logits(img, aud, trimap=trimap, neg=neg)
     assert out.shape == up.shape == (shape[0], 1 + shape[0] + int(neg))
     torch.testing.assert_close(out, up, rtol=1e-5, atol=1e-5)
     target = torch.zeros(shape[0], dtype=torch.long)
@@ -71,6 +71,7 @@ def test_lvs_margin_moves_only_the_positive_column():
     moved = lvs.lvs_logits(img, aud, margin=-0.3)
     torch.testing.assert_close(moved[:, 0], base[:, 0] + 0.3 / 0.07)
     torch.testing.assert_close(moved[:, 1:], base[:, 1:])
+    torch.testing.assert_close(moved, upstream_lvs_logits(img, aud, margin=-0.3), rtol=1e-12, atol=1e-12)
 
 
 def test_lvs_exclude_diagonal_is_margin_nce_with_background_negative():
@@ -119,7 +120,7 @@ def test_ezvsl_single_clip_is_zero_like_upstream():
     img, aud = normalized_features(1, 16, 7, 7, 0, dtype=torch.float32)
     for margin in (0.0, -0.2):
         loss, slogits = ezvsl.max_xmil_loss(img.requires_grad_(), aud, margin=margin)
-        up_loss, up_slogits = spec_ezvsl_max_xmil_loss(img, aud)
+        up_loss, up_slogits = upstream_ezvsl_max_xmil_loss(img, aud)
         assert loss.item() == up_loss.item() == 0.0
         torch.testing.assert_close(slogits, up_slogits)
         loss.backward()  # attached to the graph, zero gradient
@@ -134,9 +135,8 @@ def test_margin_cross_entropy_is_shifted_cross_entropy(symmetric):
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(7, 7, generator=g, dtype=torch.float64) * 10
     m, tau = -0.2, 0.03
-    shifted = logits - torch.eye(7, dtype=torch.float64) * (m / tau)
     target = torch.arange(7)
-    expected = F.cross_entropy(shifted, target) + (F.cross_entropy(shifted.t(), target) if symmetric else 0)
+    expected = margin_cross_entropy_ref(logits, m, tau, symmetric)
     torch.testing.assert_close(margin_cross_entropy(logits, m, tau, symmetric), expected, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(margin_cross_entropy(logits, 0.0, tau, symmetric),
                                F.cross_entropy(logits, target) + (F.cross_entropy(logits.t(), target) if symmetric else 0),

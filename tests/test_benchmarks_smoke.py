@@ -48,6 +48,7 @@ def test_device_name():
     assert name.startswith("cpu-") and name == name.lower() and " " not in name
 
 
+@pytest.mark.slow
 def test_run_writes_tables_and_numbers(tmp_path):
     pytest.importorskip("torchvision")
     argv = [

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,7 +16,8 @@ from baselines.data import (
     parse_flickr_xml,
 )
 
-META = Path(__file__).resolve().parents[2] / "shared" / "upstream-metadata" / "ezvsl"
+from .conftest import UPSTREAM_METADATA  # noqa: E402
+META = UPSTREAM_METADATA / "ezvsl"
 needs_meta = pytest.mark.skipif(not (META / "vggss.json").is_file(), reason="upstream metadata not available")
 
 

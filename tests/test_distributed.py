@@ -12,7 +12,7 @@ import itertools
 import os
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any
 
 import pytest
 import torch
@@ -25,9 +25,12 @@ from marginnce_loss import LocalizationMarginNCE
 from marginnce_loss import distributed as D
 from marginnce_loss import functional as MF
 
-pytestmark = pytest.mark.skipif(
-    not (dist.is_available() and dist.is_gloo_available()), reason="torch.distributed with gloo is required"
-)
+pytestmark = [
+    pytest.mark.skipif(
+        not (dist.is_available() and dist.is_gloo_available()), reason="torch.distributed with gloo is required"
+    ),
+    pytest.mark.slow,  # two spawned processes
+]
 
 WORLD = 2
 C_IN, C, H, W, D_IN = 5, 8, 3, 3, 6
@@ -49,7 +52,7 @@ class Encoder(nn.Module):
         self.conv = nn.Conv2d(C_IN, C, 1)
         self.lin = nn.Linear(D_IN, C)
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return nn.functional.normalize(self.conv(x), dim=1), nn.functional.normalize(self.lin(y), dim=1)
 
 
@@ -59,7 +62,7 @@ def _criterion(sim: str, symmetric: bool, reduction: str, gather: bool) -> Local
     )
 
 
-def _inputs(n: int, seed: int) -> Tuple[torch.Tensor, torch.Tensor]:
+def _inputs(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     return (
         torch.randn(n, C_IN, H, W, generator=g, dtype=torch.float64),
@@ -67,17 +70,17 @@ def _inputs(n: int, seed: int) -> Tuple[torch.Tensor, torch.Tensor]:
     )
 
 
-def _model(state: Dict[str, torch.Tensor]) -> Encoder:
+def _model(state: dict[str, torch.Tensor]) -> Encoder:
     model = Encoder().double()
     model.load_state_dict(state)
     return model
 
 
-def _slice(sizes: Tuple[int, ...], r: int) -> slice:
+def _slice(sizes: tuple[int, ...], r: int) -> slice:
     return slice(sum(sizes[:r]), sum(sizes[: r + 1]))
 
 
-def _gather_weights(n: int) -> List[torch.Tensor]:
+def _gather_weights(n: int) -> list[torch.Tensor]:
     """Rank s's upstream weights for the gather test: loss_s = sum(G * W_s^T)."""
     return [torch.randn(GATHER_DIM, n, generator=torch.Generator().manual_seed(100 + s), dtype=torch.float64)
             for s in range(WORLD)]
@@ -88,7 +91,7 @@ def _gather_input(r: int) -> torch.Tensor:
     return torch.randn(GATHER_SIZES[r], GATHER_DIM, generator=g, dtype=torch.float64)
 
 
-def _catch(fn: Any) -> Tuple[str, str]:
+def _catch(fn: Any) -> tuple[str, str]:
     try:
         fn()
     except (TypeError, ValueError) as e:
@@ -103,7 +106,7 @@ def _worker(r: int, tmp: str) -> None:
     )
     try:
         payload = torch.load(os.path.join(tmp, "inputs.pt"))
-        out: Dict[str, Any] = {"helpers": (D.is_distributed(), D.rank(), D.world_size())}
+        out: dict[str, Any] = {"helpers": (D.is_distributed(), D.rank(), D.world_size())}
 
         for case in TRAIN_CASES:
             sim, symmetric, reduction, sizes_key = case
@@ -125,7 +128,7 @@ def _worker(r: int, tmp: str) -> None:
         n = sum(GATHER_SIZES)
         ws = _gather_weights(n)
         x = _gather_input(r).requires_grad_(True)
-        contiguous: List[bool] = []
+        contiguous: list[bool] = []
         g = D.all_gather_with_grad(x)
         g.register_hook(lambda grad: contiguous.append(grad.is_contiguous()))
         torch.einsum("nc,cn->", g, ws[r]).backward()
@@ -161,7 +164,7 @@ def _worker(r: int, tmp: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def results(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Any]:
+def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     tmp = tmp_path_factory.mktemp("ddp")
     torch.manual_seed(0)
     state = {k: v.detach().clone() for k, v in Encoder().double().state_dict().items()}
@@ -172,7 +175,7 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Any]:
     return {"state": state, "data": data, "ranks": ranks}
 
 
-def _reference(state: Dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, criterion: nn.Module):
+def _reference(state: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, criterion: nn.Module):
     model = _model(state)
     loss = criterion(*model(x, y))
     loss.backward()
@@ -184,12 +187,12 @@ def _close(actual: torch.Tensor, expected: torch.Tensor) -> None:
     torch.testing.assert_close(actual, expected, rtol=1e-9, atol=1e-12 * scale)
 
 
-def test_helpers_inside_process_group(results: Dict[str, Any]) -> None:
+def test_helpers_inside_process_group(results: dict[str, Any]) -> None:
     assert [res["helpers"] for res in results["ranks"]] == [(True, r, WORLD) for r in range(WORLD)]
 
 
 @pytest.mark.parametrize("case", TRAIN_CASES, ids=lambda c: "-".join(map(str, c)))
-def test_ddp_matches_single_process_on_global_batch(results: Dict[str, Any], case: Tuple[Any, ...]) -> None:
+def test_ddp_matches_single_process_on_global_batch(results: dict[str, Any], case: tuple[Any, ...]) -> None:
     sim, symmetric, reduction, sizes_key = case
     x, y = results["data"][sizes_key]
     ref_loss, ref_grads = _reference(results["state"], x, y, _criterion(sim, symmetric, reduction, False))
@@ -210,7 +213,7 @@ def test_ddp_matches_single_process_on_global_batch(results: Dict[str, Any], cas
 
 
 @pytest.mark.parametrize("case", NONE_CASES, ids=lambda c: "-".join(map(str, c)))
-def test_reduction_none_concatenates_to_single_process(results: Dict[str, Any], case: Tuple[Any, ...]) -> None:
+def test_reduction_none_concatenates_to_single_process(results: dict[str, Any], case: tuple[Any, ...]) -> None:
     x, y = results["data"]["unequal"]
     ref = _criterion(*case, "none", False)(*_model(results["state"])(x, y)).detach()
     per_rank = [res[repr(("none",) + case)] for res in results["ranks"]]
@@ -218,7 +221,7 @@ def test_reduction_none_concatenates_to_single_process(results: Dict[str, Any], 
     _close(torch.cat(per_rank), ref)
 
 
-def test_gather_with_grad_non_contiguous_and_shared_incoming_grad(results: Dict[str, Any]) -> None:
+def test_gather_with_grad_non_contiguous_and_shared_incoming_grad(results: dict[str, Any]) -> None:
     n = sum(GATHER_SIZES)
     ws = _gather_weights(n)
     expected_all = torch.cat([_gather_input(r) for r in range(WORLD)])
@@ -236,7 +239,7 @@ def test_gather_with_grad_non_contiguous_and_shared_incoming_grad(results: Dict[
         assert torch.equal(h_shared_grad, 2.0 * ws[r].t())
 
 
-def test_inconsistent_ranks_raise_on_every_rank(results: Dict[str, Any]) -> None:
+def test_inconsistent_ranks_raise_on_every_rank(results: dict[str, Any]) -> None:
     for res in results["ranks"]:
         kind, msg = res["err_shape"]
         assert kind == "ValueError" and "img" in msg and "rank 1" in msg and str((2, C, H + 1, W)) in msg
@@ -267,7 +270,7 @@ ALL_LOCAL = list(itertools.product(("thresholded", "max"), (False, True), ("mean
 
 
 @pytest.mark.parametrize("case", ALL_LOCAL, ids=lambda c: "-".join(map(str, c)))
-def test_without_process_group_is_the_local_loss(case: Tuple[str, bool, str]) -> None:
+def test_without_process_group_is_the_local_loss(case: tuple[str, bool, str]) -> None:
     if dist.is_initialized():
         pytest.skip("a process group is already initialised in this process")
     assert (D.is_distributed(), D.rank(), D.world_size()) == (False, 0, 1)
@@ -291,7 +294,7 @@ def test_world_size_one_is_the_local_loss(tmp_path: Path) -> None:
 # ---- the rectangular helper is margin_nce over full rows ---------------------------------------
 
 @pytest.mark.parametrize("sizes", [(3, 3), (1, 4), (2, 1, 3)])
-def test_margin_nce_at_offset_splits_the_square_loss(sizes: Tuple[int, ...]) -> None:
+def test_margin_nce_at_offset_splits_the_square_loss(sizes: tuple[int, ...]) -> None:
     n = sum(sizes)
     sim = torch.rand(n, n, dtype=torch.float64, generator=torch.Generator().manual_seed(n)) * 2 - 1
     full = MF.margin_nce(sim, MARGIN, 0.07, reduction="none")

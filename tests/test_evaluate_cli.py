@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
 from baselines import evaluate
 from baselines.cli import UsageError
 
-VGGSS = Path(__file__).resolve().parents[2] / "shared" / "upstream-metadata" / "ezvsl" / "vggss.json"
+from .conftest import UPSTREAM_METADATA  # noqa: E402
+VGGSS = UPSTREAM_METADATA / "ezvsl" / "vggss.json"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not VGGSS.exists(), reason="real VGG-SS metadata not available")
 def test_reference_rows_on_real_vggss(tmp_path, capsys):
     out = tmp_path / "rows.json"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,7 +26,8 @@ from baselines.evaluation import (
     upsample_map,
 )
 
-META = Path(__file__).resolve().parents[2] / "shared" / "upstream-metadata" / "ezvsl"
+from .conftest import UPSTREAM_METADATA  # noqa: E402
+META = UPSTREAM_METADATA / "ezvsl"
 needs_meta = pytest.mark.skipif(not (META / "vggss.json").is_file(), reason="upstream metadata not available")
 
 
@@ -272,6 +272,7 @@ def vggss_gt() -> torch.Tensor:
 TOL = 0.05 + 1e-9
 
 
+@pytest.mark.slow
 def test_real_vggss_center_prior(vggss_gt):
     assert vggss_gt.shape == (5158, 224, 224)
     ev = LocalizationEvaluator()
@@ -284,6 +285,7 @@ def test_real_vggss_center_prior(vggss_gt):
     assert abs(r["ciou"] - 34.0) <= TOL and abs(r["auc"] - 37.4) <= TOL
 
 
+@pytest.mark.slow
 def test_real_vggss_protocol_ceiling(vggss_gt):
     # Tie-free maps (every continuous network map) predict exactly half of the pixels: issue 9's numbers.
     exact = summarize_cious(protocol_ceiling(vggss_gt, allow_ties=False))

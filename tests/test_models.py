@@ -13,12 +13,7 @@ from baselines.models import MODELS, ModelConfig, build_model  # noqa: E402
 from marginnce_loss import functional as MF  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _inputs(b: int, seed: int = 0):

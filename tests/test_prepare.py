@@ -29,7 +29,8 @@ Image = pytest.importorskip("PIL.Image")
 from baselines import prepare as P  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-METADATA = Path(__file__).resolve().parents[2] / "shared" / "upstream-metadata" / "ezvsl"
+from .conftest import UPSTREAM_METADATA  # noqa: E402
+METADATA = UPSTREAM_METADATA / "ezvsl"
 FPS = 10
 SIZE = (48, 64)  # H, W
 

@@ -31,6 +31,7 @@ def smoke(tmp_path_factory):
     return out, seconds, cache
 
 
+@pytest.mark.slow
 def test_smoke_preset_writes_table5(smoke):
     out, _, cache = smoke
     payload = json.loads((out / "table5.json").read_text())
@@ -57,6 +58,7 @@ def test_smoke_preset_writes_table5(smoke):
     assert any(cache.iterdir())  # the dataset went to MARGINNCE_CACHE
 
 
+@pytest.mark.slow
 def test_smoke_preset_resumes_from_cache(smoke, capsys):
     out, seconds, cache = smoke
     print(f"smoke preset took {seconds:.0f} s")  # reported, never asserted (speed lives in benchmarks)

@@ -39,7 +39,8 @@ from baselines.data.synthetic import (
     sounding_boxes,
 )
 
-META = Path(__file__).resolve().parents[2] / "shared" / "upstream-metadata" / "ezvsl"
+from .conftest import UPSTREAM_METADATA  # noqa: E402
+META = UPSTREAM_METADATA / "ezvsl"
 REAL_VGGSS = META / "vggss.json"
 
 #: 100 train / 60 test clips: 20 faulty positives, 6 test clips per class; ~1 s to write.
@@ -270,6 +271,7 @@ def test_position_law_follows_centre_bias() -> None:
         assert abs(np.abs(t).mean() - expected) < 4 * sd / math.sqrt(n) + 1.0 / (size - box)
 
 
+@pytest.mark.slow
 def test_centred_prior_scores_clearly_below_real_vggss() -> None:
     """The no-model centred map must not come close to what localisation can reach.
 
@@ -341,6 +343,7 @@ def test_open_set_split(tiny_root: Path) -> None:
         assert all(d["class_index"] in heard for d in o["distractors"])
 
 
+@pytest.mark.slow
 def test_audio_class_signature_is_recoverable(tiny_root: Path) -> None:
     """Nearest class centroid of time-averaged log spectrograms (SPEC 6 front end), clean clips only."""
     objects = _objects(tiny_root)

@@ -43,14 +43,7 @@ def _effective(config: TrainConfig) -> Dict:
     return asdict(effective_config(config)[0])
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: the tiny convolutions gain nothing from more, and a busy machine with
-    several threads per process can slow them down many times over."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -64,6 +64,7 @@ from .fixtures import AVFixture, break_audio, break_frame, make_av_dataset, trai
 pytestmark = pytest.mark.skipif(
     not (dist.is_available() and dist.is_gloo_available()), reason="torch.distributed with gloo is required"
 )
+pytestmark = [pytestmark, pytest.mark.slow]  # multi-process training runs
 
 WORLD = 2
 STEPS = 3
@@ -147,11 +148,8 @@ def _free_port() -> int:
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_thread):  # tests/conftest.py
+    pass
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from .. import functional as F
-from .._validation import check_features, check_finite, check_positive, opmath_dtype
+from .._validation import check_bool, check_features, check_finite, check_positive, opmath_dtype
 
 __all__ = ["margin_cross_entropy", "single_clip_loss"]
 
@@ -28,10 +28,28 @@ def margin_cross_entropy(logits: Tensor, margin: float = 0.0, tau: float = 0.07,
         margin: ``m``.
         tau: the temperature the logits were divided by.
         symmetric: add the column direction.
+
+    Returns:
+        The scalar loss, float32 (float64 for float64 input).
+
+    Raises:
+        TypeError: ``logits`` not a floating-point tensor, ``margin`` / ``tau`` not real numbers,
+            ``symmetric`` not a bool.
+        ValueError: ``logits`` not square ``[B, B]``, ``margin`` not finite, ``tau <= 0``.
+
+    Example:
+        >>> import torch
+        >>> logits = torch.tensor([[9.0, 1.0], [2.0, 8.0]])
+        >>> plain = torch.nn.functional.cross_entropy(logits, torch.arange(2))
+        >>> torch.allclose(margin_cross_entropy(logits, margin=0.0, tau=0.07), plain)
+        True
     """
     check_features("logits", logits, 2, "[B, B]")
     margin = check_finite("margin", margin)
     tau = check_positive("tau", tau)
+    check_bool("symmetric", symmetric)
+    if logits.shape[0] != logits.shape[1]:
+        raise ValueError(f"logits: expected a square [B, B] matrix, got shape {tuple(logits.shape)}")
     if logits.shape == (1, 1):
         return single_clip_loss(logits)
-    return F.margin_nce(logits * tau, margin, tau, symmetric)
+    return F._margin_nce(logits * tau, margin, tau, symmetric, None, "mean")

@@ -11,12 +11,11 @@ The patch replaces the body with ``return max_xmil_loss(img, aud, self.tau, self
 
 from __future__ import annotations
 
-from typing import Tuple
-
 from torch import Tensor
 
+from .. import _kernels
 from .. import functional as F
-from .._validation import check_choice, check_finite, check_pair, check_positive, check_same_batch
+from .._validation import check_choice, check_finite, check_pair, check_positive
 from ._common import single_clip_loss
 
 __all__ = ["max_xmil_loss"]
@@ -24,7 +23,7 @@ __all__ = ["max_xmil_loss"]
 
 def max_xmil_loss(
     img: Tensor, aud: Tensor, tau: float = 0.03, margin: float = 0.0, backend: str = "auto"
-) -> Tuple[Tensor, Tensor]:
+) -> tuple[Tensor, Tensor]:
     r"""EZ-VSL's symmetric max-MIL loss with a margin on the positives.
 
     .. math::
@@ -49,14 +48,27 @@ def max_xmil_loss(
         ``(loss, Slogits)``: the scalar loss (float32, float64 for float64 input) and
         ``Slogits = alpha / tau`` of shape ``[B, B, H, W]`` as upstream returns it
         (upstream's ``forward`` takes ``Slogits[i, i]`` as the localisation map).
+
+    Raises:
+        TypeError: ``img`` / ``aud`` not floating-point tensors of one dtype; ``tau`` / ``margin``
+            not real numbers.
+        ValueError: shapes other than ``[B, C, H, W]`` / ``[B, C]`` with one ``B`` and ``C``,
+            different devices, ``tau <= 0``, ``margin`` not finite, unknown ``backend``.
+
+    Example:
+        >>> import torch
+        >>> img = torch.nn.functional.normalize(torch.randn(4, 8, 7, 7), dim=1)
+        >>> aud = torch.nn.functional.normalize(torch.randn(4, 8), dim=1)
+        >>> loss, slogits = max_xmil_loss(img, aud, tau=0.03, margin=-0.2)
+        >>> loss.shape, slogits.shape
+        (torch.Size([]), torch.Size([4, 4, 7, 7]))
     """
-    check_pair(img, aud)
-    check_same_batch(img, aud)
+    check_pair(img, aud, same_batch=True)
     tau = check_positive("tau", tau)
     margin = check_finite("margin", margin)
     check_choice("backend", backend, F.BACKENDS)
     if img.shape[0] > 1:
         # max(alpha) / tau inside margin_nce is bitwise upstream's max(alpha / tau): same element, same division
         return F._max_xmil_loss(img, aud, tau, margin, backend)
-    alpha = F.pairwise_response_maps(img, aud)
+    alpha = _kernels.pairwise(img, aud)
     return single_clip_loss(alpha.flatten(-2).max(dim=-1).values), alpha / tau

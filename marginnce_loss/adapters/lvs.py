@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from .. import functional as F
-from .._validation import check_choice, check_finite, check_pair, check_positive, check_same_batch
+from .._validation import check_bool, check_choice, check_finite, check_pair, check_positive
 
 __all__ = ["lvs_logits", "DIAGONAL_MODES"]
 
@@ -65,20 +65,35 @@ def lvs_logits(
     Returns:
         ``[B, 1 + B + 1]`` logits (``[B, 1 + B]`` without ``hard_negative``), float32
         (float64 for float64 input).
+
+    Raises:
+        TypeError: ``img`` / ``aud`` not floating-point tensors of one dtype; a scalar of the wrong
+            kind (``trimap`` / ``hard_negative`` must be bools).
+        ValueError: shapes other than ``[B, C, H, W]`` / ``[B, C]`` with one ``B`` and ``C``,
+            different devices, a threshold not finite, a temperature ``<= 0``, unknown
+            ``diagonal`` / ``backend``.
+
+    Example:
+        >>> import torch
+        >>> img = torch.nn.functional.normalize(torch.randn(4, 8, 7, 7), dim=1)
+        >>> aud = torch.nn.functional.normalize(torch.randn(4, 8), dim=1)
+        >>> logits = lvs_logits(img, aud, margin=-0.2)
+        >>> logits.shape                                  # [positive | B negatives | background]
+        torch.Size([4, 6])
+        >>> loss = torch.nn.functional.cross_entropy(logits, torch.zeros(4, dtype=torch.long))
     """
-    check_pair(img, aud)
-    check_same_batch(img, aud)
+    check_pair(img, aud, same_batch=True)
     margin = check_finite("margin", margin)
     epsilon = check_finite("epsilon", epsilon)
     epsilon2 = check_finite("epsilon2", epsilon2)
     sigmoid_tau = check_positive("sigmoid_tau", sigmoid_tau)
     tau = check_positive("tau", tau)
-    for name, flag in (("trimap", trimap), ("hard_negative", hard_negative)):
-        if not isinstance(flag, bool):
-            raise TypeError(f"{name}: expected a bool, got {type(flag).__name__} {flag!r}")
+    check_bool("trimap", trimap)
+    check_bool("hard_negative", hard_negative)
     check_choice("diagonal", diagonal, DIAGONAL_MODES)
+    check_choice("backend", backend, F.BACKENDS)
 
-    sim = F.thresholded_similarity(img, aud, epsilon, sigmoid_tau, backend=backend)
+    sim = F._thresholded_similarity(img, aud, epsilon, sigmoid_tau, backend)
     b = sim.shape[0]
     positive = sim.diagonal().unsqueeze(1) - margin
     eye = torch.eye(b, dtype=sim.dtype, device=sim.device)
@@ -88,6 +103,6 @@ def lvs_logits(
         negatives = sim.masked_fill(eye.bool(), float("-inf"))
     columns = [positive, negatives]
     if hard_negative:
-        background = F.background_similarity(img, aud, epsilon2 if trimap else epsilon, sigmoid_tau)
+        background = F._background_similarity(img, aud, epsilon2 if trimap else epsilon, sigmoid_tau)
         columns.append(background.unsqueeze(1))
     return torch.cat(columns, dim=1) / tau

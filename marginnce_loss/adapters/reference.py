@@ -5,13 +5,11 @@ There is no public upstream code; this is the loss as the paper states it.
 
 from __future__ import annotations
 
-from typing import Tuple
-
 import torch
 from torch import Tensor
 
 from .. import functional as F
-from .._validation import check_choice, check_finite, check_pair, check_positive, check_same_batch
+from .._validation import check_choice, check_finite, check_has_negatives, check_pair, check_positive
 
 __all__ = ["loss"]
 
@@ -24,7 +22,7 @@ def loss(
     beta: float = 0.03,
     tau: float = 0.07,
     backend: str = "auto",
-) -> Tuple[Tensor, Tensor]:
+) -> tuple[Tensor, Tensor]:
     r"""The reference model's training loss and its localisation maps.
 
     .. math::
@@ -40,9 +38,23 @@ def loss(
     Returns:
         ``(loss, response_maps)``: the scalar loss and ``alpha_ii`` of shape ``[B, H, W]``
         (detached: the maps are for localisation, not for the gradient).
+
+    Raises:
+        TypeError: ``img`` / ``aud`` not floating-point tensors of one dtype; a scalar not a real number.
+        ValueError: shapes other than ``[B, C, H, W]`` / ``[B, C]`` with one ``B`` and ``C``,
+            ``B < 2``, different devices, ``margin`` / ``epsilon`` not finite, ``beta`` / ``tau``
+            ``<= 0``, unknown ``backend``.
+
+    Example:
+        >>> import torch
+        >>> img = torch.nn.functional.normalize(torch.randn(4, 8, 7, 7), dim=1)
+        >>> aud = torch.nn.functional.normalize(torch.randn(4, 8), dim=1)
+        >>> value, maps = loss(img, aud)
+        >>> value.shape, maps.shape
+        (torch.Size([]), torch.Size([4, 7, 7]))
     """
-    check_pair(img, aud)
-    check_same_batch(img, aud)
+    check_pair(img, aud, same_batch=True)
+    check_has_negatives(img)
     margin = check_finite("margin", margin)
     epsilon = check_finite("epsilon", epsilon)
     beta = check_positive("beta", beta)
@@ -50,5 +62,5 @@ def loss(
     check_choice("backend", backend, F.BACKENDS)
     value = F._similarity_loss(img, aud, "thresholded", epsilon, beta, margin, tau, False, "mean", backend)
     with torch.no_grad():
-        maps = F.response_map(img, aud)
+        maps = F._response_map(img, aud)
     return value, maps

@@ -1,0 +1,51 @@
+"""Shared fixtures of the test suite.
+
+- ``upstream_metadata``: the folder of real upstream metadata files (VGG-SS boxes, clip lists) that
+  some tests read. It is not part of the repository: set ``MARGINNCE_UPSTREAM_METADATA`` to it,
+  default ``../shared/upstream-metadata`` beside the checkout. Tests that need it skip, with the
+  path and the variable in the reason, when it is missing; the header of every run says where it
+  was looked for. Module-level skip conditions use :data:`UPSTREAM_METADATA`.
+- ``one_thread``: one intra-op thread for the duration of a test (tiny convolutions gain nothing
+  from more, and on a busy machine several threads per process can slow them down many times over).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+#: Where the upstream metadata is looked for (``$MARGINNCE_UPSTREAM_METADATA``, else ``<repo>/../shared/upstream-metadata``).
+UPSTREAM_METADATA = Path(os.environ.get("MARGINNCE_UPSTREAM_METADATA") or REPO.parent / "shared" / "upstream-metadata")
+
+UPSTREAM_METADATA_MISSING = (
+    f"upstream metadata not found at {UPSTREAM_METADATA} "
+    "(set MARGINNCE_UPSTREAM_METADATA to the folder that holds ezvsl/vggss.json)"
+)
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    found = "found" if UPSTREAM_METADATA.is_dir() else "MISSING: tests that read it skip; set MARGINNCE_UPSTREAM_METADATA"
+    return f"upstream metadata: {UPSTREAM_METADATA} ({found})"
+
+
+@pytest.fixture(scope="session")
+def upstream_metadata() -> Path:
+    """The upstream metadata folder (holding ``ezvsl/``); skips the test when it is missing."""
+    if not UPSTREAM_METADATA.is_dir():
+        pytest.skip(UPSTREAM_METADATA_MISSING)
+    return UPSTREAM_METADATA
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """One intra-op torch thread for the test, restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
