@@ -48,6 +48,7 @@ from torch import Tensor, nn
 from marginnce_loss import LocalizationMarginNCE, functional as MF
 from marginnce_loss.adapters import lvs
 
+from ._checks import check_bool, check_choice, check_finite, check_int, check_positive, check_str
 from .cli import UsageError
 
 __all__ = ["MODELS", "BACKBONES", "NORMS", "ModelConfig", "AudioVisualModel", "build_model", "norm_layer", "TAU",
@@ -79,32 +80,28 @@ class ModelConfig:
     visual_weights: str = ""  # pretrained: a local ImageNet ResNet-18 state dict ("" = torchvision's cache)
 
     def __post_init__(self) -> None:
-        if self.model not in MODELS:
-            raise ValueError(f"model: expected one of {MODELS}, got {self.model!r}")
-        if self.backbone not in BACKBONES:
-            raise ValueError(f"backbone: expected one of {BACKBONES}, got {self.backbone!r}")
-        if self.norm not in NORMS:
-            raise ValueError(f"norm: expected one of {NORMS}, got {self.norm!r}")
-        for name in ("pretrained", "gather_distributed"):
-            if not isinstance(getattr(self, name), bool):
-                raise TypeError(f"{name}: expected a bool, got {type(getattr(self, name)).__name__} {getattr(self, name)!r}")
-        for name, low in (("dim", 1), ("width", 2)):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < low:
-                raise ValueError(f"{name}: expected an int >= {low}, got {v!r}")
-        for name in ("margin", "epsilon", "epsilon2", "beta"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-                raise ValueError(f"{name}: expected a finite float, got {v!r}")
-        if self.beta <= 0:
-            raise ValueError(f"beta: expected a float > 0, got {self.beta!r}")
+        """The model's settings are checked here, once (``TrainConfig`` delegates its model fields here).
+
+        Raises:
+            TypeError: a field of the wrong type (bool, int, float, str fields).
+            ValueError: an unknown model / backbone / norm, an out-of-range value, ``pretrained`` with
+                a backbone or norm the ImageNet weights do not fit, ``visual_weights`` without it.
+        """
+        check_choice("model", self.model, MODELS)
+        check_choice("backbone", self.backbone, BACKBONES)
+        check_choice("norm", self.norm, NORMS)
+        check_bool("pretrained", self.pretrained)
+        check_bool("gather_distributed", self.gather_distributed)
+        check_int("dim", self.dim, 1)
+        check_int("width", self.width, 2)
+        for name in ("margin", "epsilon", "epsilon2"):
+            check_finite(name, getattr(self, name))
+        check_positive("beta", self.beta)
+        check_str("visual_weights", self.visual_weights)
         if self.pretrained and self.backbone != "resnet18":
             raise ValueError(f"pretrained: ImageNet weights exist for backbone 'resnet18' only, got backbone {self.backbone!r}")
         if self.pretrained and self.norm != "batch":
             raise ValueError(f"pretrained: the ImageNet weights are for norm 'batch', got norm {self.norm!r}")
-        if not isinstance(self.visual_weights, str):
-            raise TypeError(f"visual_weights: expected a str path, got {type(self.visual_weights).__name__} "
-                            f"{self.visual_weights!r}")
         if self.visual_weights and not self.pretrained:
             raise ValueError(f"visual_weights: a file of ImageNet weights for pretrained=True (--pretrained), "
                              f"got {self.visual_weights!r} with pretrained=False")
@@ -312,7 +309,3 @@ def build_model(config: ModelConfig, load_pretrained: bool = True) -> AudioVisua
     ``config.pretrained`` and the ImageNet weights cannot be had (see :func:`imagenet_resnet18_state`)."""
     return AudioVisualModel(config, load_pretrained)
 
-
-def describe(config: ModelConfig) -> Dict[str, object]:
-    return {"model": config.model, "margin": config.margin, "backbone": config.backbone, "norm": config.norm,
-            "tau": TAU[config.model]}
