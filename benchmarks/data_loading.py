@@ -269,7 +269,7 @@ def time_pipelines(pipelines: Dict[str, Callable[[int], object]], n_items: int, 
 
 
 def cpu_name() -> str:
-    from .run import device_name
+    from .machine import device_name
 
     return device_name(torch.device("cpu"))
 

@@ -744,7 +744,7 @@ def _run_worker(name: str, config_path: Path, result_path: Path) -> int:
 
 
 def device_meta(device: torch.device) -> dict[str, Any]:
-    from .run import device_name
+    from .machine import device_name
 
     meta: dict[str, Any] = {
         "device": device_name(device),

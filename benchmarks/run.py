@@ -30,8 +30,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
-import re
 import statistics
 import sys
 import time
@@ -46,6 +44,7 @@ import marginnce_loss
 from marginnce_loss import LocalizationMarginNCE
 
 from . import upstream_style
+from .machine import device_name  # noqa: F401 (benchmarks.run.device_name keeps working)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MARGIN = -0.2
@@ -56,24 +55,6 @@ FORMULATIONS = {
 
 
 # --------------------------------------------------------------------------- helpers
-def device_name(device: torch.device) -> str:
-    """``cuda-<gpu name>`` or ``cpu-<cpu model>``, lower-case, for file names."""
-    if device.type == "cuda":
-        raw = torch.cuda.get_device_name(device)
-    else:
-        raw = platform.processor() or "unknown"
-        try:
-            for line in Path("/proc/cpuinfo").read_text().splitlines():
-                if line.startswith("model name"):
-                    raw = line.split(":", 1)[1]
-                    break
-        except OSError:
-            pass
-        raw = re.sub(r"\((R|TM|tm|r)\)|\bCPU\b|@.*$", " ", raw)
-    slug = re.sub(r"[^a-z0-9]+", "-", raw.lower()).strip("-")
-    return f"{device.type}-{slug}"
-
-
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
