@@ -21,7 +21,7 @@ from baselines.data.box_stats import (
     DEFAULT_STATS_PATH,
     QUANTILE_LEVELS,
     box_statistics,
-    centre_prior_summary,
+    center_prior_summary,
     load_box_stats,
 )
 from baselines.data.synthetic import (
@@ -281,7 +281,7 @@ def test_centred_prior_scores_clearly_below_real_vggss() -> None:
     config = PRESETS["default"]
     boxes = np.concatenate([sounding_boxes(config, "train"), sounding_boxes(config, "test")])
     as_fractions = [[syn._box_fractions(tuple(b), 224)] for b in boxes.tolist()]
-    ours = centre_prior_summary(as_fractions)
+    ours = center_prior_summary(as_fractions)
     real = load_box_stats()
     n = len(boxes)
     p = ours["centre_prior"]["ciou"] / 100.0
