@@ -342,7 +342,7 @@ def test_open_set_split(tiny_root: Path) -> None:
 
 
 def test_audio_class_signature_is_recoverable(tiny_root: Path) -> None:
-    """Nearest class centroid of time-averaged log spectrograms (SPEC 6 front end), clean clips only."""
+    """Nearest class centroid of time-averaged log spectrograms (the audio front end of baselines.data.audio), clean clips only."""
     objects = _objects(tiny_root)
     faulty = read_meta(tiny_root)["faulty_positives"]
 
