@@ -21,7 +21,8 @@ from tqdm.auto import tqdm
 from .._checks import check_int
 from ..cli import UsageError
 from ..data.annotations import load_id_list
-from ..data.datasets import AudioVisualDataset, collate_batch, derive_seed, load_annotations
+from ..data.datasets import AudioVisualDataset, collate_batch, load_annotations
+from ..data.seeds import derive_seed
 from ..io import atomic_write_text
 from ..models import AudioVisualModel, build_model
 from ..scoring import evaluate_model

@@ -8,7 +8,7 @@ import torch
 from torch.utils.data import Sampler
 
 from .._checks import check_bool, check_int
-from ..data.datasets import derive_seed
+from ..data.seeds import derive_seed
 
 __all__ = ["GlobalBatchSampler"]
 
