@@ -15,7 +15,7 @@ Summary (``summarize_cious``), all in percent: ``ciou`` = ``100 * mean_k [cIoU_k
 ``auc`` = ``100 * trapz(y, x)`` with ``x_i = 0.05 * i`` and ``y_i = mean_k [cIoU_k >= x_i]``;
 ``mean_ciou`` = ``100 * mean_k cIoU_k``; ``n`` = number of clips.
 
-The protocol's bounds: ``center_prior_map`` (an image-independent centred Gaussian: what a model
+The protocol's bounds: ``center_prior_map`` (an image-independent centered Gaussian: what a model
 that ignores the data scores) and ``protocol_ceiling`` (the best cIoU any map can reach given the
 ground truth). Pure torch / numpy, importing nothing else of the kit, so the data layer
 (``baselines.data.box_stats``) and the evaluator (``baselines.evaluation``) both build on it.
@@ -170,11 +170,11 @@ def summarize_cious(cious: torch.Tensor | np.ndarray | Sequence[float]) -> dict[
 
 
 def center_prior_map(size: int = MAP_SIZE, sigma: float = MAP_SIZE / 4) -> torch.Tensor:
-    """Image-independent centred Gaussian ``exp(-((r - c)^2 + (q - c)^2) / (2 sigma^2))``, ``c = (size - 1) / 2``.
+    """Image-independent centered Gaussian ``exp(-((r - c)^2 + (q - c)^2) / (2 sigma^2))``, ``c = (size - 1) / 2``.
 
     float64 ``[size, size]``. Under the median-threshold protocol only the ordering of
     pixel values matters, so every ``sigma`` (that does not underflow) predicts the
-    same mask: the centred disc holding the top half of the pixels.
+    same mask: the centered disc holding the top half of the pixels.
     """
     if not isinstance(size, int) or size < 1:
         raise ValueError(f"size must be a positive int, got {size!r}")

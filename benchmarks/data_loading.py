@@ -1,7 +1,7 @@
 r"""Benchmark the training data loader against an upstream-style pipeline: ``python -m benchmarks.data_loading``.
 
 Per-item cost of one worker (``num_workers=0``: ``dataset[i]`` in this process, one torch thread,
-as a DataLoader worker runs), on VGGSound-like files written here: ``--clips`` centre frames of
+as a DataLoader worker runs), on VGGSound-like files written here: ``--clips`` center frames of
 ``640 x 360`` (written by ``baselines.prepare.save_frame``, as ``prepare`` writes them) with natural-image-like
 content (smooth shading, texture, sharp edges, a letterbox bar, sensor noise) and 10 s 16 kHz
 PCM-16 wavs.
@@ -11,7 +11,7 @@ Pipelines:
 - ``upstream``: the EZ-VSL training item written the upstream way (our code from its description,
   EZ-VSL ``datasets.py`` @ 95ff5bf): ``PIL.Image.open -> convert("RGB") -> Resize(246, bicubic) ->
   RandomCrop(224) -> RandomHorizontalFlip -> ToTensor -> Normalize(ImageNet)``; audio: soundfile
-  reads the centred 3 s (upstream seeks with PyAV and decodes 3 s), channels averaged, clipped,
+  reads the centered 3 s (upstream seeks with PyAV and decodes 3 s), channels averaged, clipped,
   tiled when short, ``scipy.signal.spectrogram(x, 16000, nperseg=512, noverlap=274)``,
   ``log(S + 1e-7)``, ``ToTensor``, ``Normalize(0, 12)``.
 - ``ours (full frames)``: ``baselines.data.AudioVisualDataset(split="train")`` on the same files, as
@@ -279,11 +279,11 @@ def markdown(meta: dict, rows: List[dict], outputs: Dict[str, dict]) -> str:
         f"# Data loading, one worker: {meta['device']}",
         "",
         f"`{meta['command']}` -- {meta['date']}, torch {meta['torch']}, {meta['threads']} torch thread(s), "
-        f"{meta['clips']} VGGSound-like clips ({meta['frame']} JPEG q{JPEG_QUALITY} centre frames, "
+        f"{meta['clips']} VGGSound-like clips ({meta['frame']} JPEG q{JPEG_QUALITY} center frames, "
         f"{meta['audio']}), {meta['rounds']} rounds x {meta['items']} items, "
         f"load average {meta['load_before']} before, {meta['load_after']} after.",
         "",
-        "Per-item cost of `dataset[i]` (train split: decode, resize, random crop + flip, normalise; centred 3 s "
+        "Per-item cost of `dataset[i]` (train split: decode, resize, random crop + flip, normalise; centered 3 s "
         "log spectrogram). Ratio: median over rounds of the per-round ratio to upstream (interleaved in one "
         "process); range: min-max of the per-round ratios.",
         "",

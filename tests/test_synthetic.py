@@ -270,8 +270,8 @@ def test_position_law_follows_centre_bias() -> None:
         assert abs(np.abs(t).mean() - expected) < 4 * sd / math.sqrt(n) + 1.0 / (size - box)
 
 
-def test_centred_prior_scores_clearly_below_real_vggss() -> None:
-    """The no-model centred map must not come close to what localisation can reach.
+def test_centered_prior_scores_clearly_below_real_vggss() -> None:
+    """The no-model centered map must not come close to what localisation can reach.
 
     On real VGG-SS it scores cIoU 34.0 (ceiling 50.5, shipped statistics). With the
     default edge bias it must score at least 3 standard errors lower, while the

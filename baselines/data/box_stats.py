@@ -29,9 +29,9 @@ Every distribution is summarised by its quantiles at ``quantile_levels`` = 0, 0.
 
 For comparison with the synthetic proxy, ``centre_prior`` (the key keeps the committed file's
 spelling) gives the protocol metrics (``baselines.protocol.summarize_cious``, percent) of the
-image-independent centred Gaussian map (``baselines.protocol.center_prior_map``) on these clips, and
+image-independent centered Gaussian map (``baselines.protocol.center_prior_map``) on these clips, and
 ``protocol_ceiling`` those of perfect localisation (``protocol_ceiling``): on real
-VGG-SS the centred map reaches cIoU 34.0 without looking at the data, out of a
+VGG-SS the centered map reaches cIoU 34.0 without looking at the data, out of a
 ceiling of 50.5 (the median threshold predicts at least half the frame, so a clip
 whose boxes cover less than a quarter of it can never reach cIoU 0.5).
 """
@@ -167,7 +167,7 @@ def center_prior_summary(boxes: Sequence[Sequence[Sequence[float]]], size: int =
     """Protocol metrics (percent, ``summarize_cious``) of two references on the clips' ground truth.
 
     ``boxes``: one list of normalised ``[x0, y0, x1, y1]`` boxes per clip. Returns
-    ``{"centre_prior": ..., "protocol_ceiling": ...}``: the fixed centred map
+    ``{"centre_prior": ..., "protocol_ceiling": ...}``: the fixed centered map
     (``center_prior_map``, no model at all) and the best any map can score under the
     median-threshold protocol (``protocol_ceiling``, perfect localisation).
     """
@@ -177,17 +177,17 @@ def center_prior_summary(boxes: Sequence[Sequence[Sequence[float]]], size: int =
     from baselines.protocol import center_prior_map, ciou_per_sample, protocol_ceiling, summarize_cious
 
     prior = center_prior_map(size)
-    centre, ceiling = [], []
+    center, ceiling = [], []
     for start in range(0, len(boxes), 256):  # chunks keep memory small (224 x 224 float64 maps)
         chunk = boxes[start : start + 256]
         gts = torch.from_numpy(np.stack([gt_map(b, "vggss", size) for b in chunk]))
-        centre.append(ciou_per_sample(prior.expand(len(chunk), size, size), gts, size))
+        center.append(ciou_per_sample(prior.expand(len(chunk), size, size), gts, size))
         ceiling.append(protocol_ceiling(gts, size))
 
     def rounded(c: list[torch.Tensor]) -> dict[str, float]:
         return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in summarize_cious(torch.cat(c)).items()}
 
-    return {"centre_prior": rounded(centre), "protocol_ceiling": rounded(ceiling)}
+    return {"centre_prior": rounded(center), "protocol_ceiling": rounded(ceiling)}
 
 
 centre_prior_summary = center_prior_summary  # the former spelling
@@ -227,7 +227,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=DEFAULT_STATS_PATH, help="where to write the statistics JSON")
     parser.add_argument(
         "--no-center-prior", "--no-centre-prior", dest="no_center_prior", action="store_true",
-        help="skip the centred-map and ceiling metrics (need torch)",
+        help="skip the centered-map and ceiling metrics (need torch)",
     )
     args = parser.parse_args(argv)
     with args.vggss_json.open("r", encoding="utf-8") as fh:

@@ -3,10 +3,10 @@ r"""Turn downloaded videos into the on-disk layout the data loaders read.
 For every video ``<id>.<ext>`` (``<id>`` is the file stem, e.g. the VGGSound id
 ``zpWuikVorYg_000032``) this writes
 
-* ``ROOT/frames/<id>.jpg`` -- the centre frame of the clip's window, RGB, JPEG quality 95 (Pillow);
+* ``ROOT/frames/<id>.jpg`` -- the center frame of the clip's window, RGB, JPEG quality 95 (Pillow);
   with ``--frame-size PX`` its shorter side bicubic-resized to ``PX`` (``save_frame``; 246 is what the
   training transform resizes 224-pixel inputs to, so the loader then skips that resize);
-* ``ROOT/audio/<id>.wav``  -- up to ``audio_seconds`` of the window's audio centred on that frame's
+* ``ROOT/audio/<id>.wav``  -- up to ``audio_seconds`` of the window's audio centered on that frame's
   time, resampled to 16 kHz mono by FFmpeg's resampler (PyAV ``AudioResampler``, format ``s16``)
   and written as 16-bit PCM WAV (soundfile).
 
@@ -35,26 +35,26 @@ Clip window
     A window from the id must lie in the video: ``s >= D`` fails as ``window starts past the end``,
     ``s + clip_seconds > D + tolerance`` as ``window does not fit``; within the tolerance its end is
     cut to ``D``.  Neither is ever written.
-Centre frame
+Center frame
     With ``N`` video packets (= frames) whose timestamps lie in the window, the frame at index
     ``k = N // 2`` of them in presentation order (for even ``N`` the later of the two middle
     frames).  For a whole-file window at a constant frame rate this is the frame shown at the clip's
-    midpoint.  Its presentation time ``t_c`` (seconds) centres the audio window.
+    midpoint.  Its presentation time ``t_c`` (seconds) centers the audio window.
 Audio window
     Let ``n`` be the number of 16 kHz samples of the first audio stream that lie in the clip window
     (the whole stream for a whole-file window), starting at time ``t_w``,
-    ``L = round(audio_seconds * 16000)`` and ``W = min(L, n)``.  The centre sample is
+    ``L = round(audio_seconds * 16000)`` and ``W = min(L, n)``.  The center sample is
     ``c = round((t_c - t_w) * 16000)`` and the kept samples are ``[s, s + W)`` with
-    ``s = clamp(c - W // 2, 0, n - W)``: centred on the frame where the window allows, slid inwards
+    ``s = clamp(c - W // 2, 0, n - W)``: centered on the frame where the window allows, slid inwards
     (never shortened) at its ends.  For 10 s VGGSound clips the default ``audio_seconds = 10``
-    therefore keeps the whole clip, and the loader's 3 s centred crop is centred on the clip, as
+    therefore keeps the whole clip, and the loader's 3 s centered crop is centered on the clip, as
     upstream does.
 Acceptance
     Before anything is written, the frame and the kept audio go through the acceptance rule that
     ``--verify`` and the data loader apply too (``baselines.data.acceptance.clip_problems``:
     decodable, at least 1 s of audio, 16 kHz, mono, finite), and every decoded audio sample of the
     whole stream must be finite (``non-finite audio``: NaN or +-Inf anywhere).  A clip also fails as
-    "too short" when its window holds no video frame, or when its audio does not reach the centre
+    "too short" when its window holds no video frame, or when its audio does not reach the center
     frame's time (the pair would not be simultaneous).
 
 Robustness

@@ -40,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m baselines.prepare",
         formatter_class=_HelpFormatter,
         description=(
-            "Extract the centre frame (ROOT/frames/<id>.jpg) and 16 kHz mono audio (ROOT/audio/<id>.wav)\n"
+            "Extract the center frame (ROOT/frames/<id>.jpg) and 16 kHz mono audio (ROOT/audio/<id>.wav)\n"
             "of each clip from downloaded videos <id>.<ext>, or --verify a prepared split.\n\n"
             "Clip window: a VGGSound id <11-char YouTube id>_<start second, 6 digits> names the 10 s clip\n"
             "[start, start + 10) of a YouTube video. With --window auto, an untrimmed download (longer than\n"
@@ -68,7 +68,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="worker processes (the default is this machine's CPU count)")
     parser.add_argument(
         "--audio-seconds", type=float, default=10.0, metavar="S",
-        help=f"seconds of audio to keep, centred on the centre frame (>= {MIN_AUDIO_SECONDS:g})",
+        help=f"seconds of audio to keep, centered on the center frame (>= {MIN_AUDIO_SECONDS:g})",
     )
     parser.add_argument(
         "--window", choices=WINDOW_MODES, default="auto",

@@ -1,4 +1,4 @@
-"""Decoding one clip with PyAV: probing the container, the clip's centre frame and its audio, resampled to 16 kHz mono."""
+"""Decoding one clip with PyAV: probing the container, the clip's center frame and its audio, resampled to 16 kHz mono."""
 
 from __future__ import annotations
 
@@ -28,10 +28,10 @@ class DecodedClip:
     """What ``decode_clip`` extracts from one video.
 
     Attributes:
-        frame: centre frame, ``(H, W, 3)`` uint8 RGB.
+        frame: center frame, ``(H, W, 3)`` uint8 RGB.
         audio: kept audio window, ``(W,)`` int16 at ``SAMPLE_RATE`` Hz, mono.
-        frame_time: presentation time ``t_c`` of the centre frame in seconds (file timeline).
-        frame_index: index ``k = N // 2`` of the centre frame among the window's frames.
+        frame_time: presentation time ``t_c`` of the center frame in seconds (file timeline).
+        frame_index: index ``k = N // 2`` of the center frame among the window's frames.
         num_frames: number ``N`` of video frames in the window.
         audio_start: time of the first kept-window sample of the stream, ``t_w``, in seconds
             (the stream's first decoded sample for a whole-file window).
@@ -148,13 +148,13 @@ _FLOAT_FORMATS = frozenset({"flt", "fltp", "dbl", "dblp"})
 def decode_clip(
     video_path: str | os.PathLike[str], audio_seconds: float = 10.0, window: WindowRule | None = None
 ) -> DecodedClip:
-    """Decode the centre frame and the centred audio window of one video's clip window.
+    """Decode the center frame and the centered audio window of one video's clip window.
 
     Two passes: the first demuxes the packets (no decoding) for the frame times and the file's
-    span, which fix the clip window and its centre frame; the second decodes video up to that frame
+    span, which fix the clip window and its center frame; the second decodes video up to that frame
     and the whole first audio stream, resampled to 16 kHz mono int16 as it is decoded (float
     samples are checked for NaN / Inf as decoded, before resampling).  See the module docstring for
-    the window, centre-frame, audio-window and acceptance rules.
+    the window, center-frame, audio-window and acceptance rules.
 
     Args:
         video_path: the video file; its stem is the clip id.
@@ -230,7 +230,7 @@ def decode_clip(
     if frame is None or frame_time is None:
         raise ClipError(
             f"decode error: decoded {decoded_video} video frames from {len(probe.frame_times)} packets, "
-            f"the centre frame is index {target}"
+            f"the center frame is index {target}"
         )
     stream = np.concatenate(chunks).astype(np.int16, copy=False) if chunks else np.zeros(0, np.int16)
     if first_bad is not None:  # the whole decoded stream, not only the window
@@ -249,10 +249,10 @@ def decode_clip(
         if not window_audio_start <= frame_time <= audio_end:
             raise ClipError(
                 f"too short: the audio spans {window_audio_start:.3f}-{audio_end:.3f} s and misses the "
-                f"centre frame at {frame_time:.3f} s"
+                f"center frame at {frame_time:.3f} s"
             )
-        centre = round((frame_time - window_audio_start) * SAMPLE_RATE)
-        start, stop = audio_window(num_samples, centre, round(audio_seconds * SAMPLE_RATE))
+        center = round((frame_time - window_audio_start) * SAMPLE_RATE)
+        start, stop = audio_window(num_samples, center, round(audio_seconds * SAMPLE_RATE))
     else:
         start, stop = 0, num_samples  # too short: the rule below says so
     kept = np.ascontiguousarray(in_window[start:stop])

@@ -10,6 +10,7 @@ import numpy as np
 import soundfile as sf
 from PIL import Image
 
+from .._checks import check_int
 from ..data.acceptance import (
     SAMPLE_RATE,
 )
@@ -48,8 +49,7 @@ def shrink_frame(frame: np.ndarray, short_side: int) -> np.ndarray:
     Raises:
         ValueError: ``short_side`` is not a positive int or ``frame`` not ``(H, W, 3)`` uint8.
     """
-    if isinstance(short_side, bool) or not isinstance(short_side, int) or short_side < 1:
-        raise ValueError(f"short_side: expected a positive int, got {short_side!r}")
+    check_int("short_side", short_side, 1)
     if not isinstance(frame, np.ndarray) or frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
         raise ValueError(f"frame: expected an (H, W, 3) uint8 array, got {getattr(frame, 'dtype', type(frame))} "
                          f"{getattr(frame, 'shape', '')}")
@@ -61,7 +61,7 @@ def shrink_frame(frame: np.ndarray, short_side: int) -> np.ndarray:
 
 
 def save_frame(frame: np.ndarray, path: str | os.PathLike[str], frame_size: int | None = None) -> None:
-    """Write the centre frame ``(H, W, 3)`` uint8 as a JPEG file (``format="JPEG"`` whatever the name).
+    """Write the center frame ``(H, W, 3)`` uint8 as a JPEG file (``format="JPEG"`` whatever the name).
 
     ``frame_size=None``: the full frame, quality ``JPEG_QUALITY`` (95), Pillow's default 4:2:0 chroma.
     Otherwise ``shrink_frame(frame, frame_size)`` at quality 95 with full-resolution chroma (4:4:4,
@@ -79,9 +79,12 @@ def save_frame(frame: np.ndarray, path: str | os.PathLike[str], frame_size: int 
 
 
 def _check_frame_size(frame_size: int | None) -> int | None:
-    if frame_size is not None and (isinstance(frame_size, bool) or not isinstance(frame_size, int) or frame_size < 1):
-        raise ValueError(f"frame_size: expected None or an int >= 1, got {frame_size!r}")
-    return frame_size
+    """``frame_size`` (``None``: full frames) checked: an int >= 1.
+
+    Raises:
+        TypeError, ValueError: as :func:`baselines._checks.check_int`.
+    """
+    return None if frame_size is None else check_int("frame_size", frame_size, 1)
 
 
 def _prepare_clip(

@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
+from .._checks import check_int
 from ..layout import AUDIO_DIR, FRAMES_DIR
 from .ids import ClipError
 from .output import TMP_SUFFIX, _prepare_clip
@@ -25,12 +26,8 @@ _IN_FLIGHT_PER_WORKER = 4
 
 
 def _check_workers(workers: int) -> int:
-    """Validate ``workers``: an int >= 1."""
-    if isinstance(workers, bool) or not isinstance(workers, int):
-        raise TypeError(f"workers: expected an int, got {type(workers).__name__}")
-    if workers < 1:
-        raise ValueError(f"workers: expected an int >= 1, got {workers}")
-    return workers
+    """Validate ``workers``: an int >= 1 (``TypeError`` / ``ValueError`` otherwise)."""
+    return check_int("workers", workers, 1)
 
 _Task = tuple[str, str, str, float, WindowRule, "int | None"]
 

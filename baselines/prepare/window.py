@@ -1,4 +1,4 @@
-"""Which seconds of a video make the clip: the window rule (from the id's start second, or the whole file) and the audio window centred in the clip."""
+"""Which seconds of a video make the clip: the window rule (from the id's start second, or the whole file) and the audio window centered in the clip."""
 
 from __future__ import annotations
 
@@ -78,10 +78,10 @@ class WindowRule:
         return start, end
 
 
-def audio_window(num_samples: int, centre: int, length: int) -> tuple[int, int]:
+def audio_window(num_samples: int, center: int, length: int) -> tuple[int, int]:
     """Sample range ``[s, s + W)`` of a window of ``W = min(length, num_samples)`` samples.
 
-    ``s = clamp(centre - W // 2, 0, num_samples - W)``: centred on ``centre`` where the
+    ``s = clamp(center - W // 2, 0, num_samples - W)``: centered on ``center`` where the
     stream allows, slid inwards at its ends (see the module docstring).
     """
     if num_samples < 0 or length < 1:
@@ -89,7 +89,7 @@ def audio_window(num_samples: int, centre: int, length: int) -> tuple[int, int]:
             f"audio_window: expected num_samples >= 0 and length >= 1, got {num_samples}, {length}"
         )
     width = min(length, num_samples)
-    start = min(max(centre - width // 2, 0), num_samples - width)
+    start = min(max(center - width // 2, 0), num_samples - width)
     return start, start + width
 
 

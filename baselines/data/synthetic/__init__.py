@@ -15,7 +15,7 @@ What a clip is
   - a sound: a harmonic tone with fundamental ``f0_k = 140 * 10 ** (k / (K - 1))`` Hz
     (log-spaced 140 .. 1400 Hz, ~4.4 semitones apart for K = 10), ``n_k`` harmonics with
     geometric decay, amplitude modulation at ``am_k`` Hz (2 .. 12 Hz), optional
-    vibrato, plus a Gaussian noise band centred at ``c_k`` (2 .. 6.5 kHz).
+    vibrato, plus a Gaussian noise band centered at ``c_k`` (2 .. 6.5 kHz).
 
   Instances jitter every parameter a little (hue +-0.015, f0 +-5 %, AM rate +-10 %,
   texture period 8 .. 16 px, random phases, level and shading).
@@ -30,20 +30,20 @@ What a clip is
   copula with the real Spearman correlation (0.50). Multi-box clips (10 % of VGG-SS)
   are not modelled, so the area of our box follows the envelope area, which is a
   little larger than the union area of a multi-box clip.
-* The position: box centre ``0.5 + t * (1 - w) / 2`` per axis, ``t = sign(u) |u| ** g``,
+* The position: box center ``0.5 + t * (1 - w) / 2`` per axis, ``t = sign(u) |u| ** g``,
   ``u ~ U(-1, 1)``, ``g = (1 + centre_bias) / (1 - centre_bias)``: ``centre_bias = 0``
   is uniform over all positions that keep the box inside the frame, ``> 0`` pulls
-  boxes towards the centre, ``< 0`` pushes them to the edges. Distractors use the same
+  boxes towards the center, ``< 0`` pushes them to the edges. Distractors use the same
   size and position law; each takes the least-overlapping of 8 candidate positions.
 
   Why the default is ``centre_bias = -0.5`` (edge-biased, ``E|t| = 0.75``): VGG-SS boxes
   are large, and under the median-threshold protocol (at least half the frame is
-  predicted) the fixed centred map scores cIoU 34.0 on real VGG-SS out of a ceiling of
+  predicted) the fixed centered map scores cIoU 34.0 on real VGG-SS out of a ceiling of
   50.5 (perfect localisation). With VGG-SS sizes and *uniform* positions it scores
   ~36 on our boxes, i.e. no lower than on the real benchmark; with ``-0.5`` it scores
   ~28 (ceiling ~51, unchanged: it depends on box sizes only), so a no-model prior
   stays clearly below what localisation can reach. The very large boxes (17 % of the
-  clips are wider and taller than 0.7) contain the centre wherever they are, so no
+  clips are wider and taller than 0.7) contain the center wherever they are, so no
   position law brings it much below ~20.
 * The audio: 16 kHz mono, ``seconds`` long (48,000 samples), the class sound plus
   coloured background noise at ``snr_db``, peak level 0.3 .. 0.8, PCM_16.

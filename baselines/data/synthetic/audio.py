@@ -56,12 +56,12 @@ def render_audio(config: SyntheticConfig, split: str, index: int, class_index: i
             np.float32(h) * phi32 + np.float32(rng.uniform(0.0, 2.0 * math.pi))
         )
     f = np.fft.rfftfreq(n, 1.0 / sr)
-    centre = min(proto.noise_centre_hz * rng.uniform(0.97, 1.03), 0.45 * sr)
+    center = min(proto.noise_center_hz * rng.uniform(0.97, 1.03), 0.45 * sr)
     # the Gaussian band gain is < 1e-9 beyond 6.5 sigma: only those bins get noise
     half = 6.5 * proto.noise_bandwidth_hz / 2.0
-    lo, hi = np.searchsorted(f, centre - half), np.searchsorted(f, centre + half)
+    lo, hi = np.searchsorted(f, center - half), np.searchsorted(f, center + half)
     band_spec = np.zeros(f.size, dtype=np.complex64)
-    band_gain = np.exp(-0.5 * ((f[lo:hi] - centre) / (proto.noise_bandwidth_hz / 2.0)) ** 2)
+    band_gain = np.exp(-0.5 * ((f[lo:hi] - center) / (proto.noise_bandwidth_hz / 2.0)) ** 2)
     band_spec[lo:hi] = _white_spectrum(rng, hi - lo) * band_gain.astype(np.float32)
     band = np.fft.irfft(band_spec, n).astype(np.float32)
     source = tone / np.float32(_rms(tone)) + np.float32(proto.noise_level / _rms(band)) * band

@@ -58,7 +58,7 @@ class SyntheticConfig:
         min_distractors, max_distractors: number of silent objects of other classes per
             frame, uniform in [min, max] (capped by the classes available in the group).
         centre_bias: position law of boxes, in (-1, 1): 0 uniform over the valid range,
-            > 0 towards the frame centre, < 0 towards the edges (see module doc).
+            > 0 towards the frame center, < 0 towards the edges (see module doc).
         clutter: background clutter strength, >= 0 (mean number of clutter shapes is
             ``3 * clutter``; 0 leaves only the smooth background and pixel noise).
         heard_fraction: fraction of classes that are "heard" (open-set split), in (0, 1);

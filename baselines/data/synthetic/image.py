@@ -26,15 +26,15 @@ def _hsv(h: float, s: float, v: float) -> np.ndarray:
 
 
 def _shape_mask(shape: str, u: np.ndarray, v: np.ndarray, du: float, dv: float) -> np.ndarray:
-    """Pixels that the shape touches; ``u, v`` in (-1, 1): box-normalised pixel centres (``u = -1``: left edge).
+    """Pixels that the shape touches; ``u, v`` in (-1, 1): box-normalised pixel centers (``u = -1``: left edge).
 
     ``du, dv``: half a pixel in these units (``1 / w``, ``1 / h`` for a ``w x h`` box). A pixel
     is in the shape when the shape holds at the pixel's point nearest to the shape (e.g.
-    ``|u| - du, |v| - dv`` for shapes that shrink away from the centre), so every shape,
+    ``|u| - du, |v| - dv`` for shapes that shrink away from the center), so every shape,
     which reaches the four sides of its box in the continuum, also has pixels in the
     first and last row and column of the box: the box is tight.
     """
-    au = np.maximum(np.abs(u) - du, 0.0)  # nearest-to-centre point of the pixel
+    au = np.maximum(np.abs(u) - du, 0.0)  # nearest-to-center point of the pixel
     av = np.maximum(np.abs(v) - dv, 0.0)
     if shape == "ellipse":
         return au * au + av * av <= 1.0
@@ -44,13 +44,13 @@ def _shape_mask(shape: str, u: np.ndarray, v: np.ndarray, du: float, dv: float) 
         return au + av <= 1.0
     if shape == "triangle":  # apex at the top (v = -1), base at the bottom (v = 1)
         return au <= (np.minimum(v + dv, 1.0) + 1.0) / 2.0
-    if shape == "ring":  # outer ellipse touched, inner hole (radius 0.55) judged at the pixel centre
+    if shape == "ring":  # outer ellipse touched, inner hole (radius 0.55) judged at the pixel center
         return (au * au + av * av <= 1.0) & (u * u + v * v >= 0.55**2)
     if shape == "cross":
         return (au <= 0.34) | (av <= 0.34)
     if shape == "octagon":
         return au + av <= 1.4
-    if shape == "hourglass":  # two triangles meeting at the centre
+    if shape == "hourglass":  # two triangles meeting at the center
         return au <= np.minimum(np.abs(v) + dv, 1.0)
     raise ValueError(f"shape must be one of {SHAPES}, got {shape!r}")
 
@@ -75,7 +75,7 @@ def _texture(texture: str, px: np.ndarray, py: np.ndarray, period: float, phase:
 
 
 def _box_position(rng: np.random.Generator, size_px: int, frame: int, centre_bias: float, n: int = 1) -> np.ndarray:
-    """Top-left pixel(s) of a box of ``size_px`` along one axis: centre ``0.5 + t (1 - w) / 2``, ``t = sign(u)|u|^g``."""
+    """Top-left pixel(s) of a box of ``size_px`` along one axis: center ``0.5 + t (1 - w) / 2``, ``t = sign(u)|u|^g``."""
     g = (1.0 + centre_bias) / (1.0 - centre_bias)
     u = rng.uniform(-1.0, 1.0, size=n)
     t = np.sign(u) * np.abs(u) ** g

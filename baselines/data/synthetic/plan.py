@@ -28,7 +28,7 @@ class ClassPrototype:
     am_rate_hz: float
     fm_rate_hz: float
     fm_depth: float
-    noise_centre_hz: float
+    noise_center_hz: float
     noise_bandwidth_hz: float
     noise_level: float
 
@@ -39,7 +39,7 @@ def class_prototypes(num_classes: int) -> tuple[ClassPrototype, ...]:
     For class ``k`` and ``s = k / (K - 1)``: ``f0 = 140 * 10 ** s`` Hz,
     ``num_harmonics = 1 + (2k mod 5)``, ``harmonic_decay = 0.35 + 0.5 ((3k mod 4) / 3)``,
     ``am_rate = 2 + 10 ((3k mod K) / (K - 1))`` Hz, ``fm_rate = 4 + (k mod 3)`` Hz,
-    ``fm_depth = 0.01 (7k mod 4)`` (relative), noise band centre
+    ``fm_depth = 0.01 (7k mod 4)`` (relative), noise band center
     ``2000 + 4500 ((7k mod K) / (K - 1))`` Hz, bandwidth 500 Hz, level 0.5.
     """
     _check_int("num_classes", num_classes, 2, 1000)
@@ -62,7 +62,7 @@ def class_prototypes(num_classes: int) -> tuple[ClassPrototype, ...]:
                 am_rate_hz=2.0 + 10.0 * ((3 * k) % k_all) / (k_all - 1),
                 fm_rate_hz=4.0 + (k % 3),
                 fm_depth=0.01 * ((7 * k) % 4),
-                noise_centre_hz=2000.0 + 4500.0 * ((7 * k) % k_all) / (k_all - 1),
+                noise_center_hz=2000.0 + 4500.0 * ((7 * k) % k_all) / (k_all - 1),
                 noise_bandwidth_hz=500.0,
                 noise_level=0.5,
             )
