@@ -108,6 +108,12 @@ def test_cli_train_then_evaluate(fx: AVFixture, tmp_path: Path, capsys: pytest.C
     # a checkpoint holds tensors and plain containers only: loadable without unpickling code
     plain = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)
     _assert_same_state(plain["model"], state["model"])
+    # load_model: the checkpoint's model, built from its config, in eval mode, holding its weights
+    from baselines.train import load_model
+
+    model, loaded_config, loaded = load_model(out / "checkpoint.pt")
+    assert loaded_config == config and not model.training and loaded["epoch"] == 2
+    _assert_same_state(model.state_dict(), state["model"])
 
     records = _records(out)
     assert [r.get("epoch") for r in records] == [1, 2, None]
