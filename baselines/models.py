@@ -37,15 +37,16 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from marginnce_loss import LocalizationMarginNCE, functional as MF
+from marginnce_loss import LocalizationMarginNCE
+from marginnce_loss import functional as MF
 from marginnce_loss.adapters import lvs
 
 from ._checks import check_bool, check_choice, check_finite, check_int, check_positive, check_str
@@ -130,7 +131,7 @@ def torchvision_cache_path() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(ResNet18_Weights.IMAGENET1K_V1.url)
 
 
-def _read_state(path: Path, fix: str) -> Dict[str, Tensor]:
+def _read_state(path: Path, fix: str) -> dict[str, Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # unpickling refused (weights_only), truncated or not a torch file
@@ -142,7 +143,7 @@ def _read_state(path: Path, fix: str) -> Dict[str, Tensor]:
     return state
 
 
-def imagenet_resnet18_state(path: str = "") -> Dict[str, Tensor]:
+def imagenet_resnet18_state(path: str = "") -> dict[str, Tensor]:
     """The ImageNet ResNet-18 state dict (torchvision's ``IMAGENET1K_V1`` layout).
 
     Args:
@@ -192,14 +193,14 @@ def imagenet_resnet18(path: str = "", norm: str = "batch") -> nn.Module:
     return net
 
 
-def _resnet18_image(pretrained: bool, norm: str = "batch", weights: str = "") -> Tuple[nn.Module, int]:
+def _resnet18_image(pretrained: bool, norm: str = "batch", weights: str = "") -> tuple[nn.Module, int]:
     from torchvision.models import resnet18
 
     net = imagenet_resnet18(weights, norm) if pretrained else resnet18(weights=None, norm_layer=norm_layer(norm))
     return nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3, net.layer4), 512
 
 
-def _resnet18_audio(norm: str = "batch") -> Tuple[nn.Module, int]:
+def _resnet18_audio(norm: str = "batch") -> tuple[nn.Module, int]:
     from torchvision.models import resnet18
 
     net = resnet18(weights=None, norm_layer=norm_layer(norm))
@@ -207,7 +208,7 @@ def _resnet18_audio(norm: str = "batch") -> Tuple[nn.Module, int]:
     return nn.Sequential(conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3, net.layer4), 512
 
 
-def _small(in_channels: int, width: int, norm: str = "batch") -> Tuple[nn.Module, int]:
+def _small(in_channels: int, width: int, norm: str = "batch") -> tuple[nn.Module, int]:
     """A compact encoder with ResNet-18's output stride (32): a 4 x 4 patchify stem, then three
     stride-2 3 x 3 stages. ``width`` channels in the first stage, doubling to ``4 * width``;
     each conv but the last is followed by ``norm_layer(norm)`` and ReLU."""
@@ -283,14 +284,14 @@ class AudioVisualModel(nn.Module):
 
         return lvs_loss
 
-    def encode(self, image: Tensor, spectrogram: Tensor) -> Tuple[Tensor, Tensor]:
+    def encode(self, image: Tensor, spectrogram: Tensor) -> tuple[Tensor, Tensor]:
         """``img [B, C, h, w]`` and ``aud [B, C]``, both L2-normalised over ``C``."""
         img = F.normalize(self.img_proj(self.imgnet(image)), dim=1)
         aud = torch.amax(self.audnet(spectrogram), dim=(-2, -1))
         aud = F.normalize(self.aud_proj(aud), dim=1)
         return img, aud
 
-    def forward(self, image: Tensor, spectrogram: Tensor) -> Tuple[Tensor, Tensor]:
+    def forward(self, image: Tensor, spectrogram: Tensor) -> tuple[Tensor, Tensor]:
         img, aud = self.encode(image, spectrogram)
         loss = self.criterion(img, aud)
         with torch.no_grad():
