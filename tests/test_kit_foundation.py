@@ -62,3 +62,21 @@ def test_every_config_field_is_a_documented_option() -> None:
 def test_config_argv_round_trips(changes) -> None:
     config = TrainConfig(train_root="r", train_list="l", **changes)
     assert config_from_args(parse_args([*config_argv(config), "--out", "o"])) == config
+
+
+def test_range_checks_name_the_argument_the_range_and_the_value() -> None:
+    from baselines._checks import check_float_in, check_int_in
+
+    assert check_int_in("n", 3, 0, 3) == 3 and check_float_in("p", 0.5, 0.0, 1.0, high_open=True) == 0.5
+    with pytest.raises(ValueError, match=r"^n: expected an int in \[0, 3\], got 5$"):
+        check_int_in("n", 5, 0, 3)
+    with pytest.raises(ValueError, match=r"^n: expected an int >= 1, got 0$"):
+        check_int_in("n", 0, 1)
+    with pytest.raises(TypeError, match=r"^n: expected an int, got float 2.5$"):
+        check_int_in("n", 2.5, 0)
+    with pytest.raises(ValueError, match=r"^p: expected a finite float in \[0.0, 1.0\), got 1.0$"):
+        check_float_in("p", 1.0, 0.0, 1.0, high_open=True)
+    with pytest.raises(ValueError, match=r"^b: expected a finite float in \(-1.0, 1.0\), got -1.0$"):
+        check_float_in("b", -1.0, -1.0, 1.0, low_open=True, high_open=True)
+    with pytest.raises(ValueError, match=r"^s: expected a finite float, got nan$"):
+        check_float_in("s", float("nan"), 0.0, 1.0)

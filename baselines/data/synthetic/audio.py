@@ -6,7 +6,8 @@ import math
 
 import numpy as np
 
-from .config import _SPLIT_CODE, _STREAM_AUDIO, SPLITS, SyntheticConfig, _check_int
+from ..._checks import check_int_in
+from .config import _SPLIT_CODE, _STREAM_AUDIO, SPLITS, SyntheticConfig
 from .plan import class_prototypes
 
 
@@ -34,7 +35,7 @@ def render_audio(config: SyntheticConfig, split: str, index: int, class_index: i
     """
     if split not in _SPLIT_CODE:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    _check_int("class_index", class_index, 0, config.num_classes - 1)
+    check_int_in("class_index", class_index, 0, config.num_classes - 1)
     proto = class_prototypes(config.num_classes)[class_index]
     rng = np.random.default_rng([config.seed, _STREAM_AUDIO, _SPLIT_CODE[split], index])
     sr, n = config.sample_rate, config.num_samples

@@ -5,12 +5,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from baselines.data.box_stats import DEFAULT_STATS_PATH
+from ..._checks import check_float_in, check_int_in
+from ..box_stats import DEFAULT_STATS_PATH
 
 GENERATOR_VERSION: str = "1.1.0"
 SHAPES: tuple[str, ...] = ("ellipse", "rectangle", "diamond", "triangle", "ring", "cross", "octagon", "hourglass")
@@ -20,26 +20,6 @@ _SPLIT_CODE = {"train": 0, "test": 1}
 _STREAM_PLAN, _STREAM_IMAGE, _STREAM_AUDIO = 0, 1, 2
 _MIN_BOX_PX = 8
 _DISTRACTOR_CANDIDATES = 8
-
-
-
-
-def _check_int(name: str, value: object, lo: int, hi: int | None = None) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-    if value < lo or (hi is not None and value > hi):
-        rng = f"[{lo}, {hi}]" if hi is not None else f">= {lo}"
-        raise ValueError(f"{name} must be {rng}, got {value}")
-
-
-def _check_float(name: str, value: object, lo: float, hi: float, lo_open: bool = False, hi_open: bool = False) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
-    v = float(value)
-    bad = not math.isfinite(v) or v < lo or v > hi or (lo_open and v == lo) or (hi_open and v == hi)
-    if bad:
-        lb, rb = ("(" if lo_open else "["), (")" if hi_open else "]")
-        raise ValueError(f"{name} must be a finite number in {lb}{lo}, {hi}{rb}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -90,25 +70,25 @@ class SyntheticConfig:
     box_stats: str | None = None
 
     def __post_init__(self) -> None:
-        _check_int("seed", self.seed, 0, 2**63 - 1)
-        _check_int("num_classes", self.num_classes, 2, 1000)
-        _check_int("num_train", self.num_train, 1)
-        _check_int("num_test", self.num_test, 1)
-        _check_float("faulty_positive_rate", self.faulty_positive_rate, 0.0, 1.0, hi_open=True)
-        _check_float("snr_db", self.snr_db, -30.0, 100.0)
-        _check_int("min_distractors", self.min_distractors, 0, 8)
-        _check_int("max_distractors", self.max_distractors, 0, 8)
+        check_int_in("seed", self.seed, 0, 2**63 - 1)
+        check_int_in("num_classes", self.num_classes, 2, 1000)
+        check_int_in("num_train", self.num_train, 1)
+        check_int_in("num_test", self.num_test, 1)
+        check_float_in("faulty_positive_rate", self.faulty_positive_rate, 0.0, 1.0, high_open=True)
+        check_float_in("snr_db", self.snr_db, -30.0, 100.0)
+        check_int_in("min_distractors", self.min_distractors, 0, 8)
+        check_int_in("max_distractors", self.max_distractors, 0, 8)
         if self.max_distractors < self.min_distractors:
             raise ValueError(
                 f"max_distractors must be >= min_distractors ({self.min_distractors}), got {self.max_distractors}"
             )
-        _check_float("centre_bias", self.centre_bias, -1.0, 1.0, lo_open=True, hi_open=True)
-        _check_float("clutter", self.clutter, 0.0, 10.0)
-        _check_float("heard_fraction", self.heard_fraction, 0.0, 1.0, lo_open=True, hi_open=True)
-        _check_int("image_size", self.image_size, 32, 1024)
-        _check_int("sample_rate", self.sample_rate, 8000, 96000)
-        _check_float("seconds", self.seconds, 0.1, 60.0)
-        _check_int("jpeg_quality", self.jpeg_quality, 1, 100)
+        check_float_in("centre_bias", self.centre_bias, -1.0, 1.0, low_open=True, high_open=True)
+        check_float_in("clutter", self.clutter, 0.0, 10.0)
+        check_float_in("heard_fraction", self.heard_fraction, 0.0, 1.0, low_open=True, high_open=True)
+        check_int_in("image_size", self.image_size, 32, 1024)
+        check_int_in("sample_rate", self.sample_rate, 8000, 96000)
+        check_float_in("seconds", self.seconds, 0.1, 60.0)
+        check_int_in("jpeg_quality", self.jpeg_quality, 1, 100)
         if self.box_stats is not None and not isinstance(self.box_stats, str):
             raise TypeError(f"box_stats must be a path string or None, got {type(self.box_stats).__name__}")
 

@@ -8,9 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from baselines.data.box_stats import QUANTILE_LEVELS, load_box_stats
-
-from .config import _STREAM_PLAN, SHAPES, TEXTURES, SyntheticConfig, _check_int, _stats_path
+from ..._checks import check_int_in
+from ..box_stats import QUANTILE_LEVELS, load_box_stats
+from .config import _STREAM_PLAN, SHAPES, TEXTURES, SyntheticConfig, _stats_path
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ def class_prototypes(num_classes: int) -> tuple[ClassPrototype, ...]:
     ``fm_depth = 0.01 (7k mod 4)`` (relative), noise band center
     ``2000 + 4500 ((7k mod K) / (K - 1))`` Hz, bandwidth 500 Hz, level 0.5.
     """
-    _check_int("num_classes", num_classes, 2, 1000)
+    check_int_in("num_classes", num_classes, 2, 1000)
     k_all = num_classes
     out = []
     for k in range(k_all):

@@ -14,9 +14,10 @@ from typing import Any
 
 import numpy as np
 
+from ..._checks import check_int_in
 from ...layout import AUDIO_DIR, AUDIO_SUFFIX, FRAME_SUFFIX, FRAMES_DIR, audio_path, frame_path, make_dirs
 from .audio import render_audio
-from .config import GENERATOR_VERSION, SPLITS, SyntheticConfig, _check_int, _stats_sha256, config_hash
+from .config import GENERATOR_VERSION, SPLITS, SyntheticConfig, _stats_sha256, config_hash
 from .image import _render_image
 from .plan import BoxSizeSampler, ClipPlan, DatasetPlan, _sampler, plan_dataset
 
@@ -125,7 +126,7 @@ def _resolve_workers(workers: int | None, n: int) -> int:
         workers = min(2, os.cpu_count() or 1)
         if n < 200:  # process start-up costs more than it saves on tiny sets
             workers = 1
-    _check_int("workers", workers, 1, 256)
+    check_int_in("workers", workers, 1, 256)
     return workers
 
 
