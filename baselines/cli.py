@@ -26,7 +26,8 @@ import argparse
 import importlib
 import os
 import sys
-from typing import Callable, NoReturn, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 __all__ = ["UsageError", "HelpFormatter", "one_line", "run_main",
            "train_entry", "evaluate_entry", "prepare_entry", "table5_entry"]
@@ -43,7 +44,7 @@ class UsageError(Exception):
     callers catching the builtin keep working.
     """
 
-    def __init__(self, problem: str, fix: Optional[str] = None) -> None:
+    def __init__(self, problem: str, fix: str | None = None) -> None:
         self.problem = problem
         self.fix = fix
         super().__init__(problem if not fix else f"{problem}; {fix}")
@@ -65,8 +66,8 @@ def _prog() -> str:
     return name[:-3] if name.endswith(".py") else name
 
 
-def run_main(main: Callable[[Optional[Sequence[str]]], Optional[int]], argv: Optional[Sequence[str]] = None,
-             prog: Optional[str] = None) -> NoReturn:
+def run_main(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None,
+             prog: str | None = None) -> NoReturn:
     """Run ``main(argv)`` and exit with its status; a :class:`UsageError` becomes one line on stderr
     (``<prog>: error: ...``; under ``torchrun`` prefixed with the rank) and exit status 1.
 

@@ -37,17 +37,19 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from marginnce_loss import LocalizationMarginNCE, functional as MF
+from marginnce_loss import LocalizationMarginNCE
+from marginnce_loss import functional as MF
 from marginnce_loss.adapters import lvs
 
+from ._checks import check_bool, check_choice, check_finite, check_int, check_positive, check_str
 from .cli import UsageError
 
 __all__ = ["MODELS", "BACKBONES", "NORMS", "ModelConfig", "AudioVisualModel", "build_model", "norm_layer", "TAU",
@@ -79,32 +81,28 @@ class ModelConfig:
     visual_weights: str = ""  # pretrained: a local ImageNet ResNet-18 state dict ("" = torchvision's cache)
 
     def __post_init__(self) -> None:
-        if self.model not in MODELS:
-            raise ValueError(f"model: expected one of {MODELS}, got {self.model!r}")
-        if self.backbone not in BACKBONES:
-            raise ValueError(f"backbone: expected one of {BACKBONES}, got {self.backbone!r}")
-        if self.norm not in NORMS:
-            raise ValueError(f"norm: expected one of {NORMS}, got {self.norm!r}")
-        for name in ("pretrained", "gather_distributed"):
-            if not isinstance(getattr(self, name), bool):
-                raise TypeError(f"{name}: expected a bool, got {type(getattr(self, name)).__name__} {getattr(self, name)!r}")
-        for name, low in (("dim", 1), ("width", 2)):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < low:
-                raise ValueError(f"{name}: expected an int >= {low}, got {v!r}")
-        for name in ("margin", "epsilon", "epsilon2", "beta"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-                raise ValueError(f"{name}: expected a finite float, got {v!r}")
-        if self.beta <= 0:
-            raise ValueError(f"beta: expected a float > 0, got {self.beta!r}")
+        """The model's settings are checked here, once (``TrainConfig`` delegates its model fields here).
+
+        Raises:
+            TypeError: a field of the wrong type (bool, int, float, str fields).
+            ValueError: an unknown model / backbone / norm, an out-of-range value, ``pretrained`` with
+                a backbone or norm the ImageNet weights do not fit, ``visual_weights`` without it.
+        """
+        check_choice("model", self.model, MODELS)
+        check_choice("backbone", self.backbone, BACKBONES)
+        check_choice("norm", self.norm, NORMS)
+        check_bool("pretrained", self.pretrained)
+        check_bool("gather_distributed", self.gather_distributed)
+        check_int("dim", self.dim, 1)
+        check_int("width", self.width, 2)
+        for name in ("margin", "epsilon", "epsilon2"):
+            check_finite(name, getattr(self, name))
+        check_positive("beta", self.beta)
+        check_str("visual_weights", self.visual_weights)
         if self.pretrained and self.backbone != "resnet18":
             raise ValueError(f"pretrained: ImageNet weights exist for backbone 'resnet18' only, got backbone {self.backbone!r}")
         if self.pretrained and self.norm != "batch":
             raise ValueError(f"pretrained: the ImageNet weights are for norm 'batch', got norm {self.norm!r}")
-        if not isinstance(self.visual_weights, str):
-            raise TypeError(f"visual_weights: expected a str path, got {type(self.visual_weights).__name__} "
-                            f"{self.visual_weights!r}")
         if self.visual_weights and not self.pretrained:
             raise ValueError(f"visual_weights: a file of ImageNet weights for pretrained=True (--pretrained), "
                              f"got {self.visual_weights!r} with pretrained=False")
@@ -133,7 +131,7 @@ def torchvision_cache_path() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(ResNet18_Weights.IMAGENET1K_V1.url)
 
 
-def _read_state(path: Path, fix: str) -> Dict[str, Tensor]:
+def _read_state(path: Path, fix: str) -> dict[str, Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # unpickling refused (weights_only), truncated or not a torch file
@@ -145,7 +143,7 @@ def _read_state(path: Path, fix: str) -> Dict[str, Tensor]:
     return state
 
 
-def imagenet_resnet18_state(path: str = "") -> Dict[str, Tensor]:
+def imagenet_resnet18_state(path: str = "") -> dict[str, Tensor]:
     """The ImageNet ResNet-18 state dict (torchvision's ``IMAGENET1K_V1`` layout).
 
     Args:
@@ -195,14 +193,14 @@ def imagenet_resnet18(path: str = "", norm: str = "batch") -> nn.Module:
     return net
 
 
-def _resnet18_image(pretrained: bool, norm: str = "batch", weights: str = "") -> Tuple[nn.Module, int]:
+def _resnet18_image(pretrained: bool, norm: str = "batch", weights: str = "") -> tuple[nn.Module, int]:
     from torchvision.models import resnet18
 
     net = imagenet_resnet18(weights, norm) if pretrained else resnet18(weights=None, norm_layer=norm_layer(norm))
     return nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3, net.layer4), 512
 
 
-def _resnet18_audio(norm: str = "batch") -> Tuple[nn.Module, int]:
+def _resnet18_audio(norm: str = "batch") -> tuple[nn.Module, int]:
     from torchvision.models import resnet18
 
     net = resnet18(weights=None, norm_layer=norm_layer(norm))
@@ -210,7 +208,7 @@ def _resnet18_audio(norm: str = "batch") -> Tuple[nn.Module, int]:
     return nn.Sequential(conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3, net.layer4), 512
 
 
-def _small(in_channels: int, width: int, norm: str = "batch") -> Tuple[nn.Module, int]:
+def _small(in_channels: int, width: int, norm: str = "batch") -> tuple[nn.Module, int]:
     """A compact encoder with ResNet-18's output stride (32): a 4 x 4 patchify stem, then three
     stride-2 3 x 3 stages. ``width`` channels in the first stage, doubling to ``4 * width``;
     each conv but the last is followed by ``norm_layer(norm)`` and ReLU."""
@@ -286,14 +284,14 @@ class AudioVisualModel(nn.Module):
 
         return lvs_loss
 
-    def encode(self, image: Tensor, spectrogram: Tensor) -> Tuple[Tensor, Tensor]:
+    def encode(self, image: Tensor, spectrogram: Tensor) -> tuple[Tensor, Tensor]:
         """``img [B, C, h, w]`` and ``aud [B, C]``, both L2-normalised over ``C``."""
         img = F.normalize(self.img_proj(self.imgnet(image)), dim=1)
         aud = torch.amax(self.audnet(spectrogram), dim=(-2, -1))
         aud = F.normalize(self.aud_proj(aud), dim=1)
         return img, aud
 
-    def forward(self, image: Tensor, spectrogram: Tensor) -> Tuple[Tensor, Tensor]:
+    def forward(self, image: Tensor, spectrogram: Tensor) -> tuple[Tensor, Tensor]:
         img, aud = self.encode(image, spectrogram)
         loss = self.criterion(img, aud)
         with torch.no_grad():
@@ -312,7 +310,3 @@ def build_model(config: ModelConfig, load_pretrained: bool = True) -> AudioVisua
     ``config.pretrained`` and the ImageNet weights cannot be had (see :func:`imagenet_resnet18_state`)."""
     return AudioVisualModel(config, load_pretrained)
 
-
-def describe(config: ModelConfig) -> Dict[str, object]:
-    return {"model": config.model, "margin": config.margin, "backbone": config.backbone, "norm": config.norm,
-            "tau": TAU[config.model]}

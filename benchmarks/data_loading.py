@@ -1,7 +1,7 @@
 r"""Benchmark the training data loader against an upstream-style pipeline: ``python -m benchmarks.data_loading``.
 
 Per-item cost of one worker (``num_workers=0``: ``dataset[i]`` in this process, one torch thread,
-as a DataLoader worker runs), on VGGSound-like files written here: ``--clips`` centre frames of
+as a DataLoader worker runs), on VGGSound-like files written here: ``--clips`` center frames of
 ``640 x 360`` (written by ``baselines.prepare.save_frame``, as ``prepare`` writes them) with natural-image-like
 content (smooth shading, texture, sharp edges, a letterbox bar, sensor noise) and 10 s 16 kHz
 PCM-16 wavs.
@@ -11,7 +11,7 @@ Pipelines:
 - ``upstream``: the EZ-VSL training item written the upstream way (our code from its description,
   EZ-VSL ``datasets.py`` @ 95ff5bf): ``PIL.Image.open -> convert("RGB") -> Resize(246, bicubic) ->
   RandomCrop(224) -> RandomHorizontalFlip -> ToTensor -> Normalize(ImageNet)``; audio: soundfile
-  reads the centred 3 s (upstream seeks with PyAV and decodes 3 s), channels averaged, clipped,
+  reads the centered 3 s (upstream seeks with PyAV and decodes 3 s), channels averaged, clipped,
   tiled when short, ``scipy.signal.spectrogram(x, 16000, nperseg=512, noverlap=274)``,
   ``log(S + 1e-7)``, ``ToTensor``, ``Normalize(0, 12)``.
 - ``ours (full frames)``: ``baselines.data.AudioVisualDataset(split="train")`` on the same files, as
@@ -44,8 +44,8 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -94,7 +94,7 @@ def chroma_420(frame: np.ndarray) -> np.ndarray:
     return np.asarray(Image.merge("YCbCr", (y, cb, cr)).convert("RGB"))
 
 
-def make_clips(root: Path, n: int, seed: int = 0, stored_short_side: Optional[int] = None) -> List[str]:
+def make_clips(root: Path, n: int, seed: int = 0, stored_short_side: int | None = None) -> list[str]:
     """Write ``n`` clips ``root/frames/<id>.jpg`` (640 x 360, quality 95) + ``root/audio/<id>.wav``
     (10 s, 16 kHz, PCM-16) and the frame's pixels before JPEG ``root/source/<id>.npy``; with
     ``stored_short_side`` also ``root/small/frames/<id>.jpg``: the same
@@ -174,14 +174,14 @@ class UpstreamStyle:
 
 
 # --------------------------------------------------------------------------- output check
-def _image_stats(ours: torch.Tensor, ref: torch.Tensor) -> Dict[str, float]:
+def _image_stats(ours: torch.Tensor, ref: torch.Tensor) -> dict[str, float]:
     diff = (ours - ref).abs()
     grey = diff * torch.tensor(STD)[:, None, None] * 255.0
     return {"max": float(diff.max()), "sum": float(diff.sum()), "n": diff.numel(),
             "grey_max": float(grey.max()), "over_1": float((grey > 1.5).sum())}
 
 
-def compare_outputs(root: Path, ids: Sequence[str], small_root: Optional[Path]) -> Dict[str, dict]:
+def compare_outputs(root: Path, ids: Sequence[str], small_root: Path | None) -> dict[str, dict]:
     """Image and spectrogram differences, on every clip, for the crop and flip our dataset draws.
 
     Images: each of our pipelines against upstream's (its resize of the stored full frame, cropped
@@ -199,10 +199,10 @@ def compare_outputs(root: Path, ids: Sequence[str], small_root: Optional[Path]) 
         datasets["ours (stored 246)"] = AudioVisualDataset(small_root, list(ids), split="train")
     for ds in datasets.values():
         ds.set_epoch(0, 0)
-    acc: Dict[str, Dict[str, Dict[str, float]]] = {}
-    spec_max: Dict[str, float] = {k: 0.0 for k in datasets}
+    acc: dict[str, dict[str, dict[str, float]]] = {}
+    spec_max: dict[str, float] = {k: 0.0 for k in datasets}
 
-    def add(pipeline: str, against: str, st: Dict[str, float]) -> None:
+    def add(pipeline: str, against: str, st: dict[str, float]) -> None:
         empty = {"max": 0.0, "sum": 0.0, "n": 0, "grey_max": 0.0, "over_1": 0.0}
         a = acc.setdefault(pipeline, {}).setdefault(against, empty)
         for k in ("sum", "n", "over_1"):
@@ -232,7 +232,7 @@ def compare_outputs(root: Path, ids: Sequence[str], small_root: Optional[Path]) 
             add(name, "upstream", _image_stats(item["image"], ref_up))
             add(name, "source", _image_stats(item["image"], ref_src))
             spec_max[name] = max(spec_max[name], float((item["spectrogram"].double() - ref_spec).abs().max()))
-    out: Dict[str, dict] = {}
+    out: dict[str, dict] = {}
     for pipeline, by in acc.items():
         out[pipeline] = {"clips": len(ids)}
         for against, a in by.items():
@@ -246,14 +246,14 @@ def compare_outputs(root: Path, ids: Sequence[str], small_root: Optional[Path]) 
 
 
 # --------------------------------------------------------------------------- timing
-def time_pipelines(pipelines: Dict[str, Callable[[int], object]], n_items: int, n_clips: int, rounds: int,
-                   log: Callable[[str], None]) -> Dict[str, List[float]]:
+def time_pipelines(pipelines: dict[str, Callable[[int], object]], n_items: int, n_clips: int, rounds: int,
+                   log: Callable[[str], None]) -> dict[str, list[float]]:
     """Seconds per item of each pipeline, per round; items ``i % n_clips``, the order rotated per round."""
     names = list(pipelines)
     for f in pipelines.values():  # warm-up: imports, caches, page cache
         for i in range(min(n_clips, 4)):
             f(i)
-    per_round: Dict[str, List[float]] = {k: [] for k in names}
+    per_round: dict[str, list[float]] = {k: [] for k in names}
     pos = 0
     for r in range(rounds):
         order = names[r % len(names):] + names[:r % len(names)]
@@ -269,21 +269,21 @@ def time_pipelines(pipelines: Dict[str, Callable[[int], object]], n_items: int, 
 
 
 def cpu_name() -> str:
-    from .run import device_name
+    from .machine import device_name
 
     return device_name(torch.device("cpu"))
 
 
-def markdown(meta: dict, rows: List[dict], outputs: Dict[str, dict]) -> str:
+def markdown(meta: dict, rows: list[dict], outputs: dict[str, dict]) -> str:
     lines = [
         f"# Data loading, one worker: {meta['device']}",
         "",
         f"`{meta['command']}` -- {meta['date']}, torch {meta['torch']}, {meta['threads']} torch thread(s), "
-        f"{meta['clips']} VGGSound-like clips ({meta['frame']} JPEG q{JPEG_QUALITY} centre frames, "
+        f"{meta['clips']} VGGSound-like clips ({meta['frame']} JPEG q{JPEG_QUALITY} center frames, "
         f"{meta['audio']}), {meta['rounds']} rounds x {meta['items']} items, "
         f"load average {meta['load_before']} before, {meta['load_after']} after.",
         "",
-        "Per-item cost of `dataset[i]` (train split: decode, resize, random crop + flip, normalise; centred 3 s "
+        "Per-item cost of `dataset[i]` (train split: decode, resize, random crop + flip, normalise; centered 3 s "
         "log spectrogram). Ratio: median over rounds of the per-round ratio to upstream (interleaved in one "
         "process); range: min-max of the per-round ratios.",
         "",
@@ -321,7 +321,7 @@ def markdown(meta: dict, rows: List[dict], outputs: Dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.data_loading", description=__doc__.split("\n\n")[0])
     p.add_argument("--clips", type=int, default=64, help="clips written (default 64)")
     p.add_argument("--items", type=int, default=50, help="items per pipeline per round (default 50)")
@@ -334,7 +334,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> dict:
+def main(argv: Sequence[str] | None = None) -> dict:
     args = parse_args(argv)
     for name in ("clips", "items", "rounds", "threads"):
         if getattr(args, name) < 1:
@@ -350,7 +350,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         torch.set_num_threads(threads)
 
 
-def _main(args: argparse.Namespace, argv: Optional[Sequence[str]], root: Path) -> dict:
+def _main(args: argparse.Namespace, argv: Sequence[str] | None, root: Path) -> dict:
     from baselines.data import AudioVisualDataset
 
     def log(msg: str) -> None:
@@ -383,7 +383,7 @@ def _main(args: argparse.Namespace, argv: Optional[Sequence[str]], root: Path) -
     up = UpstreamStyle()
     ours = AudioVisualDataset(root, ids, split="train")
     ours.set_epoch(0, 0)
-    pipelines: Dict[str, Callable[[int], object]] = {
+    pipelines: dict[str, Callable[[int], object]] = {
         "upstream": lambda i: up.item(root / "frames" / f"{ids[i]}.jpg", root / "audio" / f"{ids[i]}.wav"),
         "ours (full frames)": ours.__getitem__,
     }

@@ -502,13 +502,13 @@ def _loader(config, world_size: int = 1, rank: int = 0):
     """The trainer's epoch-0 loader over the training set (its dataset, sampler and collate)."""
     from torch.utils.data import DataLoader
 
-    from baselines.data import collate
+    from baselines.data import collate_batch
     from baselines.train import GlobalBatchSampler, build_train_set
 
     train_set = build_train_set(config)
     train_set.set_epoch(0, config.seed)
     sampler = GlobalBatchSampler(len(train_set), config.batch_size, world_size, rank, config.seed)
-    loader = DataLoader(train_set, batch_sampler=sampler, num_workers=config.workers, collate_fn=collate,
+    loader = DataLoader(train_set, batch_sampler=sampler, num_workers=config.workers, collate_fn=collate_batch,
                         pin_memory=config.device == "cuda")
     return train_set, loader
 
@@ -744,7 +744,7 @@ def _run_worker(name: str, config_path: Path, result_path: Path) -> int:
 
 
 def device_meta(device: torch.device) -> dict[str, Any]:
-    from .run import device_name
+    from .machine import device_name
 
     meta: dict[str, Any] = {
         "device": device_name(device),

@@ -30,13 +30,11 @@ import argparse
 import datetime
 import json
 import os
-import platform
-import re
 import statistics
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -46,6 +44,7 @@ import marginnce_loss
 from marginnce_loss import LocalizationMarginNCE
 
 from . import upstream_style
+from .machine import device_name  # noqa: F401 (benchmarks.run.device_name keeps working)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MARGIN = -0.2
@@ -56,24 +55,6 @@ FORMULATIONS = {
 
 
 # --------------------------------------------------------------------------- helpers
-def device_name(device: torch.device) -> str:
-    """``cuda-<gpu name>`` or ``cpu-<cpu model>``, lower-case, for file names."""
-    if device.type == "cuda":
-        raw = torch.cuda.get_device_name(device)
-    else:
-        raw = platform.processor() or "unknown"
-        try:
-            for line in Path("/proc/cpuinfo").read_text().splitlines():
-                if line.startswith("model name"):
-                    raw = line.split(":", 1)[1]
-                    break
-        except OSError:
-            pass
-        raw = re.sub(r"\((R|TM|tm|r)\)|\bCPU\b|@.*$", " ", raw)
-    slug = re.sub(r"[^a-z0-9]+", "-", raw.lower()).strip("-")
-    return f"{device.type}-{slug}"
-
-
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -90,9 +71,9 @@ def features(b: int, c: int, h: int, w: int, device: torch.device, seed: int = 0
     return img.requires_grad_(), aud.to(device).requires_grad_()
 
 
-def loss_functions(backends: Sequence[str]) -> Dict[str, Dict[str, Callable[[Tensor, Tensor], Tensor]]]:
+def loss_functions(backends: Sequence[str]) -> dict[str, dict[str, Callable[[Tensor, Tensor], Tensor]]]:
     """``{formulation: {variant: loss(img, aud)}}``."""
-    out: Dict[str, Dict[str, Callable[[Tensor, Tensor], Tensor]]] = {
+    out: dict[str, dict[str, Callable[[Tensor, Tensor], Tensor]]] = {
         "max-MIL": {"upstream": lambda i, a: upstream_style.ezvsl_loss(i, a, 0.03, MARGIN)},
         "eq1": {"upstream": lambda i, a: upstream_style.eq1_loss(i, a, 0.65, 0.03, 0.07, MARGIN)},
     }
@@ -156,10 +137,10 @@ def peak_bytes(fn: Callable[[], object], device: torch.device) -> int:
     return int(peak)
 
 
-def interleaved(fns: Dict[str, Callable[[], object]], repeats: int, device: torch.device) -> Dict[str, List[float]]:
+def interleaved(fns: dict[str, Callable[[], object]], repeats: int, device: torch.device) -> dict[str, list[float]]:
     """``repeats`` rounds; each round times every function once, starting at a rotating offset."""
     names = list(fns)
-    times: Dict[str, List[float]] = {n: [] for n in names}
+    times: dict[str, list[float]] = {n: [] for n in names}
     for r in range(repeats):
         for k in range(len(names)):
             name = names[(r + k) % len(names)]
@@ -167,7 +148,7 @@ def interleaved(fns: Dict[str, Callable[[], object]], repeats: int, device: torc
     return times
 
 
-def median_ratio(num: List[float], den: List[float]) -> float:
+def median_ratio(num: list[float], den: list[float]) -> float:
     return statistics.median(n / d for n, d in zip(num, den))
 
 
@@ -188,14 +169,14 @@ def bench_losses(
     device: torch.device,
     channels_last: bool,
     log: Callable[[str], None],
-) -> List[dict]:
+) -> list[dict]:
     rows = []
     losses = loss_functions(backends)
     for formulation, variants in losses.items():
         for hw_side in spatial:
             for b in batch_sizes:
                 img, aud = features(b, channels, hw_side, hw_side, device, seed=b, channels_last=channels_last)
-                fns: Dict[str, Callable[[], object]] = {name: fwd_bwd(fn, img, aud) for name, fn in variants.items()}
+                fns: dict[str, Callable[[], object]] = {name: fwd_bwd(fn, img, aud) for name, fn in variants.items()}
                 fns["floor"] = floor_function(formulation, b, channels, hw_side * hw_side, device)
                 # warm up (compiles the compiled backend) and check every variant against upstream
                 reference = None
@@ -274,7 +255,7 @@ class ReferenceModel(nn.Module):
 
 def bench_train_step(
     batch: int, image: int, spec: Sequence[int], backends: Sequence[str], repeats: int, device: torch.device, log: Callable[[str], None]
-) -> List[dict]:
+) -> list[dict]:
     try:
         model = ReferenceModel().to(device)
     except ImportError as error:  # torchvision is the "baselines" extra
@@ -299,7 +280,7 @@ def bench_train_step(
     with torch.no_grad():
         img0, aud0 = model(frames, spectrogram)
     img0, aud0 = img0.detach().requires_grad_(), aud0.detach().requires_grad_()
-    fns: Dict[str, Callable[[], object]] = {}
+    fns: dict[str, Callable[[], object]] = {}
     for name, loss_fn in variants.items():
         fns[f"step/{name}"] = train_step(loss_fn)
         fns[f"loss/{name}"] = fwd_bwd(loss_fn, img0, aud0)
@@ -326,7 +307,7 @@ def bench_train_step(
 
 
 # --------------------------------------------------------------------------- report
-def markdown(meta: dict, rows: List[dict], train: List[dict]) -> str:
+def markdown(meta: dict, rows: list[dict], train: list[dict]) -> str:
     lines = [
         f"# Loss benchmark: {meta['device']}",
         "",
@@ -366,7 +347,7 @@ def markdown(meta: dict, rows: List[dict], train: List[dict]) -> str:
     return "\n".join(lines)
 
 
-def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="B in {64, 128}, 7x7 only, fewer rounds")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=None, help="default: 64 128 256 512")
@@ -390,7 +371,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> dict:
+def main(argv: Sequence[str] | None = None) -> dict:
     args = parse_args(argv)
     threads = torch.get_num_threads()
     if args.threads is not None:
@@ -401,7 +382,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         torch.set_num_threads(threads)
 
 
-def _main(args: argparse.Namespace, argv: Optional[Sequence[str]]) -> dict:
+def _main(args: argparse.Namespace, argv: Sequence[str] | None) -> dict:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     batch_sizes = args.batch_sizes or ([64, 128] if args.quick else [64, 128, 256, 512])
     spatial = args.spatial or ([7] if args.quick else [7, 14])

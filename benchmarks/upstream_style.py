@@ -1,4 +1,6 @@
-"""The two loss formulations written the way the upstream code computes them (SPEC section 4).
+"""The two loss formulations written the way the upstream code computes them (EZ-VSL ``model.py``
+``EZVSL.max_xmil_loss``, stoneMo/EZ-VSL@95ff5bf; LVS ``model.py`` ``AVENet.forward``,
+hche11/Localizing-Visual-Sounds-the-Hard-Way@8fe8cbb).
 
 Our own code from the formulas, not upstream's: plain autograd on a dense ``[B, B, H, W]``
 response tensor built with ``einsum``, as the EZ-VSL and LVS loss sites do. These are the

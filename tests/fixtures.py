@@ -1,4 +1,4 @@
-"""A tiny audio-visual dataset in the real on-disk layout (SPEC section 6), written by the tests.
+"""A tiny audio-visual dataset in the real on-disk layout (:mod:`baselines.layout`), written by the tests.
 
     <root>/frames/<id>.jpg   the clip's frame (JPEG)
     <root>/audio/<id>.wav    16 kHz mono PCM
@@ -19,14 +19,16 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, List
+from typing import Any
 
 import numpy as np
+
+from baselines.data.audio import SAMPLE_RATE
+from baselines.layout import audio_path, frame_path, make_dirs
 
 N_CLASSES = 4
 COLOURS = ((230, 40, 40), (40, 200, 60), (50, 80, 230), (240, 220, 40))
 TONES_HZ = (330.0, 660.0, 1320.0, 2640.0)
-SAMPLE_RATE = 16000
 
 
 @dataclass(frozen=True)
@@ -34,8 +36,8 @@ class AVFixture:
     """Paths and ids of a dataset written by :func:`make_av_dataset`."""
 
     root: Path
-    train_ids: List[str]
-    test_ids: List[str]
+    train_ids: list[str]
+    test_ids: list[str]
     boxes: dict = field(default_factory=dict)  # test id -> [[x0, y0, x1, y1]] (normalised)
 
     @property
@@ -51,10 +53,10 @@ class AVFixture:
         return self.root / "vggss.json"
 
     def frame(self, clip_id: str) -> Path:
-        return self.root / "frames" / f"{clip_id}.jpg"
+        return frame_path(self.root, clip_id)
 
     def audio(self, clip_id: str) -> Path:
-        return self.root / "audio" / f"{clip_id}.wav"
+        return audio_path(self.root, clip_id)
 
 
 def _clip(rng: np.random.Generator, label: int, height: int, width: int, seconds: float):
@@ -79,18 +81,17 @@ def make_av_dataset(root: Path, n_train: int = 16, n_test: int = 8, seed: int = 
     from PIL import Image
 
     root = Path(root)
-    (root / "frames").mkdir(parents=True, exist_ok=True)
-    (root / "audio").mkdir(exist_ok=True)
+    make_dirs(root)
     rng = np.random.default_rng(seed)
     train_ids = [f"tr{i:03d}_{10 * i:06d}" for i in range(n_train)]
     test_ids = [f"te{i:03d}_{10 * i:06d}" for i in range(n_test)]
     boxes = {}
-    entries: List[dict[str, Any]] = []
+    entries: list[dict[str, Any]] = []
     for k, clip_id in enumerate(train_ids + test_ids):
         label = k % N_CLASSES
         frame, wave, box = _clip(rng, label, height, width, seconds)
-        Image.fromarray(frame).save(root / "frames" / f"{clip_id}.jpg", quality=90)
-        sf.write(str(root / "audio" / f"{clip_id}.wav"), wave, SAMPLE_RATE, subtype="PCM_16")
+        Image.fromarray(frame).save(frame_path(root, clip_id), quality=90)
+        sf.write(str(audio_path(root, clip_id)), wave, SAMPLE_RATE, subtype="PCM_16")
         if clip_id in test_ids:
             boxes[clip_id] = [box]
             entries.append({"file": clip_id, "class": f"class{label}", "bbox": [box]})
@@ -124,12 +125,9 @@ def train_config(fx: AVFixture, **overrides: Any):
     return TrainConfig(**values)
 
 
-def train_argv(fx: AVFixture, out: Path, *extra: str) -> List[str]:
-    """The ``python -m baselines.train`` arguments of :func:`train_config`'s defaults (plus ``extra``)."""
-    return [
-        "--model", "reference", "--margin", "-0.2", "--backbone", "small", "--width", "8", "--dim", "32",
-        "--epochs", "2", "--batch-size", "4", "--lr", "1e-3", "--cache", "--no-progress",
-        "--train-root", str(fx.root), "--train-list", str(fx.train_list),
-        "--test-root", str(fx.root), "--test-list", str(fx.test_list), "--annotations", str(fx.annotations),
-        "--out", str(out), *extra,
-    ]
+def train_argv(fx: AVFixture, out: Path, *extra: str) -> list[str]:
+    """The ``python -m baselines.train`` arguments of :func:`train_config` (derived from the config by
+    :func:`baselines.training.config.config_argv`), without progress bars, plus ``extra``."""
+    from baselines.training.config import config_argv
+
+    return [*config_argv(train_config(fx)), "--no-progress", "--out", str(out), *extra]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import configparser
 import importlib
+import json
 import os
 import subprocess
 import sys
@@ -164,7 +165,7 @@ def test_a_run_folder_is_not_overwritten(fx: AVFixture, trained: Path, tmp_path:
     (copy / "tensorboard").mkdir()
     (copy / "tensorboard" / "events.out.tfevents.old").write_bytes(b"old")
     assert train_cli.main(train_argv(fx, copy, "--epochs", "1", "--margin", "0", "--overwrite")) == 0
-    assert train_cli.TrainConfig.from_dict(train_cli.json.loads((copy / "config.json").read_text())).margin == 0.0
+    assert train_cli.TrainConfig.from_dict(json.loads((copy / "config.json").read_text())).margin == 0.0
     assert not (copy / "tensorboard").exists()
     # an empty folder is no run
     empty = tmp_path / "empty"

@@ -13,7 +13,7 @@ sf = pytest.importorskip("soundfile")
 
 from baselines.data.audio import (  # noqa: E402
     CLIP_SAMPLES,
-    centre_crop,
+    center_crop,
     load_spectrogram,
     load_waveform,
     log_spectrogram,
@@ -116,18 +116,18 @@ def test_spectrogram_input_errors():
         log_spectrogram(torch.zeros(511))
 
 
-def test_centre_crop_long_and_short():
+def test_center_crop_long_and_short():
     x = np.arange(10.0)
-    np.testing.assert_array_equal(centre_crop(x, 4), [3, 4, 5, 6])  # start (10 - 4) // 2 = 3
-    np.testing.assert_array_equal(centre_crop(x, 5), [2, 3, 4, 5, 6])  # start (10 - 5) // 2 = 2
-    np.testing.assert_array_equal(centre_crop(x, 10), x)
-    np.testing.assert_array_equal(centre_crop(np.array([1.0, 2.0, 3.0]), 7), [1, 2, 3, 1, 2, 3, 1])
-    t = centre_crop(torch.tensor([1.0, 2.0]), 5)
+    np.testing.assert_array_equal(center_crop(x, 4), [3, 4, 5, 6])  # start (10 - 4) // 2 = 3
+    np.testing.assert_array_equal(center_crop(x, 5), [2, 3, 4, 5, 6])  # start (10 - 5) // 2 = 2
+    np.testing.assert_array_equal(center_crop(x, 10), x)
+    np.testing.assert_array_equal(center_crop(np.array([1.0, 2.0, 3.0]), 7), [1, 2, 3, 1, 2, 3, 1])
+    t = center_crop(torch.tensor([1.0, 2.0]), 5)
     assert isinstance(t, torch.Tensor) and t.tolist() == [1, 2, 1, 2, 1]
     with pytest.raises(ValueError, match="1-D"):
-        centre_crop(np.zeros((2, 10)), 4)
+        center_crop(np.zeros((2, 10)), 4)
     with pytest.raises(ValueError, match="empty"):
-        centre_crop(np.zeros(0), 4)
+        center_crop(np.zeros(0), 4)
 
 
 def _write(path, data, sr=FS, subtype="PCM_16"):
@@ -135,7 +135,7 @@ def _write(path, data, sr=FS, subtype="PCM_16"):
     return path
 
 
-def test_load_waveform_centre_mono(tmp_path):
+def test_load_waveform_center_mono(tmp_path):
     n = 5 * FS
     left = np.linspace(-0.5, 0.5, n)
     right = np.full(n, 0.25)

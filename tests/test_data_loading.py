@@ -91,7 +91,7 @@ def test_resize_frame_errors_and_pass_through():
         resize_frame(Image.new("L", (10, 10)), "train")
     with pytest.raises(ValueError, match="split must be"):
         resized_size(10, 10, "val")
-    with pytest.raises(ValueError, match="height must be a positive int"):
+    with pytest.raises(ValueError, match="height: expected an int >= 1"):
         resized_size(0, 10, "train")
 
 

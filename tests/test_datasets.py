@@ -22,7 +22,6 @@ from baselines.data import (  # noqa: E402
     DataError,
     DataFailureTracker,
     FailedSample,
-    collate,
     collate_batch,
     gt_map,
     image_transform,
@@ -128,7 +127,7 @@ def test_set_epoch_draws_depend_on_seed_epoch_and_clip_only(tmp_path):
     other.set_epoch(1, seed=7)
     assert torch.equal(other[0]["image"], a[2])
     # DataLoader worker processes draw the same images
-    loader = DataLoader(ds, batch_size=2, num_workers=2, collate_fn=collate)
+    loader = DataLoader(ds, batch_size=2, num_workers=2, collate_fn=collate_batch)
     assert torch.equal(torch.cat([batch["image"] for batch in loader]), torch.stack(a))
     # the draw is augment_frame with the clip's generator, seeded by derive_seed(seed, "augment", epoch, id)
     g = torch.Generator().manual_seed(derive_seed(7, "augment", 1, ids[3]))
@@ -143,9 +142,9 @@ def test_set_epoch_draws_depend_on_seed_epoch_and_clip_only(tmp_path):
     first = test[0]["image"]
     test.set_epoch(5, seed=1)
     assert torch.equal(test[0]["image"], first)
-    with pytest.raises(ValueError, match="set_epoch: epoch must be an int >= 0, got -1"):
+    with pytest.raises(ValueError, match="epoch: expected an int >= 0, got -1"):
         ds.set_epoch(-1, 0)
-    with pytest.raises(ValueError, match="set_epoch: seed must be an int >= 0, got 1.0"):
+    with pytest.raises(TypeError, match="seed: expected an int, got float 1.0"):
         ds.set_epoch(0, 1.0)
     with pytest.raises(TypeError, match="generator must be a torch.Generator or None, got int"):
         augment_frame(frame3, "train", 224, generator=3)
@@ -198,7 +197,7 @@ def test_broken_files_become_sentinels_never_substitutes(tmp_path):
     assert bad_img.reason.startswith("frame does not decode: UnidentifiedImageError")
     assert ds.failures.count == 2
     ds.failures.check()  # 2 allowed
-    batch = collate([ds[i] for i in range(4)])
+    batch = collate_batch([ds[i] for i in range(4)])
     assert batch["id"] == [ids[1], ids[2]] and batch["image"].shape == (2, 3, 224, 224)
     assert batch["spectrogram"].shape == (2, 1, 257, 200)
     assert [f.id for f in batch["failures"]] == [ids[0], ids[3]]
@@ -217,7 +216,7 @@ def test_failures_in_loader_workers_reach_the_main_process(tmp_path, workers):
     _break(root, ids)
     ds = AudioVisualDataset(root, ids, split="test", max_failures=0.01)
     seen, reported = [], []
-    loader = DataLoader(ds, batch_size=2, num_workers=workers, collate_fn=collate)
+    loader = DataLoader(ds, batch_size=2, num_workers=workers, collate_fn=collate_batch)
     for batch in loader:
         if batch is None:
             continue

@@ -113,12 +113,12 @@ def test_margin_reaches_the_loss() -> None:
     (dict(pretrained=True, norm="group"), ValueError, r"pretrained: the ImageNet weights are for norm 'batch'"),
     (dict(width=1), ValueError, r"width: expected an int >= 2, got 1"),
     (dict(dim=0), ValueError, r"dim: expected an int >= 1, got 0"),
-    (dict(dim=32.0), ValueError, r"dim: expected an int >= 1, got 32.0"),
+    (dict(dim=32.0), TypeError, r"dim: expected an int, got float 32.0"),
     (dict(margin=float("nan")), ValueError, r"margin: expected a finite float, got nan"),
-    (dict(beta=0.0), ValueError, r"beta: expected a float > 0, got 0.0"),
+    (dict(beta=0.0), ValueError, r"beta: expected a finite float > 0, got 0.0"),
     (dict(gather_distributed=1), TypeError, r"gather_distributed: expected a bool, got int 1"),
     (dict(visual_weights="w.pth"), ValueError, r"visual_weights: a file of ImageNet weights for pretrained=True"),
-    (dict(pretrained=True, visual_weights=3), TypeError, r"visual_weights: expected a str path, got int 3"),
+    (dict(pretrained=True, visual_weights=3), TypeError, r"visual_weights: expected a str, got int 3"),
 ])
 def test_model_config_errors(kwargs, error, message) -> None:
     with pytest.raises(error, match=message):

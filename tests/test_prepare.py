@@ -2,7 +2,7 @@
 
 Each synthetic clip has frames whose colour encodes the frame index
 (``R = 8 i, G = 255 - 8 i, B = 128``) and audio with a known signal at a rate that is not
-16 kHz, so the saved centre frame, the resampled audio's rate, length, frequency and
+16 kHz, so the saved center frame, the resampled audio's rate, length, frequency and
 time alignment can all be checked against what was encoded.
 """
 
@@ -165,7 +165,7 @@ def peak_frequency(x: np.ndarray, rate: int) -> float:
 # prepare: outputs
 
 
-def test_prepare_writes_centre_frame_and_16k_mono_audio(videos, tmp_path):
+def test_prepare_writes_center_frame_and_16k_mono_audio(videos, tmp_path):
     folder, specs = videos
     report = P.prepare(folder, tmp_path, ids=list(specs), progress=False)
     assert report["done"] == sorted(specs)
@@ -188,7 +188,7 @@ def test_prepare_writes_centre_frame_and_16k_mono_audio(videos, tmp_path):
 
 
 @pytest.mark.parametrize("acodec, rate, tol", [("pcm_s16le", 22050, 2e-3), ("aac", 44100, 0.05)])
-def test_audio_window_is_centred_on_the_centre_frame(tmp_path, acodec, rate, tol):
+def test_audio_window_is_centered_on_the_center_frame(tmp_path, acodec, rate, tol):
     video = write_video(tmp_path / f"sweep.{'mkv' if acodec != 'aac' else 'mp4'}", acodec=acodec, rate=rate,
                         signal_fn=chirp)
     clip = P.decode_clip(video, audio_seconds=1.0)
@@ -204,11 +204,11 @@ def test_audio_window_is_centred_on_the_centre_frame(tmp_path, acodec, rate, tol
 
 def test_audio_window_slides_inwards_at_the_stream_ends(tmp_path):
     video = write_video(tmp_path / "sweep.mkv", acodec="pcm_s16le", rate=22050, signal_fn=chirp)
-    clip = P.decode_clip(video, audio_seconds=2.5)  # centred would be 0.25 .. 2.75 s: fits
+    clip = P.decode_clip(video, audio_seconds=2.5)  # centered would be 0.25 .. 2.75 s: fits
     assert (clip.window_start, len(clip.audio)) == (4000, 40000)
     clip = P.decode_clip(video, audio_seconds=10.0)  # longer than the stream: whole stream
     assert (clip.window_start, len(clip.audio)) == (0, 48000)
-    # frame at 1.5 s, audio 0 .. 4 s: a 3.5 s window centred on 1.5 s would start at -0.25 s,
+    # frame at 1.5 s, audio 0 .. 4 s: a 3.5 s window centered on 1.5 s would start at -0.25 s,
     # so it slides to the start and keeps its length
     video = write_video(tmp_path / "long_audio.mkv", audio_seconds=4.0, acodec="pcm_s16le", rate=22050,
                         signal_fn=chirp)
@@ -222,16 +222,16 @@ def test_audio_window_slides_inwards_at_the_stream_ends(tmp_path):
 
 @given(
     n=st.integers(0, 5000),
-    centre=st.integers(-100, 5100),
+    center=st.integers(-100, 5100),
     length=st.integers(1, 6000),
 )
-def test_audio_window_properties(n, centre, length):
-    start, stop = P.audio_window(n, centre, length)
+def test_audio_window_properties(n, center, length):
+    start, stop = P.audio_window(n, center, length)
     width = min(length, n)
     assert 0 <= start <= stop <= n and stop - start == width
-    if width // 2 <= centre <= n - (width - width // 2):
-        assert start == centre - width // 2  # centred whenever it fits
-    elif centre < width // 2:
+    if width // 2 <= center <= n - (width - width // 2):
+        assert start == center - width // 2  # centered whenever it fits
+    elif center < width // 2:
         assert start == 0
     else:
         assert stop == n
@@ -263,7 +263,7 @@ def test_failures_are_reported_with_reasons_and_never_stop_the_run(videos, tmp_p
         assert reasons[clip_id].startswith(kind), (clip_id, reasons[clip_id])
     assert reasons["not_downloaded"].startswith("missing video")
     assert "0.500 s of audio" in reasons["short_audio"]
-    assert "misses the centre frame at 5.000 s" in reasons["late_frame"]
+    assert "misses the center frame at 5.000 s" in reasons["late_frame"]
     summary = capsys.readouterr().out.strip().splitlines()[-1]
     assert summary.startswith(f"prepare: {len(ids)} clips: 3 done, 0 skipped, 7 failed")
     for clip_id in reasons:  # a failed clip leaves nothing behind

@@ -144,7 +144,7 @@ class VideoCase:
 
     ``outcome`` is ``"prepared"`` or the start of the failure reason.  For prepared clips
     ``window`` / ``frame_time`` are the expected report values (seconds), ``frame`` the index of
-    the expected centre frame in the file.
+    the expected center frame in the file.
     """
 
     clip_id: str
@@ -178,7 +178,7 @@ VIDEO_CASES = [
     VideoCase("pcm8k_mono", ".mkv", lambda p: write_video(p, 3.0, audio=Audio("pcm_s16le", 8000, "mono")),
               "prepared", ("libx264",), window=(0.0, 3.0), frame_time=1.4, frame=7, audio_tol=2e-3),
     # 5.1 -> mono: FFmpeg's down-mix matrix scales the sum (0.52 here for 0.4 in each channel), and
-    # AAC at its default bit rate for six channels is coarse: the frequency at the centre is checked
+    # AAC at its default bit rate for six channels is coarse: the frequency at the center is checked
     VideoCase("aac48k_5.1", ".mp4", lambda p: write_video(p, 3.0, audio=Audio("aac", 48000, "5.1")),
               "prepared", ("libx264", "aac"), window=(0.0, 3.0), frame_time=1.4, frame=7, audio_tol=None),
     VideoCase("mp3_44k_stereo", ".avi",
@@ -189,7 +189,7 @@ VIDEO_CASES = [
               "prepared", ("libvpx", "libopus"), frame=7, audio_tol=None),
     VideoCase("pcm48k_stereo", ".mov", lambda p: write_video(p, 3.0, audio=Audio("pcm_s16le", 48000, "stereo")),
               "prepared", ("libx264",), window=(0.0, 3.0), frame_time=1.4, frame=7, audio_tol=2e-3),
-    # variable frame rate: the centre frame is the middle one by count (index 15 at 0.75 s), not the
+    # variable frame rate: the center frame is the middle one by count (index 15 at 0.75 s), not the
     # frame at the middle of the duration (4.6 s / 2)
     VideoCase("vfr", ".mkv", lambda p: write_video(p, None, frame_times=VFR_TIMES,
                                                    audio=Audio("pcm_s16le", 16000, "mono", seconds=5.0)),
@@ -260,16 +260,16 @@ def test_video_case_outcome(prepared, case):
         assert error.max() < case.audio_tol
         shifted = sweep(start + 0.01 + np.arange(len(audio)) / 16000)
         assert np.abs(audio - shifted)[64:-64].max() > 2 * case.audio_tol  # pins the position
-    else:  # MP3 / Opus move the signal by their encoder delay, 5.1 is scaled: the frequency at the centre
-        centre = len(audio) // 2
-        piece = audio[centre - 4000:centre + 4000]
+    else:  # MP3 / Opus move the signal by their encoder delay, 5.1 is scaled: the frequency at the center
+        center = len(audio) // 2
+        piece = audio[center - 4000:center + 4000]
         spectrum = np.abs(np.fft.rfft(piece * np.hanning(len(piece))))
         peak = np.fft.rfftfreq(len(piece), 1 / 16000)[spectrum.argmax()]
-        t_mid = start + centre / 16000
+        t_mid = start + center / 16000
         assert abs(peak - (200 + 20 * t_mid)) < 6.0
 
 
-def test_untrimmed_window_is_the_id_clip_and_not_the_file_centre(prepared):
+def test_untrimmed_window_is_the_id_clip_and_not_the_file_center(prepared):
     """The issue's case: a 30 s download named ..._000002 gives the frame at 7 s and audio 2-12 s."""
     _, out, report, cases = prepared
     if "untrimmedAA_000002" not in cases:

@@ -1,4 +1,4 @@
-"""The embedded synthetic dataset (baselines/data/synthetic.py) and the VGG-SS box statistics (box_stats.py)."""
+"""The embedded synthetic dataset (baselines/data/synthetic/) and the VGG-SS box statistics (box_stats.py)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from baselines.data.box_stats import (
     DEFAULT_STATS_PATH,
     QUANTILE_LEVELS,
     box_statistics,
-    centre_prior_summary,
+    center_prior_summary,
     load_box_stats,
 )
 from baselines.data.synthetic import (
@@ -122,7 +122,7 @@ def test_stored_corners_truncate_to_the_drawn_pixels() -> None:
     # k / size * size can fall just below k (61, 115, 122 for 224); the stored float must not
     for size in (32, 100, 224, 256, 257, 300):
         for k in range(size + 1):
-            x = syn._pixel_to_fraction(k, size)
+            x = syn.writer._pixel_to_fraction(k, size)
             assert 0.0 <= x <= 1.0 and int(x * size) == k
             assert abs(x - k / size) <= 4e-16
 
@@ -190,7 +190,7 @@ def test_every_shape_reaches_the_four_sides_of_its_box(shape: str, w: int, h: in
     xs, ys = np.arange(w) + 0.5, np.arange(h) + 0.5
     u = ((xs - w / 2) / (w / 2))[None, :]
     v = ((ys - h / 2) / (h / 2))[:, None]
-    m = syn._shape_mask(shape, u, v, 1.0 / w, 1.0 / h)
+    m = syn.image._shape_mask(shape, u, v, 1.0 / w, 1.0 / h)
     assert m.shape == (h, w)
     assert m[0].any() and m[-1].any() and m[:, 0].any() and m[:, -1].any()
     assert m.mean() >= 0.45  # triangle, diamond and hourglass fill half of a large box
@@ -247,7 +247,7 @@ def test_box_sizes_follow_the_shipped_vggss_quantiles(tiny_root: Path) -> None:
         assert _ks_distance(sample, cdf) < tol
     stats = load_box_stats()
     area_q = np.asarray(stats["union_area_fraction"])
-    d_area = _ks_distance(w * h, lambda x: syn._quantile_cdf(area_q, levels, x))
+    d_area = _ks_distance(w * h, lambda x: syn.plan._quantile_cdf(area_q, levels, x))
     assert d_area < 1.95 / math.sqrt(n) + 0.04
     # the boxes of the files are these boxes
     tiny_boxes = sounding_boxes(TINY, "test")
@@ -265,15 +265,15 @@ def test_position_law_follows_centre_bias() -> None:
     n, size, box = 20000, 224, 24
     for bias in (0.0, -0.5, 0.5):
         g = (1 + bias) / (1 - bias)
-        t = 2.0 * syn._box_position(rng, box, size, bias, n) / (size - box) - 1.0
+        t = 2.0 * syn.image._box_position(rng, box, size, bias, n) / (size - box) - 1.0
         expected = 1.0 / (1.0 + g)
         sd = math.sqrt(1.0 / (1.0 + 2.0 * g) - expected**2)  # E t^2 = 1 / (1 + 2g)
         assert abs(np.abs(t).mean() - expected) < 4 * sd / math.sqrt(n) + 1.0 / (size - box)
 
 
 @pytest.mark.slow
-def test_centred_prior_scores_clearly_below_real_vggss() -> None:
-    """The no-model centred map must not come close to what localisation can reach.
+def test_centered_prior_scores_clearly_below_real_vggss() -> None:
+    """The no-model centered map must not come close to what localisation can reach.
 
     On real VGG-SS it scores cIoU 34.0 (ceiling 50.5, shipped statistics). With the
     default edge bias it must score at least 3 standard errors lower, while the
@@ -282,8 +282,8 @@ def test_centred_prior_scores_clearly_below_real_vggss() -> None:
     """
     config = PRESETS["default"]
     boxes = np.concatenate([sounding_boxes(config, "train"), sounding_boxes(config, "test")])
-    as_fractions = [[syn._box_fractions(tuple(b), 224)] for b in boxes.tolist()]
-    ours = centre_prior_summary(as_fractions)
+    as_fractions = [[syn.writer._box_fractions(tuple(b), 224)] for b in boxes.tolist()]
+    ours = center_prior_summary(as_fractions)
     real = load_box_stats()
     n = len(boxes)
     p = ours["centre_prior"]["ciou"] / 100.0
@@ -345,7 +345,7 @@ def test_open_set_split(tiny_root: Path) -> None:
 
 @pytest.mark.slow
 def test_audio_class_signature_is_recoverable(tiny_root: Path) -> None:
-    """Nearest class centroid of time-averaged log spectrograms (SPEC 6 front end), clean clips only."""
+    """Nearest class centroid of time-averaged log spectrograms (the audio front end of baselines.data.audio), clean clips only."""
     objects = _objects(tiny_root)
     faulty = read_meta(tiny_root)["faulty_positives"]
 
@@ -385,7 +385,7 @@ def test_cache_is_reused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     def no_regeneration(*args, **kwargs):
         raise AssertionError("the cached dataset was generated again")
 
-    monkeypatch.setattr(syn, "_populate", no_regeneration)
+    monkeypatch.setattr(syn.writer, "_populate", no_regeneration)
     assert ensure_dataset(tmp_path, config=MINI) == path
     assert {p: p.stat().st_mtime_ns for p in path.rglob("*")} == stamps
     # another config is another directory
@@ -406,7 +406,7 @@ def test_default_cache_location(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 
 def test_failed_generation_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
-    real_write = syn._write_clip
+    real_write = syn.writer._write_clip
 
     def failing(*args, **kwargs):
         calls.append(1)
@@ -414,7 +414,7 @@ def test_failed_generation_leaves_nothing(tmp_path: Path, monkeypatch: pytest.Mo
             raise RuntimeError("disk full")
         return real_write(*args, **kwargs)
 
-    monkeypatch.setattr(syn, "_write_clip", failing)
+    monkeypatch.setattr(syn.writer, "_write_clip", failing)
     with pytest.raises(RuntimeError, match="disk full"):
         generate(tmp_path / "ds", MINI, workers=1)
     assert list(tmp_path.iterdir()) == []  # neither the dataset nor its temporary directory

@@ -48,7 +48,7 @@ pytest.importorskip("PIL")
 pytest.importorskip("torchvision")
 pytest.importorskip("tqdm")
 
-from baselines.data import DataError, collate  # noqa: E402
+from baselines.data import DataError, collate_batch  # noqa: E402
 from baselines.train import (  # noqa: E402
     GlobalBatchSampler,
     build_train_model,
@@ -226,7 +226,7 @@ def test_lvs_under_ddp_uses_rank_local_negatives(runs: Dict[str, Any]) -> None:
     data.set_epoch(0, config.seed)
     sampler = GlobalBatchSampler(len(data), config.batch_size, seed=config.seed)
     sampler.set_epoch(0)
-    batch = collate([data[i] for i in next(iter(sampler))])
+    batch = collate_batch([data[i] for i in next(iter(sampler))])
     img, aud = model.encode(batch["image"], batch["spectrogram"])
     half = config.batch_size // WORLD
     loss = sum(model.criterion(img[s:s + half], aud[s:s + half]) for s in range(0, config.batch_size, half)) / WORLD

@@ -1,6 +1,6 @@
 """The one rule that decides whether a clip is usable, shared by ``prepare``, ``--verify`` and the dataset.
 
-A clip is its centre frame and its audio.  It is usable when
+A clip is its center frame and its audio.  It is usable when
 
 * the frame decodes completely to an image of at least 1 x 1 pixels in an 8-bit colour mode that
   converts to RGB without loss of range (``FRAME_MODES``: 1, L, LA, La, P, PA, RGB, RGBA, RGBa, RGBX,
@@ -141,7 +141,7 @@ def clip_problems(frame, audio: tuple[np.ndarray, int]) -> list[str]:
     """THE acceptance rule: every problem of a decoded clip, frame first (empty: usable).
 
     Args:
-        frame: the decoded centre frame, a ``PIL.Image`` (any mode; see ``FRAME_MODES``).
+        frame: the decoded center frame, a ``PIL.Image`` (any mode; see ``FRAME_MODES``).
         audio: ``(samples, sample_rate)``, samples ``[n]`` or ``[n, channels]`` of any dtype
             (float values as decoded: NaN / Inf are looked for, not clipped away).
 

@@ -1,4 +1,5 @@
-"""Ground-truth boxes, ground-truth maps and clip-id lists (SPEC sections 6 and 7).
+"""Ground-truth boxes, ground-truth maps and clip-id lists (the VGG-SS / SoundNet-Flickr protocol of
+LVS, Chen et al. 2021: ``test.py`` of hche11/Localizing-Visual-Sounds-the-Hard-Way@8fe8cbb and stoneMo/EZ-VSL@95ff5bf).
 
 Ground-truth maps (``gt_map``), ``size = 224`` by default, rows = y, columns = x:
 

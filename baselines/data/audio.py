@@ -12,7 +12,7 @@ Pipeline for one clip (``load_spectrogram``):
 2. Mono: the channels are averaged (``mean`` over channels, as upstream EZ-VSL
    which down-mixes to one channel and then averages); samples are clipped to
    [-1, 1] like upstream (only matters for float wav files).
-3. ``centre_crop``: the ``CLIP_SECONDS`` = 3 s (48,000 samples) centred in the clip,
+3. ``center_crop``: the ``CLIP_SECONDS`` = 3 s (48,000 samples) centered in the clip,
    starting at sample ``(n - 48000) // 2``; a shorter clip is tiled
    (``[x, x, x, ...]``) from its first sample and cut to 48,000 samples.
 4. ``log_spectrogram``: power spectral density exactly as
@@ -46,6 +46,7 @@ __all__ = [
     "tukey_window",
     "power_spectrogram",
     "log_spectrogram",
+    "center_crop",
     "centre_crop",
     "load_waveform",
     "load_spectrogram",
@@ -191,8 +192,8 @@ def log_spectrogram(wave: torch.Tensor, dtype: torch.dtype = torch.float32) -> t
     return power.add_(LOG_EPS).log_().div_(LOG_SCALE).to(torch.float32)
 
 
-def centre_crop(wave: np.ndarray | torch.Tensor, length: int = CLIP_SAMPLES):
-    """The ``length`` samples centred in a mono ``[n]`` signal, tiling it when shorter.
+def center_crop(wave: np.ndarray | torch.Tensor, length: int = CLIP_SAMPLES):
+    """The ``length`` samples centered in a mono ``[n]`` signal, tiling it when shorter.
 
     ``n >= length``: ``wave[s : s + length]`` with ``s = (n - length) // 2``.
     ``n < length``: ``concat([wave] * ceil(length / n))[:length]``.
@@ -216,8 +217,11 @@ def centre_crop(wave: np.ndarray | torch.Tensor, length: int = CLIP_SAMPLES):
     return wave.repeat(reps)[:length]
 
 
+centre_crop = center_crop  # the former spelling
+
+
 def waveform_from_samples(samples: np.ndarray, length: int = CLIP_SAMPLES) -> np.ndarray:
-    """Steps 2 and 3 on decoded samples: clip to [-1, 1], average the channels, ``centre_crop``.
+    """Steps 2 and 3 on decoded samples: clip to [-1, 1], average the channels, ``center_crop``.
 
     Args:
         samples: ``[n]`` or ``[n, channels]`` float array (n >= 1).
@@ -234,7 +238,7 @@ def waveform_from_samples(samples: np.ndarray, length: int = CLIP_SAMPLES) -> np
         data = data[:, None]
     if data.ndim != 2:
         raise ValueError(f"samples: expected shape [n] or [n, channels], got {tuple(data.shape)}")
-    return centre_crop(np.clip(data, -1.0, 1.0).mean(axis=1), length)
+    return center_crop(np.clip(data, -1.0, 1.0).mean(axis=1), length)
 
 
 def load_waveform(
@@ -243,10 +247,10 @@ def load_waveform(
     seconds: float = CLIP_SECONDS,
     sample_rate: int = SAMPLE_RATE,
 ) -> np.ndarray:
-    """Read the centred ``seconds`` of a wav file as a mono float64 array ``[seconds * sample_rate]``.
+    """Read the centered ``seconds`` of a wav file as a mono float64 array ``[seconds * sample_rate]``.
 
     Only the needed frames are read for long files. Channels are averaged, values
-    clipped to [-1, 1], short clips tiled (see ``centre_crop``).  This reader checks only the
+    clipped to [-1, 1], short clips tiled (see ``center_crop``).  This reader checks only the
     sample rate; the dataset applies the full acceptance rule (``baselines.data.acceptance``:
     16 kHz, mono, >= 1 s, finite) through ``load_clip`` before ``waveform_from_samples``.
 
@@ -276,6 +280,6 @@ def load_waveform(
 
 
 def load_spectrogram(path: str | Path) -> torch.Tensor:
-    """``log_spectrogram`` of the centred 3 s of ``path``, float32 ``[1, 257, 200]`` (channel first)."""
+    """``log_spectrogram`` of the centered 3 s of ``path``, float32 ``[1, 257, 200]`` (channel first)."""
     wave = torch.from_numpy(load_waveform(path))
     return log_spectrogram(wave).unsqueeze(0)

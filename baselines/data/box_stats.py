@@ -27,11 +27,11 @@ Per box: ``box_width_fraction``, ``box_height_fraction``, ``box_aspect_ratio`` (
 Every distribution is summarised by its quantiles at ``quantile_levels`` = 0, 0.05,
 ..., 1 (``numpy.quantile``, linear interpolation), rounded to 6 decimals.
 
-For comparison with the synthetic proxy, ``centre_prior`` gives the protocol metrics
-(``baselines.evaluation.summarize_cious``, percent) of the image-independent centred
-Gaussian map (``baselines.evaluation.center_prior_map``) on these clips, and
+For comparison with the synthetic proxy, ``centre_prior`` (the key keeps the committed file's
+spelling) gives the protocol metrics (``baselines.protocol.summarize_cious``, percent) of the
+image-independent centered Gaussian map (``baselines.protocol.center_prior_map``) on these clips, and
 ``protocol_ceiling`` those of perfect localisation (``protocol_ceiling``): on real
-VGG-SS the centred map reaches cIoU 34.0 without looking at the data, out of a
+VGG-SS the centered map reaches cIoU 34.0 without looking at the data, out of a
 ceiling of 50.5 (the median threshold predicts at least half the frame, so a clip
 whose boxes cover less than a quarter of it can never reach cIoU 0.5).
 """
@@ -53,6 +53,7 @@ __all__ = [
     "DEFAULT_STATS_PATH",
     "valid_boxes",
     "box_statistics",
+    "center_prior_summary",
     "centre_prior_summary",
     "load_box_stats",
     "main",
@@ -162,31 +163,34 @@ def box_statistics(annotations: Sequence[dict[str, Any]], size: int = 224) -> di
     }
 
 
-def centre_prior_summary(boxes: Sequence[Sequence[Sequence[float]]], size: int = 224) -> dict[str, dict[str, float]]:
+def center_prior_summary(boxes: Sequence[Sequence[Sequence[float]]], size: int = 224) -> dict[str, dict[str, float]]:
     """Protocol metrics (percent, ``summarize_cious``) of two references on the clips' ground truth.
 
     ``boxes``: one list of normalised ``[x0, y0, x1, y1]`` boxes per clip. Returns
-    ``{"centre_prior": ..., "protocol_ceiling": ...}``: the fixed centred map
+    ``{"centre_prior": ..., "protocol_ceiling": ...}``: the fixed centered map
     (``center_prior_map``, no model at all) and the best any map can score under the
     median-threshold protocol (``protocol_ceiling``, perfect localisation).
     """
     import torch
 
     from baselines.data.annotations import gt_map
-    from baselines.evaluation import center_prior_map, ciou_per_sample, protocol_ceiling, summarize_cious
+    from baselines.protocol import center_prior_map, ciou_per_sample, protocol_ceiling, summarize_cious
 
     prior = center_prior_map(size)
-    centre, ceiling = [], []
+    center, ceiling = [], []
     for start in range(0, len(boxes), 256):  # chunks keep memory small (224 x 224 float64 maps)
         chunk = boxes[start : start + 256]
         gts = torch.from_numpy(np.stack([gt_map(b, "vggss", size) for b in chunk]))
-        centre.append(ciou_per_sample(prior.expand(len(chunk), size, size), gts, size))
+        center.append(ciou_per_sample(prior.expand(len(chunk), size, size), gts, size))
         ceiling.append(protocol_ceiling(gts, size))
 
     def rounded(c: list[torch.Tensor]) -> dict[str, float]:
         return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in summarize_cious(torch.cat(c)).items()}
 
-    return {"centre_prior": rounded(centre), "protocol_ceiling": rounded(ceiling)}
+    return {"centre_prior": rounded(center), "protocol_ceiling": rounded(ceiling)}
+
+
+centre_prior_summary = center_prior_summary  # the former spelling
 
 
 def load_box_stats(path: str | Path | None = None) -> dict[str, Any]:
@@ -222,14 +226,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("vggss_json", type=Path, help="path to a vggss.json annotation file")
     parser.add_argument("--out", type=Path, default=DEFAULT_STATS_PATH, help="where to write the statistics JSON")
     parser.add_argument(
-        "--no-centre-prior", action="store_true", help="skip the centred-map and ceiling metrics (need torch)"
+        "--no-center-prior", "--no-centre-prior", dest="no_center_prior", action="store_true",
+        help="skip the centered-map and ceiling metrics (need torch)",
     )
     args = parser.parse_args(argv)
     with args.vggss_json.open("r", encoding="utf-8") as fh:
         annotations = json.load(fh)
     stats = box_statistics(annotations)
-    if not args.no_centre_prior:
-        stats.update(centre_prior_summary([e["bbox"] for e in annotations]))
+    if not args.no_center_prior:
+        stats.update(center_prior_summary([e["bbox"] for e in annotations]))
     text = "{\n" + ",\n".join(f" {json.dumps(k)}: {json.dumps(v)}" for k, v in stats.items()) + "\n}\n"
     args.out.write_text(text, encoding="utf-8")
     print(f"wrote {args.out} ({stats['num_clips']} clips, {stats['num_boxes']} boxes)")

@@ -1,6 +1,6 @@
 """Audio-visual clip dataset over the on-disk layout ``frames/`` + ``audio/`` (upstream EZ-VSL ``datasets.py@95ff5bf``), with failure accounting.
 
-Layout: ``<root>/frames/<id>.jpg`` (the clip's centre frame) and
+Layout: ``<root>/frames/<id>.jpg`` (the clip's center frame) and
 ``<root>/audio/<id>.wav`` (16 kHz). One item is a dict::
 
     {"image": float32 [3, 224, 224], "spectrogram": float32 [1, 257, 200], "id": str,
@@ -34,21 +34,33 @@ the same images. Without ``set_epoch`` the draws come from torch's global RNG (a
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-import hashlib
 import os
 import tempfile
 import weakref
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch.utils.data import Dataset
 
+from .._checks import check_int
+from .acceptance import ClipRejected, clip_problems, decode_audio, decode_frame
 from .annotations import GT_FORMATS, GT_SIZE, gt_map, load_flickr_annotations, load_vggss_annotations
-from .acceptance import ClipRejected, clip_problems, decode_audio, decode_frame, frame_problems
 from .audio import CLIP_SAMPLES, log_spectrogram, waveform_from_samples
+from .failures import DECODE_ERRORS, DataError, DataFailureTracker, FailedSample, _remove_owned_file
+from .frames import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    _rgb_tensor,
+    augment_frame,
+    image_transform,
+    load_frame,
+    load_image,
+    resize_frame,
+    resized_size,
+)
+from .seeds import derive_seed
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -68,298 +80,6 @@ __all__ = [
     "collate",
     "load_annotations",
 ]
-
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
-_MEAN = torch.tensor(IMAGENET_MEAN, dtype=torch.float32)[:, None, None]
-_STD = torch.tensor(IMAGENET_STD, dtype=torch.float32)[:, None, None]
-
-#: Exceptions that mean "this clip's data is broken" (decoding errors, wrong sample rate, ...).
-DECODE_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError, RuntimeError, EOFError)
-
-
-def derive_seed(*parts: int | str) -> int:
-    """A 63-bit seed that is a fixed function of ``parts`` (ints and strings), the same in every
-    process and Python session (unlike ``hash()``, which is salted per process).
-
-    ``seed = int.from_bytes(blake2b(repr(parts), digest_size=8)) mod 2**63``: independent-looking
-    seeds for nearby tuples such as ``(0, "augment", 1, id)`` and ``(0, "augment", 2, id)``.
-    """
-    if not parts:
-        raise ValueError("derive_seed: expected at least one int or str part, got none")
-    for p in parts:
-        if isinstance(p, bool) or not isinstance(p, (int, str)):
-            raise TypeError(f"derive_seed: expected int or str parts, got {type(p).__name__} {p!r}")
-    digest = hashlib.blake2b(repr(tuple(parts)).encode("utf-8"), digest_size=8).digest()
-    return int.from_bytes(digest, "little") & (2**63 - 1)
-
-
-class DataError(RuntimeError):
-    """Too many clips of a split are missing or broken."""
-
-
-@dataclass(frozen=True)
-class FailedSample:
-    """Sentinel returned by ``AudioVisualDataset.__getitem__`` for a clip that could not be loaded."""
-
-    id: str
-    reason: str
-
-
-class DataFailureTracker:
-    """Counts distinct failed clips of a split and stops the run past a threshold.
-
-    ``check()`` raises ``DataError`` when ``count > max_failures * total`` (for
-    ``max_failures`` a float in [0, 1)) or ``count > max_failures`` (an int is an
-    absolute count). A clip that fails again (e.g. every epoch) counts once; its
-    first reason is kept.
-
-    With ``log_path`` every ``record`` is also appended to that file (one line
-    ``id<TAB>reason``) and every read (``count``, ``failed``, ``check``, ``summary``)
-    merges the file back in. A copy of the tracker in a DataLoader worker process
-    (forked or spawned) appends to the same file, so failures met in workers are
-    visible to the main process without any cooperation from the training loop.
-    """
-
-    def __init__(
-        self,
-        total: int,
-        max_failures: float = 0.01,
-        name: str = "dataset",
-        log_path: str | Path | None = None,
-    ) -> None:
-        if not isinstance(total, int) or isinstance(total, bool) or total < 0:
-            raise ValueError(f"total must be a non-negative int, got {total!r}")
-        if isinstance(max_failures, bool) or not isinstance(max_failures, (int, float)):
-            raise TypeError(f"max_failures must be a float fraction or an int count, got {max_failures!r}")
-        if isinstance(max_failures, float) and not 0.0 <= max_failures < 1.0:
-            raise ValueError(f"max_failures as a fraction must be in [0, 1), got {max_failures!r}")
-        if isinstance(max_failures, int) and max_failures < 0:
-            raise ValueError(f"max_failures as a count must be >= 0, got {max_failures!r}")
-        self.total = total
-        self.max_failures = max_failures
-        self.name = name
-        self.log_path = None if log_path is None else Path(log_path)
-        self._failed: dict[str, str] = {}
-
-    @property
-    def limit(self) -> float:
-        """Largest number of failed clips that still passes ``check()``."""
-        if isinstance(self.max_failures, float):
-            return self.max_failures * self.total
-        return float(self.max_failures)
-
-    def record(self, clip_id: str, reason: str) -> None:
-        """Remember that ``clip_id`` failed (no check; ``update`` records and checks)."""
-        if not isinstance(clip_id, str) or not clip_id or any(c in clip_id for c in "\t\n\r"):
-            raise ValueError(f"clip_id must be a non-empty single-line string without tabs, got {clip_id!r}")
-        reason = " ".join(str(reason).split())
-        if clip_id in self._failed:
-            return
-        self._failed[clip_id] = reason
-        if self.log_path is not None:
-            with open(self.log_path, "a", encoding="utf-8") as fh:  # one short append: atomic on POSIX
-                fh.write(f"{clip_id}\t{reason}\n")
-
-    def update(self, failures: Iterable[FailedSample | tuple[str, str]]) -> None:
-        """Record every ``FailedSample`` / ``(id, reason)`` (e.g. ``batch["failures"]``), then ``check()``."""
-        for f in failures:
-            if isinstance(f, FailedSample):
-                self.record(f.id, f.reason)
-            else:
-                clip_id, reason = f
-                self.record(clip_id, reason)
-        self.check()
-
-    def _sync(self) -> None:
-        if self.log_path is None or not self.log_path.is_file():
-            return
-        with open(self.log_path, "r", encoding="utf-8") as fh:
-            for line in fh:
-                clip_id, sep, reason = line.rstrip("\n").partition("\t")
-                if sep:  # a line still being written by another process has no newline yet: skip
-                    self._failed.setdefault(clip_id, reason)
-
-    @property
-    def count(self) -> int:
-        self._sync()
-        return len(self._failed)
-
-    @property
-    def failed(self) -> dict[str, str]:
-        """``{id: reason}`` of the failed clips, in the order they were first seen (a copy)."""
-        self._sync()
-        return dict(self._failed)
-
-    def exceeded(self) -> bool:
-        return self.count > self.limit
-
-    def check(self) -> None:
-        """Raise ``DataError`` naming the first failed clips when the threshold is exceeded."""
-        if self.exceeded():
-            raise DataError(self.summary(limit=5))
-
-    def summary(self, limit: int = 10) -> str:
-        """Report: count, threshold and the first ``limit`` ids with their reasons."""
-        items = list(self.failed.items())
-        head = (
-            f"{self.name}: {len(items)} of {self.total} clips missing or broken "
-            f"(allowed: {self.limit:g}"
-            + (f" = {self.max_failures:.2%} of the split" if isinstance(self.max_failures, float) else "")
-            + ")"
-        )
-        if not items:
-            return head
-        lines = [f"  {i}: {r}" for i, r in items[:limit]]
-        if len(items) > limit:
-            lines.append(f"  ... and {len(items) - limit} more")
-        return head + "\n" + "\n".join(lines)
-
-
-def _remove_owned_file(path: str, owner_pid: int) -> None:
-    if os.getpid() == owner_pid:  # never from a forked worker's copy
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
-
-
-def image_transform(split: str, image_size: int = 224):
-    """The image pipeline (upstream EZ-VSL ``datasets.py@95ff5bf``) as one callable ``PIL.Image -> [3, size, size]`` float32.
-
-    ``"train"``: ``Resize(int(1.1 * size), bicubic) -> RandomCrop(size) -> RandomHorizontalFlip ->
-    ToTensor -> Normalize(ImageNet)`` (246 for 224); ``"test"``: ``Resize((size, size), bicubic) ->
-    ToTensor -> Normalize(ImageNet)``. It is :func:`resize_frame` (deterministic, cacheable) followed by
-    :func:`augment_frame` (the random crop and flip, drawn from torch's global RNG, then normalisation).
-    """
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    return lambda frame: augment_frame(resize_frame(frame, split, image_size), split, image_size)
-
-
-def resized_size(height: int, width: int, split: str, image_size: int = 224) -> tuple[int, int]:
-    """``(h, w)`` of a ``height x width`` frame after :func:`resize_frame`: train keeps the aspect ratio
-    with the shorter side ``int(1.1 * image_size)`` and the longer side ``int(short * long / shorter)``
-    (torchvision ``Resize(int)``'s rule); test is ``image_size x image_size``.
-
-    Raises:
-        ValueError: ``split`` is not ``"train"`` / ``"test"``, or a side is not a positive int.
-    """
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    for name, v in (("height", height), ("width", width), ("image_size", image_size)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{name} must be a positive int, got {v!r}")
-    if split == "test":
-        return image_size, image_size
-    short = int(image_size * 1.1)
-    if width <= height:
-        return int(short * height / width), short
-    return short, int(short * width / height)
-
-
-def resize_frame(frame: Any, split: str, image_size: int = 224) -> torch.Tensor:
-    """The deterministic part of the pipeline: bicubic resize of a frame to a uint8 ``[3, h, w]`` tensor
-    (train: shorter side ``int(1.1 * size)``, see :func:`resized_size`; test: ``size x size``).
-
-    ``frame`` is an RGB ``PIL.Image`` or a uint8 ``[3, H, W]`` tensor (:func:`load_frame`). A frame
-    already at the output size (e.g. stored that way by ``prepare --frame-size``) is returned as is.
-    Otherwise the resize is ``torch.nn.functional.interpolate(mode="bicubic", antialias=True)`` on
-    uint8: Pillow's ``BICUBIC`` filter (Keys cubic, ``a = -0.5``, support scaled by the reduction
-    factor, horizontal pass then vertical, each rounded to uint8), i.e. what torchvision's
-    ``Resize(..., InterpolationMode.BICUBIC)`` computes on a PIL image, about 6x faster than Pillow
-    on a 640 x 360 frame. The fixed-point rounding differs from Pillow's: the result is within one
-    grey level of Pillow's at all but a few pixels of natural images (``tests/test_data_loading.py``
-    measures and bounds it). On hard-edged synthetic content (binary noise, upscaling) Pillow 13's
-    result matches a vertical-first order for some sizes, and pixels next to clipped overshoots then
-    differ by more (up to 29 levels measured on 0/255 noise): the bound is for natural frames.
-
-    Raises:
-        TypeError: ``frame`` is neither a PIL image nor a uint8 tensor.
-        ValueError: a tensor frame is not ``[3, H, W]``.
-    """
-    if isinstance(frame, torch.Tensor):
-        if frame.dtype != torch.uint8 or frame.dim() != 3 or frame.shape[0] != 3:
-            raise ValueError(f"frame: expected a uint8 [3, H, W] tensor, got {frame.dtype} {tuple(frame.shape)}")
-    else:
-        from PIL import Image
-
-        if not isinstance(frame, Image.Image):
-            raise TypeError(f"frame must be a PIL.Image or a uint8 [3, H, W] tensor, got {type(frame).__name__}")
-        if frame.mode != "RGB":
-            raise ValueError(f"frame: expected an RGB PIL image, got mode {frame.mode!r}")
-        import numpy as np
-
-        frame = torch.from_numpy(np.array(frame, dtype=np.uint8)).permute(2, 0, 1)
-    h, w = frame.shape[-2:]
-    size = resized_size(int(h), int(w), split, image_size)
-    if (h, w) == size:
-        return frame
-    out = torch.nn.functional.interpolate(frame[None], size=size, mode="bicubic", antialias=True)[0]
-    return out.contiguous()
-
-
-def augment_frame(
-    frame: torch.Tensor, split: str, image_size: int = 224, generator: torch.Generator | None = None
-) -> torch.Tensor:
-    """The random part (train): a ``size x size`` crop at a uniform position and a horizontal flip with
-    probability 1/2, as ``RandomCrop`` and ``RandomHorizontalFlip`` draw them; then ``/ 255`` and
-    ImageNet normalisation. ``frame`` is a uint8 ``[3, h, w]`` from :func:`resize_frame`.
-
-    The three draws (top, left, flip) come from ``generator`` (a CPU ``torch.Generator``), or from
-    torch's global RNG when it is ``None``. The test split draws nothing."""
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
-    if split == "train":
-        h, w = frame.shape[-2:]
-        if h < image_size or w < image_size:
-            raise ValueError(f"frame: expected at least {image_size} x {image_size} pixels to crop, got {h} x {w}")
-        top = int(torch.randint(0, h - image_size + 1, size=(1,), generator=generator).item())
-        left = int(torch.randint(0, w - image_size + 1, size=(1,), generator=generator).item())
-        frame = frame[:, top:top + image_size, left:left + image_size]
-        if torch.rand(1, generator=generator).item() < 0.5:
-            frame = frame.flip(-1)
-    # (x / 255 - mean) / std in place on the crop's float copy (the same float32 ops, one allocation)
-    return frame.to(torch.float32).div_(255.0).sub_(_MEAN).div_(_STD)
-
-
-def load_image(path: str | Path):
-    """Decode an image file fully into an RGB ``PIL.Image``.
-
-    Raises:
-        ClipRejected: the file does not decode, or its colour mode is not one of
-            ``acceptance.FRAME_MODES`` (the frame part of the acceptance rule).
-    """
-    image = decode_frame(path)
-    problems = frame_problems(image)
-    if problems:
-        raise ClipRejected("; ".join(problems))
-    return image.convert("RGB")
-
-
-def load_frame(path: str | Path) -> torch.Tensor:
-    """:func:`load_image` as a uint8 ``[3, H, W]`` RGB tensor, the layout :func:`resize_frame` works on
-    (a channels-last view of one copy of Pillow's buffer; an RGB frame is not copied by ``convert``).
-
-    Raises:
-        ClipRejected: as :func:`load_image`.
-    """
-    image = decode_frame(path)
-    problems = frame_problems(image)
-    if problems:
-        raise ClipRejected("; ".join(problems))
-    return _rgb_tensor(image)
-
-
-def _rgb_tensor(image) -> torch.Tensor:
-    """A decoded ``PIL.Image`` of an accepted mode as uint8 ``[3, H, W]`` RGB (``convert("RGB")`` only
-    when it is not RGB already)."""
-    import numpy as np
-
-    rgb = image if image.mode == "RGB" else image.convert("RGB")
-    return torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1)
 
 
 class AudioVisualDataset(Dataset):
@@ -455,9 +175,8 @@ class AudioVisualDataset(Dataset):
 
         Call it before an epoch's DataLoader iterator is created: worker processes copy the dataset
         when the iterator starts (``persistent_workers=False``), and carry the epoch with them."""
-        for name, v in (("epoch", epoch), ("seed", seed)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise ValueError(f"set_epoch: {name} must be an int >= 0, got {v!r}")
+        check_int("epoch", epoch, 0)
+        check_int("seed", seed, 0)
         self._epoch_seed = (seed, epoch)
 
     def generator(self, clip_id: str) -> torch.Generator | None:
@@ -507,7 +226,7 @@ class AudioVisualDataset(Dataset):
         if problems:
             raise ClipRejected("; ".join(problems))
         frame = resize_frame(_rgb_tensor(image), self.split, self.image_size)
-        # waveform_from_samples clips and averages sample by sample and then takes the centred
+        # waveform_from_samples clips and averages sample by sample and then takes the centered
         # CLIP_SAMPLES: taking them first (same start) gives the same waveform from 3 s instead of 10
         n = samples.shape[0]
         if n > CLIP_SAMPLES:
@@ -607,4 +326,5 @@ def collate_batch(items: Sequence[dict[str, Any] | FailedSample]) -> dict[str, A
 
 
 #: Short name used by the trainer.
+# the former name; still used by baselines/evaluate.py (its second pass switches to collate_batch)
 collate = collate_batch

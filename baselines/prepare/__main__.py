@@ -1,0 +1,7 @@
+"""``python -m baselines.prepare``."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,88 @@
+"""``verify``: check a prepared data set's clips against the acceptance rule (what the loader would reject)."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from ..data.acceptance import (
+    ClipRejected,
+    audio_problems,
+    clip_problems,
+    decode_audio,
+    decode_frame,
+    frame_problems,
+)
+from ..layout import audio_path, frame_path
+from .ids import _check_id
+from .pool import _check_workers
+
+
+def verify_clip(root: str | os.PathLike[str], clip_id: str) -> list[str]:
+    """Problems of one prepared clip under ``root``; empty when it is usable.
+
+    ``missing frame`` / ``missing audio`` for absent files, ``frame does not decode: ...`` /
+    ``audio does not decode: ...`` for files that do not decode completely, then the problems of
+    the acceptance rule (``baselines.data.acceptance.clip_problems``) that ``prepare`` applied
+    before writing and the data loader applies when loading: the same reasons.
+    """
+    problems: list[str] = []
+    image = samples = None
+    image_file = frame_path(root, clip_id)
+    if not image_file.is_file():
+        problems.append("missing frame")
+    else:
+        try:
+            image = decode_frame(image_file)
+        except ClipRejected as error:
+            problems.append(error.reason)
+    wav_file = audio_path(root, clip_id)
+    if not wav_file.is_file():
+        problems.append("missing audio")
+    else:
+        try:
+            samples = decode_audio(wav_file)
+        except ClipRejected as error:
+            problems.append(error.reason)
+    if image is not None and samples is not None:
+        problems.extend(clip_problems(image, samples))
+    elif image is not None:  # clip_problems is frame_problems + audio_problems: each half alone
+        problems[:0] = frame_problems(image)
+    elif samples is not None:
+        problems.extend(audio_problems(*samples))
+    return problems
+
+
+def _verify_task(task: tuple[str, str]) -> list[str]:
+    """Pool task for ``verify``: ``verify_clip(root, id)``."""
+    return verify_clip(task[0], task[1])
+
+
+def verify(
+    root: str | os.PathLike[str], ids: Iterable[str], workers: int = 1
+) -> list[dict[str, object]]:
+    """Check every id's frame and wav under ``root`` against the acceptance rule (``verify_clip``).
+
+    Returns:
+        One ``{"id": id, "problems": [str, ...]}`` per id with problems, in ``ids`` order;
+        an empty list when all are fine.
+
+    Raises:
+        NotADirectoryError: ``root`` is not a directory.
+        ValueError: an id is not a usable file stem.
+    """
+    workers = _check_workers(workers)
+    ids = [_check_id(clip_id, "ids") for clip_id in ids]
+    if not Path(root).is_dir():
+        raise NotADirectoryError(f"root: expected a directory, got {str(root)!r}")
+    tasks = [(str(root), clip_id) for clip_id in ids]
+    if workers == 1:
+        results = [_verify_task(task) for task in tasks]
+    else:
+        with cf.ProcessPoolExecutor(max_workers=workers) as pool:
+            results = list(pool.map(_verify_task, tasks, chunksize=64))
+    return [
+        {"id": clip_id, "problems": problems} for clip_id, problems in zip(ids, results) if problems
+    ]

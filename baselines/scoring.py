@@ -1,0 +1,74 @@
+"""Score a model on an annotated test set: the evaluation loop the trainer and ``python -m baselines.evaluate`` share.
+
+The metrics are the VGG-SS / SoundNet-Flickr protocol of LVS (Chen et al. 2021; the paper's Sec. 3):
+cIoU at 0.5, AUC and mean cIoU of the response maps, computed by
+:class:`baselines.evaluation.LocalizationEvaluator`. This module sits below both the trainer
+(:mod:`baselines.training.loop`) and the evaluation CLI (:mod:`baselines.evaluate`), so neither
+imports the other.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from .data.datasets import collate_batch
+from .evaluation import LocalizationEvaluator, ObjectPrior, ogl_map, upsample_map
+
+__all__ = ["evaluate_model"]
+
+
+@torch.no_grad()
+def evaluate_model(
+    model: torch.nn.Module,
+    test_set: Dataset,
+    device: torch.device | str = "cpu",
+    batch_size: int = 64,
+    workers: int = 0,
+    progress: bool = False,
+    object_prior: ObjectPrior | None = None,
+    return_per_sample: bool = False,
+) -> dict[str, Any]:
+    """cIoU / AUC / mean cIoU (percent) of ``model.localize`` on ``test_set`` (items with ``gt_map``).
+
+    Args:
+        model: has ``localize(image [B, 3, 224, 224], spectrogram [B, 1, 257, 200]) -> [B, h, w]``;
+            its train/eval mode is restored afterwards.
+        test_set: items ``{"image", "spectrogram", "gt_map" [224, 224], "id"}``; broken items are
+            counted by its ``failures`` tracker (when it has one).
+        object_prior: OGL: the maps become ``normalise(0.4 * AV + 0.6 * OBJ)`` (EZ-VSL's object-guided
+            localisation, stoneMo/EZ-VSL@95ff5bf ``test.py``).
+        return_per_sample: also return ``per_sample`` (the evaluator's per-clip cIoU).
+
+    Returns:
+        ``{"ciou", "auc", "mean_ciou", "n"}`` (plus ``data_failures`` with a tracker, ``per_sample``).
+
+    Raises:
+        baselines.data.DataError: more broken clips than the tracker allows.
+    """
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    ev = LocalizationEvaluator()
+    loader = DataLoader(test_set, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate_batch)
+    for batch in tqdm(loader, desc="evaluate", disable=not progress, leave=False, dynamic_ncols=True):
+        if batch is None:
+            continue
+        image = batch["image"].to(device)
+        maps = upsample_map(model.localize(image, batch["spectrogram"].to(device)).float()).cpu()
+        if object_prior is not None:
+            maps = ogl_map(maps, object_prior(image).cpu())
+        ev.update(maps, batch["gt_map"], ids=batch["id"])
+    failures = getattr(test_set, "failures", None)
+    if failures is not None:
+        failures.check()
+    model.train(was_training)
+    result: dict[str, Any] = dict(ev.compute())
+    if failures is not None:
+        result["data_failures"] = failures.count
+    if return_per_sample:
+        result["per_sample"] = ev.per_sample()
+    return result
