@@ -107,12 +107,14 @@ def threads(request):
     torch.set_num_threads(before)
 
 
-@pytest.mark.parametrize("blocks", ["one block", "block of 2", "block of 1"])
+@pytest.mark.parametrize("blocks", ["one block", "block of 2", "block of 1", "nothing kept, block of 2"])
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-{c[1]}x{c[2]}x{c[3]}x{c[4]}")
 @pytest.mark.parametrize("kernel", ["thresholded", "thresholded-recompute", "max"])
 def test_eager_kernels_match_float64_references(kernel, case, layout, blocks, monkeypatch, threads):
     img64, aud64 = _features(*case, seed=7)
+    if blocks.startswith("nothing kept"):  # past _KEEP_BYTES: rows copied and maps recomputed per block
+        monkeypatch.setattr(K, "_KEEP_BYTES", 0)
     if blocks != "one block":  # CPU eager works a block of images at a time: force several blocks
         per_image = case[3] * case[4] * max(case[1], case[2]) * 4
         monkeypatch.setattr(K, "_BLOCK_BYTES", per_image * int(blocks[-1]))
@@ -222,11 +224,29 @@ def test_saved_for_backward(layout):
         return sorted(torch.Size(s).numel() for s in _saved_shapes(fn, img, aud))
 
     inputs, pairs = [b * c * h * w, b * c], [b * b]
+    rows = [b * c * h * w] if layout == "nchw" else []  # the [B*HW, C] copy of an NCHW img (a view otherwise)
     assert big not in inputs
-    assert sizes(lambda i, a: K.thresholded(i, a, 0.65, 0.03)) == sorted(inputs + 2 * pairs + [big])  # + alpha
+    assert sizes(lambda i, a: K.thresholded(i, a, 0.65, 0.03)) == sorted(inputs + 2 * pairs + [big] + rows)  # + alpha
     assert sizes(lambda i, a: K.thresholded(i, a, 0.65, 0.03, True)) == sorted(inputs + 2 * pairs)  # S, Z only
-    assert sizes(K.maximum) == sorted(inputs + pairs)  # the arg-max indices only
+    assert sizes(K.maximum) == sorted(inputs + pairs + rows)  # the arg-max indices (and the rows copy)
     assert sizes(lambda i, a: K.thresholded_dense(i, a, 0.65, 0.03)).count(big) >= 2  # autograd keeps more
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_past_keep_bytes_nothing_batch_sized_is_saved(layout, monkeypatch):
+    """Past _KEEP_BYTES the forward keeps neither the response maps nor the rows copy (default recompute=False)."""
+    b, c, h, w = 6, 8, 4, 5
+    img, aud = _leaves(*normalized_features(b, c, h, w, seed=1, dtype=torch.float32), layout=layout)
+    per_row = (c if layout == "nchw" else 0) + b
+    monkeypatch.setattr(K, "_KEEP_BYTES", b * h * w * per_row * 4)  # exactly fits: kept
+    assert b * b * h * w in [torch.Size(s).numel() for s in _saved_shapes(lambda i, a: K.thresholded(i, a, 0.65, 0.03), img, aud)]
+    monkeypatch.setattr(K, "_KEEP_BYTES", b * h * w * per_row * 4 - 1)  # one byte short: recomputed
+    assert b * b * h * w not in [torch.Size(s).numel() for s in _saved_shapes(lambda i, a: K.thresholded(i, a, 0.65, 0.03), img, aud)]
+    monkeypatch.setattr(K, "_KEEP_BYTES", 0)
+    monkeypatch.setattr(K, "_BLOCK_BYTES", h * w * c * 4 * 2)  # blocks of 2 images
+    for fn in (lambda i, a: K.thresholded(i, a, 0.65, 0.03), K.maximum):
+        sizes = [torch.Size(s).numel() for s in _saved_shapes(fn, img, aud)]
+        assert sorted(sizes)[-2:] == [b * c, b * c * h * w] and sum(sizes) <= b * c * h * w + b * c + 2 * b * b, sizes
 
 
 # --------------------------------------------------------------------------- public API
