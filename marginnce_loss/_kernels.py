@@ -122,11 +122,28 @@ def _blocks(img: Tensor, aud: Tensor) -> List[Tuple[int, int]]:
     return [(i, min(i + k, b)) for i in range(0, b, k)]
 
 
-def _fits(img: Tensor, aud: Tensor, maps: bool) -> bool:
-    """Whether the rows copy (and, with ``maps``, the response maps) fit ``_KEEP_BYTES``."""
+def _fits(img: Tensor, aud: Tensor, maps: bool, rows: bool = True) -> bool:
+    """Whether the rows copy (with ``rows``) and the response maps (with ``maps``) fit ``_KEEP_BYTES``."""
     b, c, h, w = img.shape
-    per_row = (0 if _is_channels_last(img) else c) + (aud.shape[0] if maps else 0)
+    per_row = (c if rows and not _is_channels_last(img) else 0) + (aud.shape[0] if maps else 0)
     return torch.compiler.is_compiling() or b * h * w * per_row * img.element_size() <= _KEEP_BYTES
+
+
+def _batched(img: Tensor) -> bool:
+    """Eq. 1 on an NCHW ``img`` with one CPU thread: batched products on ``img`` as it is, no copies.
+
+    ``A @ V_i`` per image (maps ``[k, B', HW]``), ``A^T G_i`` straight into the NCHW gradient and
+    ``addbmm`` for the audio gradient. Measured on a 2-core CPU with one thread (interleaved, C = 512):
+    1.2-1.4x faster than the rows product at B <= 128 (7 x 7) and B = 64 (14 x 14), equal at
+    B = 256. With several threads ``addbmm`` runs one small parallel product per image and stalls on
+    shared cores (0.86 s instead of 0.03 s measured), so the rows product is used there.
+    """
+    return (
+        img.device.type == "cpu"
+        and not torch.compiler.is_compiling()
+        and not _is_channels_last(img)
+        and torch.get_num_threads() == 1
+    )
 
 
 # --------------------------------------------------------------------------- eq. 1 kernel
@@ -213,21 +230,31 @@ class ThresholdedSimilarity(torch.autograd.Function):
     def forward(ctx, img: Tensor, aud: Tensor, epsilon: float, beta: float, recompute: bool) -> Tensor:  # type: ignore[override]
         op = opmath_dtype(img.dtype)
         stable = needs_stable_weights(epsilon, beta, op)
-        keep = not recompute and _fits(img, aud, maps=True)
+        batched = _batched(img)
+        dim = -1 if batched else 1  # the spatial dimension of the maps: [k, B', HW] or [k, HW, B']
+        keep = not recompute and _fits(img, aud, maps=True, rows=not batched)
         rows = alpha = None
         if keep:  # one product for the whole batch; its maps stay for the backward
-            rows = _rows(img)
-            alpha = _alpha_rows(rows, aud, img.shape[0])
+            if batched:
+                alpha = _alpha_block(img, aud, 0, img.shape[0])
+            else:
+                rows = _rows(img)
+                alpha = _alpha_rows(rows, aud, img.shape[0])
         sims, sums = [], []
         for i0, i1 in _blocks(img, aud):
-            a = (alpha[i0:i1] if keep else _alpha_rows(_rows_block(img, i0, i1), aud, i1 - i0)).to(op)
-            w = _soft_weights(a, epsilon, beta, 1.0, stable, dim=1)
-            z_sum = w.sum(1)
+            if keep:
+                a = alpha[i0:i1]
+            else:
+                a = _alpha_block(img, aud, i0, i1) if batched else _alpha_rows(_rows_block(img, i0, i1), aud, i1 - i0)
+            a = a.to(op)
+            w = _soft_weights(a, epsilon, beta, 1.0, stable, dim=dim)
+            z_sum = w.sum(dim)
             sums.append(z_sum)
-            sims.append(w.mul_(a).sum(1).div_(z_sum))
+            sims.append(w.mul_(a).sum(dim).div_(z_sum))
             del a, w
         sim, z_sum = torch.cat(sims), torch.cat(sums)
         ctx.save_for_backward(img, aud, sim, z_sum, alpha, rows if keep and not _is_channels_last(img) else None)
+        ctx.batched = batched
         ctx.epsilon, ctx.beta, ctx.stable = epsilon, beta, stable
         return sim
 
@@ -244,16 +271,30 @@ class ThresholdedSimilarity(torch.autograd.Function):
         op = opmath_dtype(img.dtype)
         grad_img = torch.empty_like(img) if need_img else None
         grad_aud = aud.new_zeros(aud.shape) if need_aud else None
+        batched = ctx.batched
+        dim = -1 if batched else 1
+        b, c, h, w = img.shape
+        hw = h * w
         for i0, i1 in _blocks(img, aud):
             k = i1 - i0
-            hw = img.shape[2] * img.shape[3]
-            x = rows[i0 * hw : i1 * hw] if rows is not None else _rows_block(img, i0, i1)
-            a = (alpha[i0:i1] if alpha is not None else _alpha_rows(x, aud, k)).to(op)
+            if batched:
+                x = img.reshape(b, c, hw)[i0:i1]  # [k, C, HW], a view
+                a = alpha[i0:i1] if alpha is not None else _alpha_block(img, aud, i0, i1)
+            else:
+                x = rows[i0 * hw : i1 * hw] if rows is not None else _rows_block(img, i0, i1)
+                a = alpha[i0:i1] if alpha is not None else _alpha_rows(x, aud, k)
             g_alpha = _eq1_grad_alpha(
-                a, sim[i0:i1].unsqueeze(1), z_sum[i0:i1].unsqueeze(1), grad[i0:i1].unsqueeze(1), ctx.epsilon, ctx.beta, ctx.stable, dim=1
-            )
+                a.to(op), sim[i0:i1].unsqueeze(dim), z_sum[i0:i1].unsqueeze(dim), grad[i0:i1].unsqueeze(dim),
+                ctx.epsilon, ctx.beta, ctx.stable, dim=dim,
+            ).to(img.dtype)
             del a
-            g_rows = g_alpha.to(img.dtype).view(-1, aud.shape[0])  # [k*HW, B']
+            if batched:  # g_alpha [k, B', HW]
+                if need_img:
+                    torch.bmm(aud.t().expand(k, -1, -1), g_alpha, out=grad_img.view(b, c, hw)[i0:i1])
+                if need_aud:
+                    grad_aud.addbmm_(g_alpha, x.transpose(1, 2))  # k products summed in place, no copy
+                continue
+            g_rows = g_alpha.view(-1, aud.shape[0])  # [k*HW, B']
             if need_img:
                 if _is_channels_last(img):
                     torch.mm(g_rows, aud, out=_rows(grad_img)[i0 * hw : i1 * hw])
