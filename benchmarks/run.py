@@ -5,6 +5,8 @@ model trains it), each batch size ``B`` and feature map ``H x W`` (``C = 512``):
 
 - ``upstream``: the formulation written the upstream way (:mod:`benchmarks.upstream_style`);
 - ``eager`` / ``compiled``: :class:`marginnce_loss.LocalizationMarginNCE` with that backend;
+- ``eager-rows`` (eq. 1, one thread only): eager with the rows product instead of the batched
+  products eq. 1 picks for NCHW features with one thread, so that choice is measured too;
 - ``floor``: the bare matrix products the formulation cannot avoid, on pre-laid-out contiguous
   operands (max-MIL: ``X @ A^T`` once; eq. 1: ``X @ A^T``, ``G @ A``, ``G^T @ X`` with
   ``X = [B*HW, C]``, ``G = [B*HW, B]``).
@@ -109,7 +111,26 @@ def loss_functions(backends: Sequence[str]) -> Dict[str, Dict[str, Callable[[Ten
     for backend in backends:
         out["max-MIL"][backend] = LocalizationMarginNCE("max", margin=MARGIN, tau=0.03, symmetric=True, backend=backend)
         out["eq1"][backend] = LocalizationMarginNCE("thresholded", margin=MARGIN, tau=0.07, backend=backend)
+    if "eager" in backends and torch.get_num_threads() == 1:
+        # eq. 1 on NCHW features picks its products by thread count (see marginnce_loss._kernels._batched):
+        # with one thread, time the other choice too, so the rule's measurement is in the table
+        out["eq1"]["eager-rows"] = _without_batched(out["eq1"]["eager"])
     return out
+
+
+def _without_batched(loss_fn: Callable[[Tensor, Tensor], Tensor]) -> Callable[[Tensor, Tensor], Tensor]:
+    """``loss_fn`` with eq. 1's one-thread batched products turned off (the rows product instead)."""
+    from marginnce_loss import _kernels
+
+    def call(img: Tensor, aud: Tensor) -> Tensor:
+        chosen = _kernels._batched
+        _kernels._batched = lambda _img: False  # read in the forward only (the backward follows ctx)
+        try:
+            return loss_fn(img, aud)
+        finally:
+            _kernels._batched = chosen
+
+    return call
 
 
 def floor_function(formulation: str, b: int, c: int, hw: int, device: torch.device) -> Callable[[], object]:
@@ -447,7 +468,7 @@ def bench_train_step(
     frames = torch.randn(batch, 3, image, image, generator=g).to(device)
     spectrogram = torch.randn(batch, 1, spec[0], spec[1], generator=g).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-    variants = loss_functions(backends)["eq1"]
+    variants = {k: v for k, v in loss_functions(backends)["eq1"].items() if k != "eager-rows"}
 
     def train_step(loss_fn):
         def step():
