@@ -104,12 +104,14 @@ def _write_rows(grad_img: Tensor, rows: Tensor, i0: int, i1: int) -> None:
 # inside torch.compile (which fuses instead).
 _BLOCK_BYTES = 1 << 25
 
-# What the forward may keep for the backward instead of recomputing it: the rows copy of an NCHW
-# ``img`` ([B*HW, C]) and, for eq. 1, the response maps ([B*HW, B']). Above this the backward
-# copies the rows again (max-MIL, eq. 1) and recomputes the response maps (eq. 1: a fourth matrix
-# product) a block at a time, so the loss's own memory stays O(B^2) plus a few blocks: at B = 1024,
-# 14 x 14, C = 512 the maps alone would be 784 MiB.
+# What the forward may keep for the backward instead of recomputing it: eq. 1's response maps
+# ([B*HW, B'], at most _KEEP_BYTES) and the rows copy of an NCHW ``img`` ([B*HW, C], at most
+# _KEEP_ROWS_BYTES). Past these the backward recomputes the maps (eq. 1: a fourth matrix product)
+# and copies the rows again, a block at a time, so the loss's own memory stays O(B^2) plus a few
+# blocks: at B = 1024, 14 x 14, C = 512 the maps alone would be 784 MiB and the rows 392 MiB.
+# Keeping is never slower; the bounds are a memory choice (see the README's benchmark section).
 _KEEP_BYTES = 1 << 29
+_KEEP_ROWS_BYTES = 1 << 28
 
 
 def _blocks(img: Tensor, aud: Tensor) -> List[Tuple[int, int]]:
@@ -123,10 +125,14 @@ def _blocks(img: Tensor, aud: Tensor) -> List[Tuple[int, int]]:
 
 
 def _fits(img: Tensor, aud: Tensor, maps: bool, rows: bool = True) -> bool:
-    """Whether the rows copy (with ``rows``) and the response maps (with ``maps``) fit ``_KEEP_BYTES``."""
+    """Whether the rows copy (with ``rows``; none for channels-last ``img``) fits ``_KEEP_ROWS_BYTES``
+    and the response maps (with ``maps``) fit ``_KEEP_BYTES``."""
+    if torch.compiler.is_compiling():
+        return True
     b, c, h, w = img.shape
-    per_row = (c if rows and not _is_channels_last(img) else 0) + (aud.shape[0] if maps else 0)
-    return torch.compiler.is_compiling() or b * h * w * per_row * img.element_size() <= _KEEP_BYTES
+    n = b * h * w * img.element_size()
+    rows_ok = not rows or _is_channels_last(img) or n * c <= _KEEP_ROWS_BYTES
+    return rows_ok and (not maps or n * aud.shape[0] <= _KEEP_BYTES)
 
 
 def _batched(img: Tensor) -> bool:
@@ -217,7 +223,7 @@ class ThresholdedSimilarity(torch.autograd.Function):
     The response maps are one product of the rows ``X = [B*HW, C]`` of ``img`` with ``A^T``,
     laid out ``[B, HW, B']``; the element-wise steps run a block of images at a time (see
     :func:`_blocks`). Saved for backward: ``img``, ``aud``, ``S``, ``Z`` and, unless ``recompute``
-    or they exceed ``_KEEP_BYTES``, the response maps and the rows copy of an NCHW ``img``; past
+    or they exceed ``_KEEP_BYTES`` / ``_KEEP_ROWS_BYTES``, the response maps and the rows copy of an NCHW ``img``; past
     that bound the forward works block by block and keeps nothing of size ``B x B' x H x W``. The
     backward forms ``G = g * dS/dalpha`` a block at a time (see :func:`_eq1_grad_alpha`),
     recomputing the block's maps when they were not kept, and runs two products per block,
@@ -368,7 +374,7 @@ class MaxSimilarity(torch.autograd.Function):
     multiplied by ``A^T`` (one product, response maps laid out ``[k, HW, B']``) and reduced over
     ``HW``: the response maps of a batch larger than one block never exist whole. Saved for
     backward: ``img``, ``aud``, the ``[B, B']`` arg-max indices and, for an NCHW ``img`` whose rows
-    copy fits ``_KEEP_BYTES``, that copy (the backward copies block by block otherwise); the backward
+    copy fits ``_KEEP_ROWS_BYTES``, that copy (the backward copies block by block otherwise); the backward
     is :func:`_max_backward_sparse` (no ``[B, B', HW]`` tensor at all). Ties go to the first
     maximal position, as ``torch.max`` and autograd do. Under ``create_graph=True`` the backward
     differentiates the dense formula instead, so higher-order gradients are exact.

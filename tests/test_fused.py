@@ -113,8 +113,9 @@ def threads(request):
 @pytest.mark.parametrize("kernel", ["thresholded", "thresholded-recompute", "max"])
 def test_eager_kernels_match_float64_references(kernel, case, layout, blocks, monkeypatch, threads):
     img64, aud64 = _features(*case, seed=7)
-    if blocks.startswith("nothing kept"):  # past _KEEP_BYTES: rows copied and maps recomputed per block
+    if blocks.startswith("nothing kept"):  # past the bounds: rows copied and maps recomputed per block
         monkeypatch.setattr(K, "_KEEP_BYTES", 0)
+        monkeypatch.setattr(K, "_KEEP_ROWS_BYTES", 0)
     if blocks != "one block":  # CPU eager works a block of images at a time: force several blocks
         per_image = case[3] * case[4] * max(case[1], case[2]) * 4
         monkeypatch.setattr(K, "_BLOCK_BYTES", per_image * int(blocks[-1]))
@@ -235,19 +236,35 @@ def test_saved_for_backward(layout, threads):
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_past_keep_bytes_nothing_batch_sized_is_saved(layout, monkeypatch, threads):
-    """Past _KEEP_BYTES the forward keeps neither the response maps nor the rows copy (default recompute=False)."""
+    """The maps are kept up to _KEEP_BYTES, the rows copy of NCHW img up to _KEEP_ROWS_BYTES, to the byte;
+    past both nothing of batch size but the inputs is saved (default recompute=False)."""
     b, c, h, w = 6, 8, 4, 5
     img, aud = _leaves(*normalized_features(b, c, h, w, seed=1, dtype=torch.float32), layout=layout)
-    per_row = (c if layout == "nchw" and threads > 1 else 0) + b
-    monkeypatch.setattr(K, "_KEEP_BYTES", b * h * w * per_row * 4)  # exactly fits: kept
-    assert b * b * h * w in [torch.Size(s).numel() for s in _saved_shapes(lambda i, a: K.thresholded(i, a, 0.65, 0.03), img, aud)]
-    monkeypatch.setattr(K, "_KEEP_BYTES", b * h * w * per_row * 4 - 1)  # one byte short: recomputed
-    assert b * b * h * w not in [torch.Size(s).numel() for s in _saved_shapes(lambda i, a: K.thresholded(i, a, 0.65, 0.03), img, aud)]
+    big, img_size = b * b * h * w, b * c * h * w
+    eq1 = lambda i, a: K.thresholded(i, a, 0.65, 0.03)  # noqa: E731
+
+    def saved(fn):
+        return [torch.Size(s).numel() for s in _saved_shapes(fn, img, aud)]
+
+    monkeypatch.setattr(K, "_KEEP_BYTES", big * 4)  # exactly fits: kept
+    assert big in saved(eq1)
+    monkeypatch.setattr(K, "_KEEP_BYTES", big * 4 - 1)  # one byte short: recomputed
+    assert big not in saved(eq1)
+    monkeypatch.setattr(K, "_KEEP_BYTES", 1 << 40)
+    copies = layout == "nchw"  # channels-last rows are a view: never a copy to keep
+    monkeypatch.setattr(K, "_KEEP_ROWS_BYTES", img_size * 4)
+    assert saved(K.maximum).count(img_size) == 1 + copies
+    assert saved(eq1).count(img_size) == 1 + (copies and threads > 1)  # one thread: eq. 1 makes no copy
+    monkeypatch.setattr(K, "_KEEP_ROWS_BYTES", img_size * 4 - 1)
+    assert saved(K.maximum).count(img_size) == 1
+    if copies and threads > 1:
+        assert big not in saved(eq1)  # the maps come with the product over the whole rows: not kept either
     monkeypatch.setattr(K, "_KEEP_BYTES", 0)
+    monkeypatch.setattr(K, "_KEEP_ROWS_BYTES", 0)
     monkeypatch.setattr(K, "_BLOCK_BYTES", h * w * c * 4 * 2)  # blocks of 2 images
-    for fn in (lambda i, a: K.thresholded(i, a, 0.65, 0.03), K.maximum):
-        sizes = [torch.Size(s).numel() for s in _saved_shapes(fn, img, aud)]
-        assert sorted(sizes)[-2:] == [b * c, b * c * h * w] and sum(sizes) <= b * c * h * w + b * c + 2 * b * b, sizes
+    for fn in (eq1, K.maximum):
+        sizes = saved(fn)
+        assert sorted(sizes)[-2:] == [b * c, img_size] and sum(sizes) <= img_size + b * c + 2 * b * b, sizes
 
 
 # --------------------------------------------------------------------------- public API
