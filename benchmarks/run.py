@@ -233,10 +233,13 @@ def bench_losses(
     device: torch.device,
     channels_last: bool,
     log: Callable[[str], None],
+    formulations: Sequence[str] = tuple(FORMULATIONS),
 ) -> List[dict]:
     rows = []
     losses = loss_functions(backends)
     for formulation, variants in losses.items():
+        if formulation not in formulations:
+            continue
         for hw_side in spatial:
             for b in batch_sizes:
                 img, aud = features(b, channels, hw_side, hw_side, device, seed=b, channels_last=channels_last)
@@ -342,6 +345,7 @@ def bench_scale(
     calibration_b: int,
     budget_s: float,
     log: Callable[[str], None],
+    formulations: Sequence[str] = tuple(FORMULATIONS),
 ) -> dict:
     """Peak memory and time of the default loss at large ``B``; the largest ``B`` within a memory budget.
 
@@ -358,7 +362,7 @@ def bench_scale(
     rows: List[dict] = []
     largest: List[dict] = []
     budget = budget_gib * 2**30
-    for formulation in FORMULATIONS:
+    for formulation in formulations:
         for side in sorted(sizes):
             hw = side * side
             per_b = 2 * 4 * (hw * channels + channels)  # inputs and their gradients, float32
@@ -638,6 +642,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="B in {32, 128}, 7x7 only, fewer rounds, no scale section or profile")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=None, help="default: 32 64 128 256 512 1024")
     p.add_argument("--spatial", type=int, nargs="+", default=None, help="feature map sides, default: 7 14")
+    p.add_argument("--formulations", nargs="+", choices=list(FORMULATIONS), default=list(FORMULATIONS))
     p.add_argument("--channels", type=int, default=512)
     p.add_argument("--repeats", type=int, default=None, help="rounds per size (default 15, --quick 5)")
     p.add_argument("--budget", type=float, default=20.0, help="seconds per size: fewer rounds for big sizes (>= 3)")
@@ -703,11 +708,11 @@ def _main(args: argparse.Namespace, argv: Optional[Sequence[str]]) -> dict:
         "load_before": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
         "memory_measure": "torch.cuda.max_memory_allocated" if device.type == "cuda" else "torch.profiler memory events",
     }
-    rows = bench_losses(batch_sizes, spatial, args.channels, backends, repeats, args.budget, device, args.channels_last, log)
+    rows = bench_losses(batch_sizes, spatial, args.channels, backends, repeats, args.budget, device, args.channels_last, log, args.formulations)
     scale = None
     if run_scale:
         scale = bench_scale(scale_sizes, args.channels, device, args.memory_budget_gib, args.upstream_cap_gib,
-                            args.calibration_batch, args.scale_budget, log)
+                            args.calibration_batch, args.scale_budget, log, args.formulations)
     prof = None
     if run_profile:
         prof = bench_profile(*profile_case, args.channels, device, steps=5, top=12)
