@@ -124,7 +124,7 @@ def _without_batched(loss_fn: Callable[[Tensor, Tensor], Tensor]) -> Callable[[T
 
     def call(img: Tensor, aud: Tensor) -> Tensor:
         chosen = _kernels._batched
-        _kernels._batched = lambda _img: False  # read in the forward only (the backward follows ctx)
+        _kernels._batched = lambda *_args: False  # read in the forward only (the backward follows ctx)
         try:
             return loss_fn(img, aud)
         finally:

@@ -135,20 +135,24 @@ def _fits(img: Tensor, aud: Tensor, maps: bool, rows: bool = True) -> bool:
     return rows_ok and (not maps or n * aud.shape[0] <= _KEEP_BYTES)
 
 
-def _batched(img: Tensor) -> bool:
-    """Eq. 1 on an NCHW ``img`` with one CPU thread: batched products on ``img`` as it is, no copies.
+def _batched(img: Tensor, aud: Tensor) -> bool:
+    """Eq. 1 on an NCHW ``img`` with one CPU thread and ``B' < 4 HW``: batched products, no copies.
 
     ``A @ V_i`` per image (maps ``[k, B', HW]``), ``A^T G_i`` straight into the NCHW gradient and
-    ``addbmm`` for the audio gradient. Measured on a 2-core CPU with one thread (interleaved, C = 512):
-    1.2-1.4x faster than the rows product at B <= 128 (7 x 7) and B = 64 (14 x 14), equal at
-    B = 256. With several threads ``addbmm`` runs one small parallel product per image and stalls on
+    ``addbmm`` for the audio gradient. The rule is measured (``python -m benchmarks.run --threads 1``
+    times both, ``eager`` and ``eager-rows``; C = 512): with one thread the batched products were
+    ahead at 14 x 14 up to B = 512 and at 7 x 7 up to B = 64-128, behind at 7 x 7 from B = 256
+    (0.91x vs 1.01x of upstream) and level at 14 x 14, B = 1024; ``B' < 4 HW`` separates the two.
+    With several threads ``addbmm`` runs one small parallel product per image and stalls on
     shared cores (0.86 s instead of 0.03 s measured), so the rows product is used there.
     """
+    _, _, h, w = img.shape
     return (
         img.device.type == "cpu"
         and not torch.compiler.is_compiling()
         and not _is_channels_last(img)
         and torch.get_num_threads() == 1
+        and aud.shape[0] < 4 * h * w
     )
 
 
@@ -236,7 +240,7 @@ class ThresholdedSimilarity(torch.autograd.Function):
     def forward(ctx, img: Tensor, aud: Tensor, epsilon: float, beta: float, recompute: bool) -> Tensor:  # type: ignore[override]
         op = opmath_dtype(img.dtype)
         stable = needs_stable_weights(epsilon, beta, op)
-        batched = _batched(img)
+        batched = _batched(img, aud)
         dim = -1 if batched else 1  # the spatial dimension of the maps: [k, B', HW] or [k, HW, B']
         keep = not recompute and _fits(img, aud, maps=True, rows=not batched)
         rows = alpha = None

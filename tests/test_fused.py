@@ -445,3 +445,22 @@ def test_cuda_eager_kernels_match_float64_reference(kernel):
     got = _value_and_grads(ours, *_leaves(img64.cuda(), aud64.cuda(), dtype=torch.float32), weights.cuda())
     for x, y in zip(got, expected):
         assert_rel(x.cpu(), y, 2e-5)  # float32 products (PyTorch's default: TF32 off for matmul)
+
+
+def test_one_thread_eq1_products_follow_the_measured_rule():
+    """One thread, NCHW: batched products (no rows copy saved) while B' < 4 HW, the rows product from there."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for b, h, w, copy in ((7, 2, 1, False), (8, 2, 1, True)):
+            img64, aud64 = normalized_features(b, 5, h, w, seed=2)  # C = 5: no size coincides with B^2
+            img, aud = _leaves(img64, aud64, dtype=torch.float32)
+            sizes = [torch.Size(s).numel() for s in _saved_shapes(lambda i, a: K.thresholded(i, a, 0.65, 0.03), img, aud)]
+            assert sizes.count(img.numel()) == 1 + copy, (b, sizes)
+            weights = _weights((b, b))
+            expected = _value_and_grads(_ref_thr(0.65, 0.03), *_leaves(img64, aud64), weights)
+            got = _value_and_grads(lambda i, a: K.thresholded(i, a, 0.65, 0.03), img, aud, weights)
+            for x, y in zip(got, expected):
+                assert_rel(x, y, 2e-5)
+    finally:
+        torch.set_num_threads(before)
