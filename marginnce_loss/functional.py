@@ -99,9 +99,9 @@ def thresholded_similarity(
     The backward is derived by hand (:class:`~marginnce_loss._kernels.ThresholdedSimilarity`):
     ``dS_ij/dalpha = (w + (alpha - S_ij) w (1 - w) / beta) / sum_hw w``, formed in one element-wise
     pass, then the two gradient products. Nothing element-wise of size ``B x B' x H x W`` is kept
-    for backward; the response maps themselves are, unless ``recompute=True`` or they (with the
-    ``[B*HW, C]`` copy of an NCHW ``img``) exceed 512 MiB, past which they are recomputed a block
-    of images at a time.
+    for backward; the response maps themselves are, unless ``recompute=True`` or they exceed 512 MiB
+    (or the ``[B*HW, C]`` copy of an NCHW ``img`` that comes with them exceeds 256 MiB), past which
+    they are recomputed a block of images at a time.
 
     Args:
         img: ``[B, C, H, W]`` visual features, L2-normalised over ``C`` (NCHW or channels-last).
