@@ -139,7 +139,9 @@ def thresholded_similarity(
     The backward is derived by hand (:class:`~marginnce_loss._kernels.ThresholdedSimilarity`):
     ``dS_ij/dalpha = (w + (alpha - S_ij) w (1 - w) / beta) / sum_hw w``, formed in one element-wise
     pass, then the two gradient products. Nothing element-wise of size ``B x B' x H x W`` is kept
-    for backward; the response maps themselves are, unless ``recompute=True``.
+    for backward; the response maps themselves are, unless ``recompute=True`` or they exceed 512 MiB
+    (or the ``[B*HW, C]`` copy of an NCHW ``img`` that comes with them exceeds 256 MiB), past which
+    they are recomputed a block of images at a time.
 
     Args:
         img: ``[B, C, H, W]`` visual features, L2-normalised over ``C`` (NCHW or channels-last).
@@ -149,7 +151,8 @@ def thresholded_similarity(
         backend: ``"auto"`` (compiled on CUDA, eager otherwise), ``"eager"`` or ``"compiled"``
             (``torch.compile``; falls back to eager with one warning if compilation is unavailable).
         recompute: recompute the response maps in backward instead of keeping them from the
-            forward: saves ``B * B' * H * W`` elements of memory for one more matrix product.
+            forward: saves ``B * B' * H * W`` elements of memory for one more matrix product
+            (done anyway past the 512 MiB bound above).
 
     Returns:
         ``[B, B']`` similarities in float32 (float64 for float64 input).

@@ -107,12 +107,15 @@ def threads(request):
     torch.set_num_threads(before)
 
 
-@pytest.mark.parametrize("blocks", ["one block", "block of 2", "block of 1"])
+@pytest.mark.parametrize("blocks", ["one block", "block of 2", "block of 1", "nothing kept, block of 2"])
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-{c[1]}x{c[2]}x{c[3]}x{c[4]}")
 @pytest.mark.parametrize("kernel", ["thresholded", "thresholded-recompute", "max"])
 def test_eager_kernels_match_float64_references(kernel, case, layout, blocks, monkeypatch, threads):
     img64, aud64 = _features(*case, seed=7)
+    if blocks.startswith("nothing kept"):  # past the bounds: rows copied and maps recomputed per block
+        monkeypatch.setattr(K, "_KEEP_BYTES", 0)
+        monkeypatch.setattr(K, "_KEEP_ROWS_BYTES", 0)
     if blocks != "one block":  # CPU eager works a block of images at a time: force several blocks
         per_image = case[3] * case[4] * max(case[1], case[2]) * 4
         monkeypatch.setattr(K, "_BLOCK_BYTES", per_image * int(blocks[-1]))
@@ -213,7 +216,7 @@ def _saved_shapes(fn, img, aud):
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_saved_for_backward(layout):
+def test_saved_for_backward(layout, threads):
     b, c, h, w = 6, 8, 4, 5
     img, aud = _leaves(*normalized_features(b, c, h, w, seed=1, dtype=torch.float32), layout=layout)
     big = b * b * h * w
@@ -222,11 +225,46 @@ def test_saved_for_backward(layout):
         return sorted(torch.Size(s).numel() for s in _saved_shapes(fn, img, aud))
 
     inputs, pairs = [b * c * h * w, b * c], [b * b]
+    rows = [b * c * h * w] if layout == "nchw" else []  # the [B*HW, C] copy of an NCHW img (a view otherwise)
+    eq1_rows = [] if threads == 1 else rows  # one thread: eq. 1 runs batched products on NCHW img, no copy
     assert big not in inputs
-    assert sizes(lambda i, a: K.thresholded(i, a, 0.65, 0.03)) == sorted(inputs + 2 * pairs + [big])  # + alpha
+    assert sizes(lambda i, a: K.thresholded(i, a, 0.65, 0.03)) == sorted(inputs + 2 * pairs + [big] + eq1_rows)  # + alpha
     assert sizes(lambda i, a: K.thresholded(i, a, 0.65, 0.03, True)) == sorted(inputs + 2 * pairs)  # S, Z only
-    assert sizes(K.maximum) == sorted(inputs + pairs)  # the arg-max indices only
+    assert sizes(K.maximum) == sorted(inputs + pairs + rows)  # the arg-max indices (and the rows copy)
     assert sizes(lambda i, a: K.thresholded_dense(i, a, 0.65, 0.03)).count(big) >= 2  # autograd keeps more
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_past_keep_bytes_nothing_batch_sized_is_saved(layout, monkeypatch, threads):
+    """The maps are kept up to _KEEP_BYTES, the rows copy of NCHW img up to _KEEP_ROWS_BYTES, to the byte;
+    past both nothing of batch size but the inputs is saved (default recompute=False)."""
+    b, c, h, w = 6, 8, 4, 5
+    img, aud = _leaves(*normalized_features(b, c, h, w, seed=1, dtype=torch.float32), layout=layout)
+    big, img_size = b * b * h * w, b * c * h * w
+    eq1 = lambda i, a: K.thresholded(i, a, 0.65, 0.03)  # noqa: E731
+
+    def saved(fn):
+        return [torch.Size(s).numel() for s in _saved_shapes(fn, img, aud)]
+
+    monkeypatch.setattr(K, "_KEEP_BYTES", big * 4)  # exactly fits: kept
+    assert big in saved(eq1)
+    monkeypatch.setattr(K, "_KEEP_BYTES", big * 4 - 1)  # one byte short: recomputed
+    assert big not in saved(eq1)
+    monkeypatch.setattr(K, "_KEEP_BYTES", 1 << 40)
+    copies = layout == "nchw"  # channels-last rows are a view: never a copy to keep
+    monkeypatch.setattr(K, "_KEEP_ROWS_BYTES", img_size * 4)
+    assert saved(K.maximum).count(img_size) == 1 + copies
+    assert saved(eq1).count(img_size) == 1 + (copies and threads > 1)  # one thread: eq. 1 makes no copy
+    monkeypatch.setattr(K, "_KEEP_ROWS_BYTES", img_size * 4 - 1)
+    assert saved(K.maximum).count(img_size) == 1
+    if copies and threads > 1:
+        assert big not in saved(eq1)  # the maps come with the product over the whole rows: not kept either
+    monkeypatch.setattr(K, "_KEEP_BYTES", 0)
+    monkeypatch.setattr(K, "_KEEP_ROWS_BYTES", 0)
+    monkeypatch.setattr(K, "_BLOCK_BYTES", h * w * c * 4 * 2)  # blocks of 2 images
+    for fn in (eq1, K.maximum):
+        sizes = saved(fn)
+        assert sorted(sizes)[-2:] == [b * c, img_size] and sum(sizes) <= img_size + b * c + 2 * b * b, sizes
 
 
 # --------------------------------------------------------------------------- public API
@@ -407,3 +445,22 @@ def test_cuda_eager_kernels_match_float64_reference(kernel):
     got = _value_and_grads(ours, *_leaves(img64.cuda(), aud64.cuda(), dtype=torch.float32), weights.cuda())
     for x, y in zip(got, expected):
         assert_rel(x.cpu(), y, 2e-5)  # float32 products (PyTorch's default: TF32 off for matmul)
+
+
+def test_one_thread_eq1_products_follow_the_measured_rule():
+    """One thread, NCHW: batched products (no rows copy saved) while B' < 4 HW, the rows product from there."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for b, h, w, copy in ((7, 2, 1, False), (8, 2, 1, True)):
+            img64, aud64 = normalized_features(b, 5, h, w, seed=2)  # C = 5: no size coincides with B^2
+            img, aud = _leaves(img64, aud64, dtype=torch.float32)
+            sizes = [torch.Size(s).numel() for s in _saved_shapes(lambda i, a: K.thresholded(i, a, 0.65, 0.03), img, aud)]
+            assert sizes.count(img.numel()) == 1 + copy, (b, sizes)
+            weights = _weights((b, b))
+            expected = _value_and_grads(_ref_thr(0.65, 0.03), *_leaves(img64, aud64), weights)
+            got = _value_and_grads(lambda i, a: K.thresholded(i, a, 0.65, 0.03), img, aud, weights)
+            for x, y in zip(got, expected):
+                assert_rel(x, y, 2e-5)
+    finally:
+        torch.set_num_threads(before)
