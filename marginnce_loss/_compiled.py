@@ -8,7 +8,12 @@
   the matrix products run as library calls and every element-wise step, reduction and the loss
   around them are fused, forward and backward. A new batch size does not recompile.
 - ``"auto"``: ``"compiled"`` for CUDA tensors, ``"eager"`` otherwise (CPU compile time rarely pays
-  for itself in a training loop; pass ``"compiled"`` to ask for it).
+  for itself in a training loop; pass ``"compiled"`` to ask for it) -- except the max-MIL kernels
+  (:data:`CUDA_UNVERIFIED`), which stay eager on CUDA: on the one GPU check so far (an H200, torch
+  2.11) the compiled max-MIL loss returned the right value but all-zero gradients, and no GPU has
+  been available since to find the cause. An explicit ``backend="compiled"`` for them on CUDA runs
+  compiled and warns once per kernel; ``python -m benchmarks.device_check`` runs the CUDA test
+  (``tests/test_fused.py::test_compiled_matches_eager_on_cuda``) that decides when to lift this.
 
 If compilation is unavailable (no working C++ compiler or Triton, an unsupported Python, ...) a
 :class:`CompiledKernel` falls back to eager, warns once for that kernel and stays eager.
@@ -28,16 +33,21 @@ import torch
 from . import _kernels
 from ._validation import check_choice
 
-__all__ = ["BACKENDS", "CompiledKernel", "KERNELS", "compile_dynamic", "compiled_available", "resolve_backend", "run"]
+__all__ = ["BACKENDS", "CUDA_UNVERIFIED", "CompiledKernel", "KERNELS", "compile_dynamic", "compiled_available", "resolve_backend", "run"]
 
 BACKENDS = ("auto", "eager", "compiled")
 
 
-def resolve_backend(backend: object, device: torch.device) -> str:
-    """``"eager"`` or ``"compiled"`` for ``backend`` on ``device`` (``"auto"``: compiled on CUDA only)."""
+#: Kernels whose compiled CUDA gradients have not passed a GPU check (see the module docstring).
+CUDA_UNVERIFIED = frozenset({"max", "max_loss", "max_xmil"})
+
+
+def resolve_backend(backend: object, device: torch.device, kernel: Optional[str] = None) -> str:
+    """``"eager"`` or ``"compiled"`` for ``backend`` on ``device`` (``"auto"``: compiled on CUDA only,
+    and never for a ``kernel`` in :data:`CUDA_UNVERIFIED`)."""
     check_choice("backend", backend, BACKENDS)
     if backend == "auto":
-        return "compiled" if device.type == "cuda" else "eager"
+        return "compiled" if device.type == "cuda" and kernel not in CUDA_UNVERIFIED else "eager"
     return str(backend)
 
 
@@ -77,6 +87,19 @@ class CompiledKernel:
         self._compiler = compiler if compiler is not None else compile_dynamic
         self._compiled: Optional[Callable[..., Any]] = None
         self.failure: Optional[BaseException] = None
+        self._warned_cuda = False
+
+    def warn_unverified_on_cuda(self) -> None:
+        """Warn once that this kernel's compiled CUDA gradients are unverified (:data:`CUDA_UNVERIFIED`)."""
+        if not self._warned_cuda:
+            self._warned_cuda = True
+            warnings.warn(
+                f"marginnce_loss: backend='compiled' for {self.name} on CUDA is unverified: on an H200 with "
+                "torch 2.11 its gradients came out all zero; use backend='eager' (what 'auto' picks) unless "
+                "python -m benchmarks.device_check passes its CUDA tests on your machine",
+                RuntimeWarning,
+                stacklevel=4,
+            )
 
     def _disable(self, error: BaseException) -> None:
         self.failure = error
@@ -124,6 +147,8 @@ KERNELS: Dict[str, CompiledKernel] = {
 def run(name: str, backend: str, device: torch.device, *args: Any) -> Any:
     """Run kernel ``name`` of :data:`KERNELS` eagerly or compiled, per :func:`resolve_backend`."""
     kernel = KERNELS[name]
-    if resolve_backend(backend, device) == "compiled":
+    if resolve_backend(backend, device, name) == "compiled":
+        if device.type == "cuda" and name in CUDA_UNVERIFIED:
+            kernel.warn_unverified_on_cuda()
         return kernel(*args)
     return kernel.fn(*args)

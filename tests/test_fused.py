@@ -289,6 +289,13 @@ def test_backend_argument_is_validated():
 def test_auto_backend_is_compiled_on_cuda_only():
     assert C.resolve_backend("auto", torch.device("cpu")) == "eager"
     assert C.resolve_backend("auto", torch.device("cuda", 0)) == "compiled"
+    # max-MIL: compiled gradients on CUDA unverified (all zero on the one GPU check), so auto stays eager
+    for name in C.KERNELS:
+        expected = "eager" if name in C.CUDA_UNVERIFIED else "compiled"
+        assert C.resolve_backend("auto", torch.device("cuda", 0), name) == expected, name
+        assert C.resolve_backend("auto", torch.device("cpu"), name) == "eager", name
+        assert C.resolve_backend("compiled", torch.device("cuda", 0), name) == "compiled", name
+    assert C.CUDA_UNVERIFIED == {"max", "max_loss", "max_xmil"}
     assert C.resolve_backend("eager", torch.device("cuda", 0)) == "eager"
     assert C.resolve_backend("compiled", torch.device("cpu")) == "compiled"
 
@@ -464,3 +471,14 @@ def test_one_thread_eq1_products_follow_the_measured_rule():
                 assert_rel(x, y, 2e-5)
     finally:
         torch.set_num_threads(before)
+
+
+def test_explicit_compiled_max_on_cuda_warns_once():
+    """The warning an explicit ``backend="compiled"`` max-MIL kernel gives on CUDA: once per kernel."""
+    kernel = C.CompiledKernel(lambda x: x, "probe")
+    with pytest.warns(RuntimeWarning, match="unverified"):
+        kernel.warn_unverified_on_cuda()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        kernel.warn_unverified_on_cuda()  # second time: silent
+
