@@ -382,8 +382,8 @@ def bench_scale(
             else:  # one point: the B^2 term through it
                 b_max, m_max = fit_points[0]
                 c2, c1 = m_max / b_max**2, 0.0
-            ours_total = lambda b: max(c2 * b * b + c1 * b, 0.0) + per_b * b  # noqa: E731
-            up_total = lambda b: per_element * b * b * hw + per_b * b  # noqa: E731
+            ours_total = lambda b, c2=c2, c1=c1, per_b=per_b: max(c2 * b * b + c1 * b, 0.0) + per_b * b  # noqa: E731
+            up_total = lambda b, pe=per_element, hw=hw, per_b=per_b: pe * b * b * hw + per_b * b  # noqa: E731
             largest.append(
                 {
                     "formulation": formulation, "H": side, "W": side, "budget_GiB": budget_gib,

@@ -26,14 +26,24 @@ input signature, not once per call) and each kernel's fallback flag; nothing els
 from __future__ import annotations
 
 import warnings
-from typing import Any, Callable, Dict, Optional
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
 from . import _kernels
 from ._validation import check_choice
 
-__all__ = ["BACKENDS", "CUDA_UNVERIFIED", "CompiledKernel", "KERNELS", "compile_dynamic", "compiled_available", "resolve_backend", "run"]
+__all__ = [
+    "BACKENDS",
+    "CUDA_UNVERIFIED",
+    "CompiledKernel",
+    "KERNELS",
+    "compile_dynamic",
+    "compiled_available",
+    "resolve_backend",
+    "run",
+]
 
 BACKENDS = ("auto", "eager", "compiled")
 
@@ -42,7 +52,7 @@ BACKENDS = ("auto", "eager", "compiled")
 CUDA_UNVERIFIED = frozenset({"max", "max_loss", "max_xmil"})
 
 
-def resolve_backend(backend: object, device: torch.device, kernel: Optional[str] = None) -> str:
+def resolve_backend(backend: object, device: torch.device, kernel: str | None = None) -> str:
     """``"eager"`` or ``"compiled"`` for ``backend`` on ``device`` (``"auto"``: compiled on CUDA only,
     and never for a ``kernel`` in :data:`CUDA_UNVERIFIED`)."""
     check_choice("backend", backend, BACKENDS)
@@ -81,12 +91,17 @@ class CompiledKernel:
         compiler: builds the compiled callable from ``fn`` (default: inductor, ``dynamic=True``).
     """
 
-    def __init__(self, fn: Callable[..., Any], name: str, compiler: Optional[Callable[[Callable[..., Any]], Callable[..., Any]]] = None) -> None:
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        name: str,
+        compiler: Callable[[Callable[..., Any]], Callable[..., Any]] | None = None,
+    ) -> None:
         self.fn = fn
         self.name = name
         self._compiler = compiler if compiler is not None else compile_dynamic
-        self._compiled: Optional[Callable[..., Any]] = None
-        self.failure: Optional[BaseException] = None
+        self._compiled: Callable[..., Any] | None = None
+        self.failure: BaseException | None = None
         self._warned_cuda = False
 
     def warn_unverified_on_cuda(self) -> None:
@@ -135,7 +150,7 @@ class CompiledKernel:
 
 
 #: One compiled kernel per fused computation (see the module docstring: a documented cache).
-KERNELS: Dict[str, CompiledKernel] = {
+KERNELS: dict[str, CompiledKernel] = {
     "thresholded": CompiledKernel(_kernels.thresholded, "thresholded_similarity"),
     "max": CompiledKernel(_kernels.maximum, "max_similarity"),
     "thresholded_loss": CompiledKernel(_kernels.thresholded_loss, "LocalizationMarginNCE(similarity='thresholded')"),

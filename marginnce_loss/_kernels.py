@@ -195,7 +195,9 @@ def thresholded_dense(img: Tensor, aud: Tensor, epsilon: float, beta: float) -> 
     return sigmoid_weighted_mean(pairwise(img, aud), epsilon, beta)
 
 
-def _eq1_grad_alpha(a: Tensor, sim: Tensor, z_sum: Tensor, grad: Tensor, epsilon: float, beta: float, stable: bool, dim: int) -> Tensor:
+def _eq1_grad_alpha(
+    a: Tensor, sim: Tensor, z_sum: Tensor, grad: Tensor, epsilon: float, beta: float, stable: bool, dim: int
+) -> Tensor:
     r"""``dL/dalpha`` of eq. 1 from ``alpha`` and the saved ``S``, ``Z = sum w`` (all in float32/64).
 
     With ``w_k = sigma((a_k - epsilon) / beta)``, ``S = sum_k w_k a_k / Z``:
@@ -250,7 +252,7 @@ class ThresholdedSimilarity(torch.autograd.Function):
                 alpha = _alpha_rows(rows, aud, img.shape[0])
         sims, sums = [], []
         for i0, i1 in _blocks(img, aud):
-            if keep:
+            if alpha is not None:  # kept
                 a = alpha[i0:i1]
             else:
                 a = _alpha_block(img, aud, i0, i1) if batched else _alpha_rows(_rows_block(img, i0, i1), aud, i1 - i0)
@@ -297,18 +299,18 @@ class ThresholdedSimilarity(torch.autograd.Function):
             ).to(img.dtype)
             del a
             if batched:  # g_alpha [k, B', HW]
-                if need_img:
+                if grad_img is not None:
                     torch.bmm(aud.t().expand(k, -1, -1), g_alpha, out=grad_img.view(b, c, hw)[i0:i1])
-                if need_aud:
+                if grad_aud is not None:
                     grad_aud.addbmm_(g_alpha, x.transpose(1, 2))  # k products summed in place, no copy
                 continue
             g_rows = g_alpha.view(-1, aud.shape[0])  # [k*HW, B']
-            if need_img:
+            if grad_img is not None:
                 if _is_channels_last(img):
                     torch.mm(g_rows, aud, out=_rows(grad_img)[i0 * hw : i1 * hw])
                 else:
                     _write_rows(grad_img, torch.mm(g_rows, aud), i0, i1)
-            if need_aud:
+            if grad_aud is not None:
                 grad_aud.addmm_(g_rows.t(), x)
         return grad_img, grad_aud, None, None, None
 
@@ -345,7 +347,7 @@ def _max_backward_sparse(
     position) and is written in ``img``'s layout.
     """
     b, c, h, w = img.shape
-    hw, bp = h * w, aud.shape[0]
+    hw = h * w
     g = grad.to(img.dtype)
     grad_img = torch.empty_like(img) if need_img else None
     grad_aud = aud.new_zeros(aud.shape) if need_aud else None
@@ -355,14 +357,17 @@ def _max_backward_sparse(
         if grad_aud is not None:
             table = rows[i0 * hw : i1 * hw] if rows is not None else _rows_block(img, i0, i1)
             local = index[i0:i1] + base  # [k, B']: row (i, p_ij) of the block
-            grad_aud += nnf.embedding_bag(local.t().contiguous(), table, per_sample_weights=g[i0:i1].t().contiguous(), mode="sum")
+            grad_aud += nnf.embedding_bag(
+                local.t().contiguous(), table, per_sample_weights=g[i0:i1].t().contiguous(), mode="sum"
+            )
             del table  # a block-sized copy for NCHW img: gone before the image gradient's rows exist
         if grad_img is not None:
             positions, order = torch.sort(index[i0:i1], dim=1, stable=True)  # per image, by position
             keys = (positions + base).reshape(-1)  # bag (i, p) of each entry, non-decreasing
             offsets = torch.searchsorted(keys, torch.arange(k * hw, device=keys.device, dtype=keys.dtype))
             weights = g[i0:i1].gather(1, order).reshape(-1)
-            bags = nnf.embedding_bag(order.reshape(-1), aud, offsets, per_sample_weights=weights, mode="sum")  # [k*HW, C]
+            # [k*HW, C]
+            bags = nnf.embedding_bag(order.reshape(-1), aud, offsets, per_sample_weights=weights, mode="sum")
             _write_rows(grad_img, bags, i0, i1)
     return grad_img, grad_aud
 

@@ -95,7 +95,7 @@ def test_run_writes_tables_and_numbers(tmp_path):
         assert r["upstream_B"] > 16 and r["ours_B"] > 16 and r["ours_fit_points"] == [12, 16]
         budget = 0.01 * 2**30  # the estimate is the largest B whose modelled total fits the budget
         per_b = 8 * (9 * 16 + 16)
-        up = lambda b: r["upstream_bytes_per_map_element"] * b * b * 9 + per_b * b  # noqa: E731
+        up = lambda b, r=r, per_b=per_b: r["upstream_bytes_per_map_element"] * b * b * 9 + per_b * b  # noqa: E731
         assert up(r["upstream_B"]) <= budget < up(r["upstream_B"] + 1)
     prof = saved["profile"]
     assert set(prof["variants"]) == {"upstream", "ours (default)"}

@@ -17,11 +17,11 @@ pytest.importorskip("torchvision")
 from torch.utils.data import DataLoader  # noqa: E402
 
 from baselines.data import (  # noqa: E402
-    augment_frame,
     AudioVisualDataset,
     DataError,
     DataFailureTracker,
     FailedSample,
+    augment_frame,
     collate_batch,
     gt_map,
     image_transform,

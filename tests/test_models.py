@@ -12,7 +12,6 @@ pytest.importorskip("torchvision")
 from baselines.models import MODELS, ModelConfig, build_model  # noqa: E402
 from marginnce_loss import functional as MF  # noqa: E402
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 

@@ -42,10 +42,10 @@ import subprocess
 import sys
 import types
 from argparse import Namespace
+from collections.abc import Iterator, MutableMapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterator, List, MutableMapping, Optional, Tuple
 
 import pytest
 import torch
@@ -74,15 +74,15 @@ class Upstream:
     files: frozenset  # every path the patch touches
     new_files: frozenset = frozenset()
     # added model.py line that brings in the package, and the name it must resolve to
-    imports: Tuple[str, str, str] = ("", "", "")  # (added line, module, attribute)
-    scripts: Tuple[str, ...] = ("train.py", "test.py")  # each gains --margin
+    imports: tuple[str, str, str] = ("", "", "")  # (added line, module, attribute)
+    scripts: tuple[str, ...] = ("train.py", "test.py")  # each gains --margin
 
     @property
     def patch(self) -> Path:
         return PATCHES / f"{self.key}.patch"
 
 
-UPSTREAMS: Dict[str, Upstream] = {
+UPSTREAMS: dict[str, Upstream] = {
     u.key: u
     for u in [
         Upstream(
@@ -122,20 +122,20 @@ class Hunk:
     old_len: int
     new_start: int
     new_len: int
-    lines: List[str]  # body lines with their ' ', '-', '+' or '\\' prefix
+    lines: list[str]  # body lines with their ' ', '-', '+' or '\\' prefix
 
 
 @dataclass
 class FileDiff:
-    old_path: Optional[str]  # None for /dev/null (a new file)
-    new_path: Optional[str]  # None for /dev/null (a deleted file)
-    hunks: List[Hunk] = field(default_factory=list)
+    old_path: str | None  # None for /dev/null (a new file)
+    new_path: str | None  # None for /dev/null (a deleted file)
+    hunks: list[Hunk] = field(default_factory=list)
 
     @property
     def path(self) -> str:
         return self.new_path if self.new_path is not None else self.old_path  # type: ignore[return-value]
 
-    def lines(self, prefix: str) -> List[str]:
+    def lines(self, prefix: str) -> list[str]:
         return [line[1:] for h in self.hunks for line in h.lines if line.startswith(prefix)]
 
 
@@ -144,7 +144,7 @@ _EXTENDED = ("index ", "new file mode ", "deleted file mode ", "old mode ", "new
              "rename from ", "rename to ", "copy from ", "copy to ", "dissimilarity index ")
 
 
-def _header_path(line: str, marker: str, side: str, lineno: int) -> Optional[str]:
+def _header_path(line: str, marker: str, side: str, lineno: int) -> str | None:
     rest = line[len(marker):].split("\t")[0]
     if rest == "/dev/null":
         return None
@@ -153,7 +153,7 @@ def _header_path(line: str, marker: str, side: str, lineno: int) -> Optional[str
     return rest[len(side) + 1:]
 
 
-def parse_unified_diff(text: str) -> List[FileDiff]:
+def parse_unified_diff(text: str) -> list[FileDiff]:
     """Parse a (git) unified diff into files and hunks, checking its structure.
 
     Accepted: optional ``diff --git a/X b/X`` and extended header lines, then ``--- a/X`` (or
@@ -164,10 +164,10 @@ def parse_unified_diff(text: str) -> List[FileDiff]:
     if not text.endswith("\n"):
         raise ValueError("diff: expected the text to end with a newline")
     lines = text.split("\n")[:-1]
-    files: List[FileDiff] = []
+    files: list[FileDiff] = []
     i = 0
     while i < len(lines):
-        git_paths: Optional[Tuple[str, str]] = None
+        git_paths: tuple[str, str] | None = None
         if lines[i].startswith("diff --git "):
             m = re.match(r"^diff --git a/(\S+) b/(\S+)$", lines[i])
             if m is None:
@@ -237,7 +237,7 @@ def parse_unified_diff(text: str) -> List[FileDiff]:
     return files
 
 
-def _read_patch(key: str) -> List[FileDiff]:
+def _read_patch(key: str) -> list[FileDiff]:
     return parse_unified_diff(UPSTREAMS[key].patch.read_text())
 
 
@@ -386,7 +386,7 @@ def _unavailable(name: str):
     return call
 
 
-def install_stubs(modules: MutableMapping[str, types.ModuleType]) -> List[str]:
+def install_stubs(modules: MutableMapping[str, types.ModuleType]) -> list[str]:
     """Put stub modules for the ``_STUBS`` packages that are not installed into ``modules``."""
     installed = []
     for top, subs in _STUBS.items():
@@ -406,7 +406,7 @@ def install_stubs(modules: MutableMapping[str, types.ModuleType]) -> List[str]:
     return installed
 
 
-def _git(*args: str, cwd: Optional[Path] = None) -> str:
+def _git(*args: str, cwd: Path | None = None) -> str:
     proc = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"git {' '.join(args)} failed ({proc.returncode}): {proc.stderr.strip()}")
@@ -726,7 +726,7 @@ def _slavc_models(mods: Modules, projections: str):
     return original.eval(), patched.eval()
 
 
-def _slavc_reference(model, image, audio, margin: float) -> Tuple[torch.Tensor, torch.Tensor]:
+def _slavc_reference(model, image, audio, margin: float) -> tuple[torch.Tensor, torch.Tensor]:
     """SLAVC's loss written from its formula, the margin as SPEC 4 puts it on the positive logits:
     ``i2a_nm = log sum_hw softmax_m(a1 / tau) * softmax_hw(a2 / tau)`` (a1, a2 the two projections'
     response maps against the momentum audio), likewise ``a2i`` with momentum images and online audio;
@@ -841,7 +841,7 @@ def _lvs_forward(model, img, aud, args, cuda_is_identity: bool, mp: pytest.Monke
         mp.undo()
 
 
-def _lvs_parts(logits: torch.Tensor, b: int) -> Dict[str, torch.Tensor]:
+def _lvs_parts(logits: torch.Tensor, b: int) -> dict[str, torch.Tensor]:
     block = logits[:, 1:1 + b]
     eye = torch.eye(b, dtype=torch.bool)
     parts = {"positive": logits[:, 0], "negatives": block[~eye], "diagonal": block[eye]}
@@ -902,7 +902,7 @@ def test_lvs_constructor_reads_the_margin(lvs):
     assert patched.margin == -0.3
 
 
-def _write_clips(root: Path, ids: List[str]) -> None:
+def _write_clips(root: Path, ids: list[str]) -> None:
     import numpy as np
     import soundfile as sf
     from PIL import Image

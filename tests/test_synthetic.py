@@ -40,6 +40,7 @@ from baselines.data.synthetic import (
 )
 
 from .conftest import UPSTREAM_METADATA  # noqa: E402
+
 META = UPSTREAM_METADATA / "ezvsl"
 REAL_VGGSS = META / "vggss.json"
 

@@ -8,7 +8,6 @@ import json
 import math
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Dict
 
 import pytest
 import torch
@@ -18,7 +17,8 @@ pytest.importorskip("PIL")
 pytest.importorskip("torchvision")
 pytest.importorskip("tqdm")
 
-from hypothesis import given, settings, strategies as st  # noqa: E402
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st
 
 from baselines import evaluate as evaluate_cli  # noqa: E402
 from baselines import train as train_cli  # noqa: E402
@@ -39,7 +39,7 @@ PROVENANCE_KEYS = {"git_commit", "git_dirty", "python", "torch", "torchvision", 
                    "not_applied"}
 
 
-def _effective(config: TrainConfig) -> Dict:
+def _effective(config: TrainConfig) -> dict:
     return asdict(effective_config(config)[0])
 
 
@@ -55,7 +55,7 @@ def _records(out: Path):
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
-def _check_metrics(e: Dict[str, float], n: int) -> None:
+def _check_metrics(e: dict[str, float], n: int) -> None:
     assert set(e) == METRIC_KEYS
     assert e["n"] == n and e["data_failures"] == 0
     for key in ("ciou", "auc", "mean_ciou"):
@@ -63,7 +63,7 @@ def _check_metrics(e: Dict[str, float], n: int) -> None:
     assert e["mean_ciou"] > 0.0  # masks of half the frame or more: some of the 8 boxes are hit
 
 
-def _assert_same_state(a: Dict[str, torch.Tensor], b: Dict[str, torch.Tensor]) -> None:
+def _assert_same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k

@@ -36,7 +36,7 @@ import socket
 from dataclasses import asdict, replace
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Dict, Tuple
+from typing import Any
 
 import pytest
 import torch
@@ -75,18 +75,18 @@ OUTLIERS = 1e-3  # the fraction of a model's elements allowed between ATOL and S
 ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
-def _assert_same_weights(got: Dict[str, torch.Tensor], expected: Dict[str, torch.Tensor]) -> None:
+def _assert_same_weights(got: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
     """Every element within 5% of one Adam step, all but ``OUTLIERS`` of them within ``RTOL, ATOL``."""
     outside, total = 0, 0
     for k, w in expected.items():
-        torch.testing.assert_close(got[k], w, rtol=RTOL, atol=STEP_ATOL, msg=lambda m: f"{k}: {m}")
+        torch.testing.assert_close(got[k], w, rtol=RTOL, atol=STEP_ATOL, msg=lambda m, k=k: f"{k}: {m}")
         if w.is_floating_point():
             outside += int((~torch.isclose(got[k], w, rtol=RTOL, atol=ATOL)).sum())
             total += w.numel()
     assert outside <= OUTLIERS * total, f"{outside} of {total} elements differ by more than atol={ATOL}"
 
 
-def _configs(fx: AVFixture) -> Dict[str, Any]:
+def _configs(fx: AVFixture) -> dict[str, Any]:
     common = dict(norm="group", epochs=1, limit_steps=STEPS, batch_size=4, lr=LR)
     return {
         # the CLI run of the workers (train_argv + the flags below) builds exactly this config
@@ -96,11 +96,11 @@ def _configs(fx: AVFixture) -> Dict[str, Any]:
     }
 
 
-def _cli_flags() -> Tuple[str, ...]:
+def _cli_flags() -> tuple[str, ...]:
     return ("--norm", "group", "--epochs", "1", "--limit-steps", str(STEPS), "--batch-size", "4", "--lr", str(LR))
 
 
-def _catch(fn: Any) -> Tuple[str, str]:
+def _catch(fn: Any) -> tuple[str, str]:
     try:
         fn()
     except (TypeError, ValueError, DataError) as e:
@@ -112,7 +112,7 @@ def _worker(r: int, tmp: str, port: int, fx: AVFixture, bad: AVFixture) -> None:
     torch.set_num_threads(1)
     tmp_path = Path(tmp)
     configs = _configs(fx)
-    result: Dict[str, Any] = {}
+    result: dict[str, Any] = {}
 
     # 1. as under torchrun: the trainer creates the process group from the environment and destroys it
     os.environ.update(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE=str(WORLD), MASTER_ADDR="127.0.0.1",
@@ -153,7 +153,7 @@ def _one_thread(one_thread):  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Any]:
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     tmp = tmp_path_factory.mktemp("ddp_train")
     fx = make_av_dataset(tmp / "data", n_train=16, n_test=8)
     bad = make_av_dataset(tmp / "bad", n_train=8, n_test=0)
@@ -175,7 +175,7 @@ def _records(out: Path):
 
 
 @pytest.mark.parametrize("model", ["reference", "ezvsl"])
-def test_ddp_weights_match_single_process_on_the_global_batches(runs: Dict[str, Any], model: str) -> None:
+def test_ddp_weights_match_single_process_on_the_global_batches(runs: dict[str, Any], model: str) -> None:
     tmp, fx = runs["tmp"], runs["fx"]
     config = _configs(fx)[model]
     ddp, single = (load_checkpoint(tmp / f"{kind}_{model}" / "checkpoint.pt") for kind in ("ddp", "single"))
@@ -193,7 +193,7 @@ def test_ddp_weights_match_single_process_on_the_global_batches(runs: Dict[str, 
     assert d["loss"] == pytest.approx(s["loss"], rel=1e-5)
 
 
-def test_ddp_runs_the_final_evaluation_and_writes_final_json(runs: Dict[str, Any]) -> None:
+def test_ddp_runs_the_final_evaluation_and_writes_final_json(runs: dict[str, Any]) -> None:
     tmp = runs["tmp"]
     final = json.loads((tmp / "ddp_reference" / "final.json").read_text())
     assert final["epochs_completed"] == 1 and final["eval"]["n"] == 8
@@ -203,7 +203,7 @@ def test_ddp_runs_the_final_evaluation_and_writes_final_json(runs: Dict[str, Any
     assert finals[0] == finals[1] == json.loads((tmp / "ddp_ezvsl" / "final.json").read_text())
 
 
-def test_process_group_lifetime_and_errors_on_every_rank(runs: Dict[str, Any]) -> None:
+def test_process_group_lifetime_and_errors_on_every_rank(runs: dict[str, Any]) -> None:
     for res in runs["ranks"]:
         assert res["destroyed"]  # created from the environment by the trainer: destroyed at the end
         assert res["kept"]  # the caller's: left alive
@@ -216,7 +216,7 @@ def test_process_group_lifetime_and_errors_on_every_rank(runs: Dict[str, Any]) -
     assert not (runs["tmp"] / "bad" / "checkpoint.pt").exists()
 
 
-def test_lvs_under_ddp_uses_rank_local_negatives(runs: Dict[str, Any]) -> None:
+def test_lvs_under_ddp_uses_rank_local_negatives(runs: dict[str, Any]) -> None:
     """One step of LVS on 2 ranks = one Adam step on the mean of the two half-batch losses."""
     tmp, fx = runs["tmp"], runs["fx"]
     config = _configs(fx)["lvs"]
