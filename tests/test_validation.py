@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 import warnings
 
@@ -136,10 +137,31 @@ def test_adapters_validate_their_arguments():
         ezvsl.max_xmil_loss(img, aud, tau=0.0)
     with pytest.raises(ValueError, match=r"diagonal: expected one of \('upstream', 'exclude'\), got 'drop'"):
         lvs.lvs_logits(img, aud, diagonal="drop")
-    with pytest.raises(ValueError, match=r"sigmoid_tau: expected a finite float > 0"):
-        lvs.lvs_logits(img, aud, sigmoid_tau=-1.0)
+    with pytest.raises(ValueError, match=r"beta: expected a finite float > 0, got -1.0"):
+        lvs.lvs_logits(img, aud, beta=-1.0)
     with pytest.raises(ValueError, match=r"aud: expected batch size 4"):
         reference.loss(img, aud[:3])
+
+
+
+def test_lvs_sigmoid_tau_is_a_deprecated_alias_of_beta():
+    img, aud = feats()
+    with pytest.warns(DeprecationWarning, match=r"sigmoid_tau: deprecated alias of beta"):
+        old = lvs.lvs_logits(img, aud, sigmoid_tau=0.05)
+    torch.testing.assert_close(old, lvs.lvs_logits(img, aud, beta=0.05), rtol=0, atol=0)
+    assert not torch.equal(old, lvs.lvs_logits(img, aud))  # the alias is read, not dropped
+    with pytest.warns(DeprecationWarning), pytest.raises(ValueError, match=r"beta: expected a finite float > 0, got -1.0"):
+        lvs.lvs_logits(img, aud, sigmoid_tau=-1.0)
+    assert "sigmoid_tau" not in inspect.signature(lvs.lvs_logits).parameters
+
+
+@pytest.mark.parametrize("how", ["keyword", "position"])
+def test_lvs_beta_and_its_alias_together_are_refused(how):
+    img, aud = feats()
+    args, kwargs = ((img, aud, 0.0, 0.65, 0.4, 0.03), {}) if how == "position" else ((img, aud), {"beta": 0.03})
+    with pytest.raises(TypeError, match=r"sigmoid_tau: expected either beta or its deprecated alias sigmoid_tau, "
+                                        r"got both \(beta=0.03, sigmoid_tau=0.05\)"):
+        lvs.lvs_logits(*args, sigmoid_tau=0.05, **kwargs)
 
 
 # ---------------------------------------------------------------- scalars: bools, ints, reals

@@ -1,7 +1,8 @@
 """LVS's loss site: the logits of ``AVENet.forward`` in ``model.py``
 (hche11/Localizing-Visual-Sounds-the-Hard-Way @ 8fe8cbb).
 
-Upstream (``A = alpha_ii``, ``A0 = alpha_ij``, sigmoid temperature 0.03)::
+Upstream (``A = alpha_ii``, ``A0 = alpha_ij``, eq. 1's sigmoid temperature ``beta`` = upstream's
+``self.tau`` = 0.03)::
 
     sim1 = eq1(A, epsilon)                       # [B, 1]  positive
     sim  = eq1(A0, epsilon) * (1 - 100 * I)      # [B, B]  negatives; the diagonal becomes -99 * S_ii
@@ -20,20 +21,21 @@ import torch
 from torch import Tensor
 
 from .. import functional as F
-from .._validation import check_bool, check_choice, check_finite, check_pair, check_positive
+from .._validation import check_bool, check_choice, check_finite, check_pair, check_positive, renamed_keyword
 
 __all__ = ["lvs_logits", "DIAGONAL_MODES"]
 
 DIAGONAL_MODES = ("upstream", "exclude")
 
 
+@renamed_keyword("sigmoid_tau", "beta")
 def lvs_logits(
     img: Tensor,
     aud: Tensor,
     margin: float = 0.0,
     epsilon: float = 0.65,
     epsilon2: float = 0.4,
-    sigmoid_tau: float = 0.03,
+    beta: float = 0.03,
     tau: float = 0.07,
     trimap: bool = True,
     hard_negative: bool = True,
@@ -43,8 +45,8 @@ def lvs_logits(
     r"""LVS logits with a margin on the positive column.
 
     Row ``i`` is ``[(S_ii - m), S_i1 .. S_iB (diagonal per ``diagonal``), N_i] / tau`` with
-    ``S = thresholded_similarity(img, aud, epsilon, sigmoid_tau)`` (eq. 1) and
-    ``N = background_similarity(img, aud, epsilon2 if trimap else epsilon, sigmoid_tau)``.
+    ``S = thresholded_similarity(img, aud, epsilon, beta)`` (eq. 1) and
+    ``N = background_similarity(img, aud, epsilon2 if trimap else epsilon, beta)``.
     Train with ``F.cross_entropy(logits, zeros(B, dtype=long))``: the target is column 0.
 
     Args:
@@ -53,7 +55,8 @@ def lvs_logits(
         margin: ``m`` subtracted from the positive similarity (0 reproduces upstream).
         epsilon: positive threshold (0.65).
         epsilon2: background threshold with trimap (0.4).
-        sigmoid_tau: the sigmoid temperature of eq. 1 (upstream's ``self.tau = 0.03``).
+        beta: eq. 1's sigmoid temperature ``beta`` (0.03, upstream's ``self.tau``); the keyword
+            ``sigmoid_tau=`` is a deprecated alias of it (``DeprecationWarning``).
         tau: the contrastive temperature (upstream's hard-coded 0.07).
         trimap: background threshold ``epsilon2`` (True) or ``epsilon`` (False), upstream ``--tri_map``.
         hard_negative: append the background column, upstream ``--Neg``.
@@ -68,7 +71,8 @@ def lvs_logits(
 
     Raises:
         TypeError: ``img`` / ``aud`` not floating-point tensors of one dtype; a scalar of the wrong
-            kind (``trimap`` / ``hard_negative`` must be bools).
+            kind (``trimap`` / ``hard_negative`` must be bools); both ``beta`` and its deprecated
+            alias ``sigmoid_tau`` given.
         ValueError: shapes other than ``[B, C, H, W]`` / ``[B, C]`` with one ``B`` and ``C``,
             different devices, a threshold not finite, a temperature ``<= 0``, unknown
             ``diagonal`` / ``backend``.
@@ -86,14 +90,14 @@ def lvs_logits(
     margin = check_finite("margin", margin)
     epsilon = check_finite("epsilon", epsilon)
     epsilon2 = check_finite("epsilon2", epsilon2)
-    sigmoid_tau = check_positive("sigmoid_tau", sigmoid_tau)
+    beta = check_positive("beta", beta)
     tau = check_positive("tau", tau)
     check_bool("trimap", trimap)
     check_bool("hard_negative", hard_negative)
     check_choice("diagonal", diagonal, DIAGONAL_MODES)
     check_choice("backend", backend, F.BACKENDS)
 
-    sim = F._thresholded_similarity(img, aud, epsilon, sigmoid_tau, backend)
+    sim = F._thresholded_similarity(img, aud, epsilon, beta, backend)
     b = sim.shape[0]
     positive = sim.diagonal().unsqueeze(1) - margin
     eye = torch.eye(b, dtype=sim.dtype, device=sim.device)
@@ -103,6 +107,6 @@ def lvs_logits(
         negatives = sim.masked_fill(eye.bool(), float("-inf"))
     columns = [positive, negatives]
     if hard_negative:
-        background = F._background_similarity(img, aud, epsilon2 if trimap else epsilon, sigmoid_tau)
+        background = F._background_similarity(img, aud, epsilon2 if trimap else epsilon, beta)
         columns.append(background.unsqueeze(1))
     return torch.cat(columns, dim=1) / tau
