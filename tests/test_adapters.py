@@ -1,5 +1,5 @@
 """Adapters against the upstream loss sites (EZ-VSL ``model.py`` @ 95ff5bf, LVS ``model.py`` @ 8fe8cbb,
-cross-entropy on logits as SLAVC's ``model.py`` @ 05b429c), written in tests/reference.py."""
+cross-entropy on logits as SLAVC's ``model.py`` @ 05b429c), written in tests/oracles.py."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from marginnce_loss import functional as MF
 from marginnce_loss.adapters import ezvsl, lvs, reference
 
-from .reference import (
+from .oracles import (
     margin_cross_entropy_ref,
     normalized_features,
     trained_like_features,

@@ -11,7 +11,7 @@ import torch
 from benchmarks import run, upstream_style
 from marginnce_loss import LocalizationMarginNCE
 
-from .reference import normalized_features, trained_like_features
+from .oracles import normalized_features, trained_like_features
 
 
 @pytest.mark.parametrize("margin", [0.0, -0.2])

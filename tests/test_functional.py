@@ -1,4 +1,4 @@
-"""The functional core against float64 references written from the formulas (tests/reference.py)."""
+"""The functional core against float64 references written from the formulas (tests/oracles.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from marginnce_loss import LocalizationMarginNCE, MarginNCE
 from marginnce_loss import functional as MF
 
-from .reference import (
+from .oracles import (
     alpha_ref,
     background_ref,
     margin_nce_ref,

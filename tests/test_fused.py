@@ -16,7 +16,7 @@ from marginnce_loss import _kernels as K
 from marginnce_loss import functional as MF
 from marginnce_loss.adapters import ezvsl, lvs, reference
 
-from .reference import margin_nce_ref, max_ref, normalized_features, thresholded_ref, trained_like_features
+from .oracles import margin_nce_ref, max_ref, normalized_features, thresholded_ref, trained_like_features
 
 LAYOUTS = ("nchw", "channels_last")
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

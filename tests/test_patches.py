@@ -55,7 +55,7 @@ from torch import nn
 from marginnce_loss.adapters import ezvsl as ezvsl_adapter
 from marginnce_loss.adapters import lvs as lvs_adapter
 
-from .reference import normalized_features, trained_like_features
+from .oracles import normalized_features, trained_like_features
 
 REPO = Path(__file__).resolve().parents[1]
 PATCHES = REPO / "patches"

@@ -1,6 +1,6 @@
-"""The one set of test references, written straight from the formulas, deliberately on a different
-code path from the package: broadcasting products instead of matmuls, explicit loops over anchors,
-and upstream's own operation order for the adapters.
+"""The test oracles: the one set of references the tests compare against, written straight from the
+formulas, deliberately on a different code path from the package: broadcasting products instead of
+matmuls, explicit loops over anchors, and upstream's own operation order for the adapters.
 
 - response maps, eq. 1, max-MIL, LVS background, eq. 3: the paper (sections 2.1-2.2) and the
   upstream loss sites, float64;
