@@ -1,6 +1,7 @@
-"""The fast path: hand-derived backward passes (float64 gradcheck, float64 references), the compiled
-backend (inductor on CPU; CUDA when present) against eager, recompilation, memory kept for
-backward, and the compile-unavailable fallback."""
+"""The fast path: hand-derived backward passes against float64 references (their float64
+gradchecks and double backward are in tests/test_functional.py, through the public functions with
+``backend="eager"``), the compiled backend (inductor on CPU; CUDA when present) against eager,
+recompilation, memory kept for backward, and the compile-unavailable fallback."""
 
 from __future__ import annotations
 
@@ -58,34 +59,6 @@ def _ref_thr(eps, beta):
 
 def _ref_max(i, a):
     return max_ref(i, a)
-
-
-# --------------------------------------------------------------------------- float64 gradcheck
-@pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("recompute", [False, True])
-@pytest.mark.parametrize("eps,beta", [(0.1, 0.3), (0.2, 0.0015)], ids=["plain", "stable-weights"])
-def test_thresholded_function_gradcheck(layout, recompute, eps, beta):
-    assert K.needs_stable_weights(eps, beta, torch.float64) == (beta == 0.0015)
-    img, _ = normalized_features(3, 5, 2, 3, seed=1)
-    _, aud = normalized_features(4, 5, 1, 1, seed=2)  # B' = 4 != B
-    img, aud = _leaves(img, aud, layout)
-    assert torch.autograd.gradcheck(lambda i, a: K.thresholded(i, a, eps, beta, recompute), (img, aud))
-
-
-@pytest.mark.parametrize("layout", LAYOUTS)
-def test_max_function_gradcheck(layout):
-    img, _ = normalized_features(3, 5, 2, 3, seed=3)
-    _, aud = normalized_features(4, 5, 1, 1, seed=4)
-    img, aud = _leaves(img, aud, layout)
-    assert torch.autograd.gradcheck(K.maximum, (img, aud))
-
-
-@pytest.mark.parametrize("kernel", ["thresholded", "max"])
-def test_double_backward_is_exact(kernel):
-    """create_graph=True takes the dense formula, so second derivatives are autograd's."""
-    img, aud = _leaves(*normalized_features(3, 4, 2, 2, seed=5))
-    fn = (lambda i, a: K.thresholded(i, a, 0.1, 0.3)) if kernel == "thresholded" else K.maximum
-    assert torch.autograd.gradgradcheck(fn, (img, aud))
 
 
 # --------------------------------------------------------------------------- float64 references
