@@ -1,14 +1,15 @@
 """The upstream patches in ``patches/`` (issue 6).
 
-Always on: every patch is a well-formed unified diff (our own small parser below), touches exactly
-the files it is meant to, plugs the margin in through the package names it imports (which must
-exist), adds ``--margin`` to the scripts, and ``patches/README.md`` names every patch and pin.
+Always on: every patch is a well-formed unified diff (read with ``unidiff``, nothing left unread,
+the same line counts as ``git apply --numstat``), touches exactly the files it is meant to, plugs
+the margin in through the package names it imports (which must exist), adds ``--margin`` to the
+scripts, and ``patches/README.md`` names every patch and pin.
 
 Gated on ``MARGINNCE_UPSTREAM_{EZVSL,LVS,SLAVC,FNAC}`` (a git clone of the upstream repository
 holding the pinned commit; skipped when unset): the pin is checked out twice in temporary clones,
 the patch applied to one (and reversed with ``git apply -R --check``), and the patched loss is
-compared with the unpatched upstream loss at ``margin = 0`` and with our adapter (or the SPEC
-formula) at ``margin = -0.2``, on random and on trained-like features. The upstream modules are
+compared with the unpatched upstream loss at ``margin = 0`` and with our adapter and the test
+oracles (``tests/oracles.py``: eq. 3 with the margin on upstream's own logits) at ``margin = -0.2``, on random and on trained-like features. The upstream modules are
 imported in isolation (their ``model``/``utils``/``models``/``datasets`` leave ``sys.modules`` as
 found); ``torchvision``'s ``resnet18(pretrained=True)`` is replaced in the imported module by an
 unweighted ResNet-18 (no download is possible), and third-party modules the imported code names
@@ -19,7 +20,7 @@ Tolerances (``rel_close``): scalars ``|a - e| <= 1e-5 * max(|a|, |e|)``; tensors
 ``1e-5`` relative with an absolute floor of ``1e-6`` times the tensor's largest magnitude (einsum
 and matmul sum in different orders); LVS logits are compared per column group (positive,
 negatives, the -99 x diagonal, background) so the diagonal's magnitude does not loosen the others.
-Against the SPEC formula written with ``F.cross_entropy`` (``spec_close``) the floor is the
+Against the oracles' cross-entropy with the margin (``oracle_close``) the floor is the
 rounding of the logits themselves, ``8 eps`` times their largest magnitude: a trained-like batch
 has a loss near ``1e-12`` that both ways compute as ``log(1 + tiny)``, rounded differently.
 
@@ -38,24 +39,26 @@ import inspect
 import os
 import py_compile
 import re
+import shutil
 import subprocess
 import sys
 import types
 from argparse import Namespace
 from collections.abc import Iterator, MutableMapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from unidiff import LINE_TYPE_ADDED, LINE_TYPE_CONTEXT, LINE_TYPE_REMOVED, PatchedFile, PatchSet, UnidiffParseError
 
 from marginnce_loss.adapters import ezvsl as ezvsl_adapter
 from marginnce_loss.adapters import lvs as lvs_adapter
 
-from .oracles import normalized_features, trained_like_features
+from .oracles import margin_cross_entropy_ref, normalized_features, trained_like_features, upstream_lvs_logits
 
 REPO = Path(__file__).resolve().parents[1]
 PATCHES = REPO / "patches"
@@ -113,173 +116,74 @@ UPSTREAMS: dict[str, Upstream] = {
 
 
 # --------------------------------------------------------------------------------------------
-# A small unified-diff parser
+# Reading the patches (unidiff), checked against git's own reading
 
 
-@dataclass
-class Hunk:
-    old_start: int
-    old_len: int
-    new_start: int
-    new_len: int
-    lines: list[str]  # body lines with their ' ', '-', '+' or '\\' prefix
+def parse_patch(text: str) -> PatchSet:
+    """``text`` as a :class:`unidiff.PatchSet`, refusing what unidiff alone lets through: no file,
+    a file without hunks, or any line it did not take into a file or hunk (the parse must give the
+    text back unchanged; a hunk shorter than its header already raises ``UnidiffParseError``)."""
+    patch = PatchSet(text)
+    if not len(patch):
+        raise UnidiffParseError("diff: no file in it")
+    for f in patch:
+        if not len(f):
+            raise UnidiffParseError(f"file {f.path!r}: expected at least one hunk")
+    if str(patch) != text:
+        raise UnidiffParseError("diff: lines outside any file header or hunk, or a hunk longer than its header")
+    return patch
 
 
-@dataclass
-class FileDiff:
-    old_path: str | None  # None for /dev/null (a new file)
-    new_path: str | None  # None for /dev/null (a deleted file)
-    hunks: list[Hunk] = field(default_factory=list)
-
-    @property
-    def path(self) -> str:
-        return self.new_path if self.new_path is not None else self.old_path  # type: ignore[return-value]
-
-    def lines(self, prefix: str) -> list[str]:
-        return [line[1:] for h in self.hunks for line in h.lines if line.startswith(prefix)]
+def _read_patch(key: str) -> PatchSet:
+    return parse_patch(UPSTREAMS[key].patch.read_text())
 
 
-_HUNK = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
-_EXTENDED = ("index ", "new file mode ", "deleted file mode ", "old mode ", "new mode ", "similarity index ",
-             "rename from ", "rename to ", "copy from ", "copy to ", "dissimilarity index ")
+def _lines(f: PatchedFile, line_type: str) -> list[str]:
+    """The ``line_type`` (``LINE_TYPE_ADDED`` / ``LINE_TYPE_REMOVED``) lines of ``f``, without their newline."""
+    return [line.value.rstrip("\n") for hunk in f for line in hunk if line.line_type == line_type]
 
 
-def _header_path(line: str, marker: str, side: str, lineno: int) -> str | None:
-    rest = line[len(marker):].split("\t")[0]
-    if rest == "/dev/null":
-        return None
-    if not rest.startswith(side + "/") or len(rest) == len(side) + 1:
-        raise ValueError(f"line {lineno}: expected '{marker}{side}/<path>' or '{marker}/dev/null', got {line!r}")
-    return rest[len(side) + 1:]
+def added(f: PatchedFile) -> list[str]:
+    return _lines(f, LINE_TYPE_ADDED)
 
 
-def parse_unified_diff(text: str) -> list[FileDiff]:
-    """Parse a (git) unified diff into files and hunks, checking its structure.
-
-    Accepted: optional ``diff --git a/X b/X`` and extended header lines, then ``--- a/X`` (or
-    ``/dev/null``), ``+++ b/X`` (or ``/dev/null``), then hunks ``@@ -l[,n] +l[,n] @@`` whose body
-    lines (`` ``, ``-``, ``+``, ``\\ No newline...``) add up to exactly ``n`` old and new lines, in
-    increasing, non-overlapping order. Anything else raises ``ValueError`` naming the line.
-    """
-    if not text.endswith("\n"):
-        raise ValueError("diff: expected the text to end with a newline")
-    lines = text.split("\n")[:-1]
-    files: list[FileDiff] = []
-    i = 0
-    while i < len(lines):
-        git_paths: tuple[str, str] | None = None
-        if lines[i].startswith("diff --git "):
-            m = re.match(r"^diff --git a/(\S+) b/(\S+)$", lines[i])
-            if m is None:
-                raise ValueError(f"line {i + 1}: malformed 'diff --git' header {lines[i]!r}")
-            git_paths = (m.group(1), m.group(2))
-            i += 1
-            while i < len(lines) and lines[i].startswith(_EXTENDED):
-                i += 1
-        if i + 1 >= len(lines) or not lines[i].startswith("--- ") or not lines[i + 1].startswith("+++ "):
-            got = lines[i] if i < len(lines) else "end of text"
-            raise ValueError(f"line {i + 1}: expected a '--- ' line followed by a '+++ ' line, got {got!r}")
-        fd = FileDiff(_header_path(lines[i], "--- ", "a", i + 1), _header_path(lines[i + 1], "+++ ", "b", i + 2))
-        if fd.old_path is None and fd.new_path is None:
-            raise ValueError(f"line {i + 1}: both sides are /dev/null")
-        if fd.old_path is not None and fd.new_path is not None and fd.old_path != fd.new_path:
-            raise ValueError(f"line {i + 1}: expected the same path on both sides, got {fd.old_path!r} and {fd.new_path!r}")
-        if git_paths is not None and fd.path not in git_paths:
-            raise ValueError(f"line {i + 1}: path {fd.path!r} does not match the 'diff --git' header {git_paths}")
-        i += 2
-        old_end = new_end = 0  # last old/new line covered by the previous hunk
-        while i < len(lines) and lines[i].startswith("@@"):
-            m = _HUNK.match(lines[i])
-            if m is None:
-                raise ValueError(f"line {i + 1}: malformed hunk header {lines[i]!r}")
-            hunk = Hunk(int(m.group(1)), int(m.group(2) or 1), int(m.group(3)), int(m.group(4) or 1), [])
-            if (hunk.old_len and hunk.old_start <= old_end) or (hunk.new_len and hunk.new_start <= new_end):
-                raise ValueError(f"line {i + 1}: hunk overlaps or precedes the previous one")
-            if (fd.old_path is None) != (hunk.old_start == 0 and hunk.old_len == 0):
-                raise ValueError(f"line {i + 1}: a hunk from /dev/null must be '-0,0' and only then")
-            header_line = i + 1
-            i += 1
-            old_n = new_n = 0
-            while i < len(lines) and (old_n < hunk.old_len or new_n < hunk.new_len):
-                line = lines[i]
-                tag = line[:1]
-                if tag == " " or line == "":  # some tools strip the blank context line's space
-                    old_n += 1
-                    new_n += 1
-                elif tag == "-":
-                    old_n += 1
-                elif tag == "+":
-                    new_n += 1
-                elif tag == "\\":
-                    pass
-                else:
-                    raise ValueError(f"line {i + 1}: unexpected line inside the hunk of line {header_line}: {line!r}")
-                hunk.lines.append(line if line else " ")
-                i += 1
-            while i < len(lines) and lines[i].startswith("\\"):
-                hunk.lines.append(lines[i])
-                i += 1
-            if (old_n, new_n) != (hunk.old_len, hunk.new_len):
-                raise ValueError(
-                    f"line {header_line}: hunk declares -{hunk.old_len} +{hunk.new_len} lines, "
-                    f"its body has -{old_n} +{new_n}"
-                )
-            old_end = hunk.old_start + hunk.old_len - 1
-            new_end = hunk.new_start + hunk.new_len - 1
-            fd.hunks.append(hunk)
-        if not fd.hunks:
-            raise ValueError(f"file {fd.path!r}: expected at least one hunk")
-        files.append(fd)
-        if i < len(lines) and not lines[i].startswith(("diff --git ", "--- ")):
-            raise ValueError(f"line {i + 1}: expected a hunk or the next file, got {lines[i]!r}")
-    if not files:
-        raise ValueError("diff: no file in it")
-    return files
+def removed(f: PatchedFile) -> list[str]:
+    return _lines(f, LINE_TYPE_REMOVED)
 
 
-def _read_patch(key: str) -> list[FileDiff]:
-    return parse_unified_diff(UPSTREAMS[key].patch.read_text())
+def _file(key: str, path: str) -> PatchedFile:
+    return next(f for f in _read_patch(key) if f.path == path)
 
 
 # --------------------------------------------------------------------------------------------
 # Always-on tests
 
 
-def test_parser_reads_a_well_formed_diff():
-    text = (
-        "diff --git a/m.py b/m.py\nindex 1..2 100644\n--- a/m.py\n+++ b/m.py\n"
-        "@@ -1,3 +1,3 @@\n a\n-b\n+B\n c\n@@ -10 +10,2 @@\n x\n+y\n"
-        "--- /dev/null\n+++ b/new.py\n@@ -0,0 +1,2 @@\n+1\n+2\n\\ No newline at end of file\n"
-    )
-    files = parse_unified_diff(text)
-    assert [f.path for f in files] == ["m.py", "new.py"]
-    assert files[0].old_path == "m.py" and files[1].old_path is None
-    assert [(h.old_start, h.old_len, h.new_start, h.new_len) for h in files[0].hunks] == [(1, 3, 1, 3), (10, 1, 10, 2)]
-    assert files[0].lines("+") == ["B", "y"] and files[0].lines("-") == ["b"]
-    assert files[1].lines("+") == ["1", "2"]
-
-
 @pytest.mark.parametrize(
-    "text, message",
+    "text",
     [
-        ("--- a/m.py\n+++ b/m.py\n@@ -1,2 +1,2 @@\n a\n-b\n+B\n+C\n", "expected a hunk or the next file"),  # one + too many
-        ("--- a/m.py\n+++ b/m.py\n@@ -1,2 +1,3 @@\n a\n-b\n+B\n", "declares -2 +3"),  # one + too few
-        ("--- a/m.py\n+++ b/m.py\n@@ -1,3 +1,3 @@\n a\n-b\n+B\n", "declares -3 +3"),  # truncated hunk
-        ("--- a/m.py\n+++ b/m.py\n@@ -1 +1 @@\n-a\n+b\nstray\n", "expected a hunk or the next file"),
-        ("--- a/m.py\n+++ b/n.py\n@@ -1 +1 @@\n-a\n+b\n", "same path"),
-        ("--- m.py\n+++ b/m.py\n@@ -1 +1 @@\n-a\n+b\n", "'--- a/<path>'"),
-        ("--- a/m.py\n+++ b/m.py\n", "at least one hunk"),
-        ("--- a/m.py\n+++ b/m.py\n@@ -1 +1 @@\n-a\n+b\n@@ -1 +1 @@\n-a\n+b\n", "overlaps"),
-        ("--- a/m.py\n+++ b/m.py\n@@ -1,1 +1,1 @\n-a\n+b\n", "malformed hunk header"),
-        ("diff --git a/m.py b/m.py\n--- a/x.py\n+++ b/x.py\n@@ -1 +1 @@\n-a\n+b\n", "does not match"),
-        ("--- /dev/null\n+++ b/m.py\n@@ -1 +1 @@\n+a\n", "from /dev/null"),
-        ("--- a/m.py\n+++ b/m.py\n@@ -1 +1 @@\n-a\n+b", "end with a newline"),
-        ("", "end with a newline"),
+        "--- a/m.py\n+++ b/m.py\n@@ -1,2 +1,2 @@\n a\n-b\n+B\n+C\n",  # one + too many
+        "--- a/m.py\n+++ b/m.py\n@@ -1,2 +1,2 @@\n a\n-b\n+B\nstray\n",  # a line after the hunk
+        "--- a/m.py\n+++ b/m.py\n@@ -1,3 +1,3 @@\n a\n-b\n+B\n",  # truncated hunk
+        "--- a/m.py\n+++ b/m.py\n@@ -1,1 +1,1 @\n-a\n+b\n",  # malformed hunk header
+        "--- a/m.py\n+++ b/m.py\n",  # no hunk
+        "",
     ],
+    ids=["longer", "stray", "truncated", "bad-header", "no-hunk", "empty"],
 )
-def test_parser_rejects_malformed_diffs(text, message):
-    with pytest.raises(ValueError, match=re.escape(message)):
-        parse_unified_diff(text)
+def test_malformed_patches_are_refused(text):
+    with pytest.raises(UnidiffParseError):
+        parse_patch(text)
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+@pytest.mark.parametrize("key", sorted(UPSTREAMS))
+def test_patch_reads_the_same_with_git(key):
+    """``git apply --numstat`` (no repository needed) counts the same added/removed lines per file."""
+    proc = subprocess.run(["git", "apply", "--numstat", str(UPSTREAMS[key].patch)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    by_git = [tuple(row.split("\t")) for row in proc.stdout.splitlines()]
+    assert by_git == [(str(f.added), str(f.removed), f.path) for f in _read_patch(key)]
 
 
 @pytest.mark.parametrize("key", sorted(UPSTREAMS))
@@ -289,37 +193,36 @@ def test_patch_touches_exactly_its_files(key):
     paths = [f.path for f in files]
     assert len(paths) == len(set(paths)), f"{up.patch.name}: a file appears twice: {paths}"
     assert set(paths) == up.files
-    assert {f.path for f in files if f.old_path is None} == up.new_files
-    assert all(f.new_path is not None for f in files), f"{up.patch.name} deletes a file"
+    assert {f.path for f in files if f.is_added_file} == up.new_files
+    assert not any(f.is_removed_file for f in files), f"{up.patch.name} deletes a file"
 
 
 @pytest.mark.parametrize("key", sorted(UPSTREAMS))
 def test_patch_hunks_have_short_context(key):
     """Made with ``git diff -U2``: at most two context lines before and after each change."""
     for f in _read_patch(key):
-        for h in f.hunks:
-            tags = [line[0] for line in h.lines if not line.startswith("\\")]
+        for h in f:
+            tags = [line.line_type for line in h if line.line_type in (LINE_TYPE_ADDED, LINE_TYPE_REMOVED, LINE_TYPE_CONTEXT)]
             lead = len(tags) - len("".join(tags).lstrip(" "))
             trail = len(tags) - len("".join(tags).rstrip(" "))
-            assert lead <= 2 and trail <= 2, f"{key}.patch {f.path} @@ -{h.old_start}: context {lead}/{trail} lines"
+            assert lead <= 2 and trail <= 2, f"{key}.patch {f.path} @@ -{h.source_start}: context {lead}/{trail} lines"
 
 
 @pytest.mark.parametrize("key", sorted(UPSTREAMS))
 def test_patch_imports_names_that_exist_in_the_package(key):
     up = UPSTREAMS[key]
-    model = next(f for f in _read_patch(key) if f.path == "model.py")
-    added, module, attribute = up.imports
-    assert added in model.lines("+")
+    model = _file(key, "model.py")
+    import_line, module, attribute = up.imports
+    assert import_line in added(model)
     assert callable(getattr(importlib.import_module(module), attribute))
-    assert sum(line.strip().startswith("self.margin = ") for line in model.lines("+")) == 1
+    assert sum(line.strip().startswith("self.margin = ") for line in added(model)) == 1
 
 
 @pytest.mark.parametrize("key", sorted(UPSTREAMS))
 def test_patch_adds_a_margin_option_to_the_scripts(key):
     files = {f.path: f for f in _read_patch(key)}
     for script in UPSTREAMS[key].scripts:
-        added = files[script].lines("+")
-        options = [line for line in added if "add_argument('--margin'" in line]
+        options = [line for line in added(files[script]) if "add_argument('--margin'" in line]
         assert len(options) == 1, f"{key}.patch {script}: expected one --margin option, got {options}"
         assert "default=0.0" in options[0] and "type=float" in options[0]
 
@@ -328,31 +231,30 @@ def test_patch_adds_a_margin_option_to_the_scripts(key):
 def test_ezvsl_family_scripts_pass_the_margin_to_the_model(key):
     files = {f.path: f for f in _read_patch(key)}
     for script in ("train.py", "test.py"):
-        assert sum("margin=args.margin)" in line for line in files[script].lines("+")) == 1, script
+        assert sum("margin=args.margin)" in line for line in added(files[script])) == 1, script
 
 
 def test_ezvsl_patch_replaces_the_upstream_loss():
-    model = next(f for f in _read_patch("ezvsl") if f.path == "model.py")
-    assert any("F.cross_entropy(logits, labels)" in line for line in model.lines("-"))
-    assert "        return margin_max_xmil_loss(img, aud, self.tau, self.margin)" in model.lines("+")
+    model = _file("ezvsl", "model.py")
+    assert any("F.cross_entropy(logits, labels)" in line for line in removed(model))
+    assert "        return margin_max_xmil_loss(img, aud, self.tau, self.margin)" in added(model)
 
 
 def test_slavc_patch_replaces_the_upstream_loss():
-    model = next(f for f in _read_patch("slavc") if f.path == "model.py")
-    assert "        loss = F.cross_entropy(a2i, labels) + F.cross_entropy(i2a, labels)" in model.lines("-")
+    model = _file("slavc", "model.py")
+    assert "        loss = F.cross_entropy(a2i, labels) + F.cross_entropy(i2a, labels)" in removed(model)
     assert ("        loss = margin_cross_entropy(a2i, self.margin, self.tau) + "
-            "margin_cross_entropy(i2a, self.margin, self.tau)") in model.lines("+")
+            "margin_cross_entropy(i2a, self.margin, self.tau)") in added(model)
 
 
 def test_lvs_patch_drops_the_hard_coded_cuda_mask():
-    model = next(f for f in _read_patch("lvs") if f.path == "model.py")
-    assert any(".cuda()" in line for line in model.lines("-"))
-    assert not any(".cuda(" in line for line in model.lines("+"))
+    model = _file("lvs", "model.py")
+    assert any(".cuda()" in line for line in removed(model))
+    assert not any(".cuda(" in line for line in added(model))
 
 
 def test_lvs_training_script_compiles():
-    train = next(f for f in _read_patch("lvs") if f.path == "train.py")
-    source = "\n".join(train.lines("+")) + "\n"
+    source = "\n".join(added(_file("lvs", "train.py"))) + "\n"
     compile(source, "train.py", "exec")
     assert "F.cross_entropy(logits, target)" in source and ".cuda(" not in source
 
@@ -523,21 +425,14 @@ INPUT_IDS = [f"{kind}-{str(dtype)[6:]}" for kind, dtype in INPUTS]
 MARGIN = -0.2
 
 
-def spec_close(actual: torch.Tensor, expected: torch.Tensor, logits: torch.Tensor, margin: float, tau: float,
-               what: str) -> None:
-    """A loss against the SPEC formula computed another way (``F.cross_entropy``): ``1e-5`` relative
+def oracle_close(actual: torch.Tensor, expected: torch.Tensor, logits: torch.Tensor, margin: float, tau: float,
+                 what: str) -> None:
+    """A loss against an oracle computed another way (``F.cross_entropy``): ``1e-5`` relative
     plus the two computations' rounding floor, ``8 eps`` times the largest logit magnitude (for a
     nearly-zero loss of a trained-like batch both are ``log(1 + tiny)`` rounded differently)."""
     scale = logits.detach().abs().max().item() + abs(margin) / tau
     bound = 1e-5 * abs(expected.item()) + 8 * torch.finfo(logits.dtype).eps * scale
     assert abs(actual.item() - expected.item()) <= bound, f"{what}: {actual.item()!r} != {expected.item()!r}"
-
-
-def _margin_ce(logits: torch.Tensor, margin: float, tau: float) -> torch.Tensor:
-    """SPEC 3/4: cross-entropy against the diagonal after ``logits_ii -= margin / tau``."""
-    b = logits.shape[0]
-    shifted = logits - torch.eye(b, dtype=logits.dtype) * (margin / tau)
-    return F.cross_entropy(shifted, torch.arange(b))
 
 
 # ---- EZ-VSL ---------------------------------------------------------------------------------
@@ -570,8 +465,8 @@ def test_ezvsl_loss_matches_upstream_and_adapter(ezvsl, kind, dtype):
     adapter_loss, _ = ezvsl_adapter.max_xmil_loss(img, aud, tau=0.03, margin=MARGIN)
     rel_close(loss_m, adapter_loss, what="margin -0.2 loss vs adapter")
     logits = up_slogits.flatten(-2).max(dim=-1).values
-    spec = _margin_ce(logits, MARGIN, 0.03) + _margin_ce(logits.t(), MARGIN, 0.03)
-    spec_close(loss_m, spec, logits, MARGIN, 0.03, what="margin -0.2 loss vs SPEC")
+    expected = margin_cross_entropy_ref(logits, MARGIN, 0.03, symmetric=True)
+    oracle_close(loss_m, expected, logits, MARGIN, 0.03, what="margin -0.2 loss vs oracle on upstream's logits")
     assert loss_m.item() < up_loss.item() or up_loss.item() == 0.0  # a negative margin loosens the positives
     rel_close(slogits_m, up_slogits, what="Slogits do not depend on the margin")
 
@@ -662,8 +557,8 @@ def test_fnac_loss_matches_upstream_and_adapter(fnac, kind, dtype):
     losses_m, _ = patched.calculate_loss(img, aud)
     rel_close(losses_m[0], ezvsl_adapter.max_xmil_loss(img, aud, tau=0.03, margin=MARGIN)[0], what="InfoNCE term vs adapter")
     logits = up_slogits.flatten(-2).max(dim=-1).values
-    spec = _margin_ce(logits, MARGIN, 0.03) + _margin_ce(logits.t(), MARGIN, 0.03)
-    spec_close(losses_m[0], spec, logits, MARGIN, 0.03, what="InfoNCE term vs SPEC")
+    expected = margin_cross_entropy_ref(logits, MARGIN, 0.03, symmetric=True)
+    oracle_close(losses_m[0], expected, logits, MARGIN, 0.03, what="InfoNCE term vs oracle on upstream's logits")
     for k in (1, 2, 3):  # the false-negative (FNS/TNS) terms do not see the margin
         rel_close(losses_m[k], up_losses[k], what=f"loss term {k} at margin -0.2")
 
@@ -726,8 +621,9 @@ def _slavc_models(mods: Modules, projections: str):
     return original.eval(), patched.eval()
 
 
-def _slavc_reference(model, image, audio, margin: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """SLAVC's loss written from its formula, the margin as SPEC 4 puts it on the positive logits:
+def _slavc_formula(model, image, audio, margin: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """SLAVC's loss written from its formula (SLAVC ``model.py`` @ 05b429c), the margin on the positive
+    logits as eq. 3 puts it (the oracles' ``margin_cross_entropy_ref``):
     ``i2a_nm = log sum_hw softmax_m(a1 / tau) * softmax_hw(a2 / tau)`` (a1, a2 the two projections'
     response maps against the momentum audio), likewise ``a2i`` with momentum images and online audio;
     ``CE(a2i - (m / tau) I) + CE(i2a - (m / tau) I)``. Returns the loss and the logits."""
@@ -744,7 +640,8 @@ def _slavc_reference(model, image, audio, margin: float) -> tuple[torch.Tensor, 
 
     i2a = pair_logits(img1, img2, aud1_t, aud2_t)
     a2i = pair_logits(img1_t, img2_t, aud1, aud2)
-    return _margin_ce(a2i, margin, tau) + _margin_ce(i2a, margin, tau), torch.cat([i2a, a2i])
+    loss = margin_cross_entropy_ref(a2i, margin, tau) + margin_cross_entropy_ref(i2a, margin, tau)
+    return loss, torch.cat([i2a, a2i])
 
 
 # identity projections carry the prepared (trained-like) features to the loss; random ones scramble them
@@ -754,7 +651,7 @@ SLAVC_CASES += [("random", kind, dtype) for kind, dtype in INPUTS if kind == "ra
 
 @pytest.mark.parametrize("projections, kind, dtype", SLAVC_CASES,
                          ids=[f"{p}-{k}-{str(d)[6:]}" for p, k, d in SLAVC_CASES])
-def test_slavc_loss_matches_upstream_and_spec(slavc, projections, kind, dtype):
+def test_slavc_loss_matches_upstream_and_formula(slavc, projections, kind, dtype):
     original, patched = _slavc_models(slavc, projections)
     original, patched = original.to(dtype), patched.to(dtype)
     img, aud = FEATURES[kind](8, 512, 7, 7, dtype, 7)
@@ -763,13 +660,13 @@ def test_slavc_loss_matches_upstream_and_spec(slavc, projections, kind, dtype):
         loss, avl_map = patched(img, aud, mode="test")
         rel_close(loss, up_loss, what="margin 0 loss")
         rel_close(avl_map, up_map, what="localisation map")
-        reference, logits = _slavc_reference(original, img, aud, 0.0)
-        spec_close(reference, up_loss, logits, 0.0, original.tau, what="reference at margin 0 vs upstream")
+        formula, logits = _slavc_formula(original, img, aud, 0.0)
+        oracle_close(formula, up_loss, logits, 0.0, original.tau, what="formula at margin 0 vs upstream")
 
         patched.margin = MARGIN
         loss_m, _ = patched(img, aud, mode="test")
-        spec, logits = _slavc_reference(original, img, aud, MARGIN)
-    spec_close(loss_m, spec, logits, MARGIN, original.tau, what="margin -0.2 vs SPEC")
+        formula, logits = _slavc_formula(original, img, aud, MARGIN)
+    oracle_close(loss_m, formula, logits, MARGIN, original.tau, what="margin -0.2 vs formula")
     assert loss_m.item() < up_loss.item() or up_loss.item() == 0.0
 
 
@@ -877,10 +774,9 @@ def test_lvs_logits_match_upstream_and_adapter(lvs, kind, dtype, variant):
     adapter = lvs_adapter.lvs_logits(img, aud, margin=MARGIN, trimap=variant["tri_map"], hard_negative=variant["Neg"])
     for name, part in _lvs_parts(logits_m, b).items():
         rel_close(part, _lvs_parts(adapter, b)[name], what=f"margin -0.2 logits vs adapter, {name}")
-    shifted = up_logits.clone()
-    shifted[:, 0] -= MARGIN / 0.07  # SPEC 4: sim1 - m
+    oracle = upstream_lvs_logits(img, aud, trimap=variant["tri_map"], neg=variant["Neg"], margin=MARGIN)
     for name, part in _lvs_parts(logits_m, b).items():
-        rel_close(part, _lvs_parts(shifted, b)[name], what=f"margin -0.2 logits vs SPEC, {name}")
+        rel_close(part, _lvs_parts(oracle, b)[name], what=f"margin -0.2 logits vs oracle, {name}")
 
 
 def test_lvs_forward_with_batch_size_one(lvs):
