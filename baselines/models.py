@@ -279,7 +279,7 @@ class AudioVisualModel(nn.Module):
 
         def lvs_loss(img: Tensor, aud: Tensor) -> Tensor:
             logits = lvs.lvs_logits(img, aud, margin=c.margin, epsilon=c.epsilon, epsilon2=c.epsilon2,
-                                    sigmoid_tau=c.beta, tau=TAU["lvs"])
+                                    beta=c.beta, tau=TAU["lvs"])
             return F.cross_entropy(logits, torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device))
 
         return lvs_loss
