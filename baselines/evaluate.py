@@ -44,7 +44,17 @@ def evaluate_model(
 ) -> Dict[str, Any]:
     """cIoU / AUC / mean cIoU of ``model.localize`` on ``test_set`` (items with ``gt_map``).
 
-    With ``object_prior`` the maps are OGL-refined (``0.4 * AV + 0.6 * OBJ``, SPEC 7).
+    With ``object_prior`` the maps are OGL-refined (``0.4 * AV + 0.6 * OBJ``, the OGL paper's weights).
+
+    Returns ``{"ciou", "auc", "mean_ciou"}`` (percent), ``"n"`` (clips scored), ``"per_clip"``
+    (``{"id": [...], "ciou": [...]}``: each scored clip's IoU with the median-thresholded map, float64
+    in [0, 1], in test-set order, so tables can score every row on the same clips and bootstrap
+    paired differences), ``"failed"`` (``{clip id: reason}`` of the clips that could not be decoded and
+    were not scored) and, for datasets with a failure tracker, ``"data_failures"`` (their count).
+    ``return_per_sample`` adds the older ``"per_sample"`` list of ``(id, cIoU)`` pairs.
+
+    Raises:
+        baselines.data.DataError: more test clips failed than the dataset's ``max_failures`` allows.
     """
     from tqdm.auto import tqdm
 
@@ -68,6 +78,8 @@ def evaluate_model(
         failures.check()
     model.train(was_training)
     result: Dict[str, Any] = dict(ev.compute())
+    result["per_clip"] = {"id": ev.ids or [], "ciou": ev.cious.tolist()}
+    result["failed"] = dict(failures.failed) if failures is not None else {}
     if failures is not None:
         result["data_failures"] = failures.count
     if return_per_sample:
@@ -75,22 +87,47 @@ def evaluate_model(
     return result
 
 
-def reference_rows(test_set: Dataset, batch_size: int = 256) -> Dict[str, Dict[str, float]]:
-    """The two rows every study table carries, on exactly the clips of ``test_set``:
-    ``center prior`` (a fixed centred Gaussian map for every clip) and ``ceiling`` (the best cIoU each
-    clip can reach under the protocol, given only its ground-truth map)."""
-    return reference_rows_for(_gt_maps(test_set), batch_size)
+def reference_rows(test_set: Dataset, batch_size: int = 256,
+                   ids: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, Any]]:
+    """The two rows every study table carries, on exactly the clips of ``test_set`` (or, with ``ids``,
+    on those of its clips, e.g. the ones a model was scored on): ``center prior`` (a fixed centred
+    Gaussian map for every clip) and ``ceiling`` (the best cIoU each clip can reach under the protocol,
+    given only its ground-truth map). Each row: the summary, ``n`` and ``per_clip``
+    (``{"id", "ciou"}``, as :func:`evaluate_model`).
+
+    Raises:
+        ValueError: ``ids`` names a clip that ``test_set`` does not serve.
+    """
+    all_ids = [str(i) for i in getattr(test_set, "ids", [])]
+    gts = _gt_maps(test_set)
+    if ids is not None:
+        if len(all_ids) != gts.shape[0]:
+            raise ValueError("ids: this test set does not name its clips (no .ids), so it cannot be restricted")
+        pos = {c: k for k, c in enumerate(all_ids)}
+        unknown = [i for i in ids if i not in pos]
+        if unknown:
+            raise ValueError(f"ids: expected clips of the test set, got {len(unknown)} others, e.g. {unknown[:3]}")
+        gts = gts[[pos[i] for i in ids]]
+        all_ids = list(ids)
+    return reference_rows_for(gts, batch_size, ids=all_ids or None)
 
 
-def reference_rows_for(gts: torch.Tensor, batch_size: int = 256) -> Dict[str, Dict[str, float]]:
-    """:func:`reference_rows` from the ground-truth maps ``[N, 224, 224]`` alone."""
+def reference_rows_for(gts: torch.Tensor, batch_size: int = 256,
+                       ids: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, Any]]:
+    """:func:`reference_rows` from the ground-truth maps ``[N, 224, 224]`` alone (``ids``: their clip ids,
+    recorded in ``per_clip``)."""
     prior = LocalizationEvaluator()
     centre = center_prior_map()
     for start in range(0, gts.shape[0], batch_size):
         gt = gts[start:start + batch_size]
         prior.update(centre.expand(gt.shape[0], -1, -1), gt)
     # tie-free ceiling: a network's continuous map predicts exactly half of the pixels
-    return {"center prior": prior.compute(), "ceiling": summarize_cious(protocol_ceiling(gts, allow_ties=False))}
+    ceiling = protocol_ceiling(gts, allow_ties=False).numpy()
+    names = list(ids) if ids is not None else [str(k) for k in range(gts.shape[0])]
+    rows: Dict[str, Dict[str, Any]] = {"center prior": dict(prior.compute()), "ceiling": summarize_cious(ceiling)}
+    rows["center prior"]["per_clip"] = {"id": names, "ciou": prior.cious.tolist()}
+    rows["ceiling"]["per_clip"] = {"id": names, "ciou": ceiling.tolist()}
+    return rows
 
 
 def _gt_maps(test_set: Dataset) -> torch.Tensor:
@@ -144,9 +181,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from torchvision.models import ResNet18_Weights, resnet18
 
         prior = ObjectPrior(resnet18(weights=ResNet18_Weights.IMAGENET1K_V1)).to(device).eval()
-    result = {"model": config.model, "margin": config.margin, "epoch": state["epoch"],
-              "eval": evaluate_model(model, test_set, device, args.batch_size, args.workers, True, prior),
-              **reference_rows(test_set)}
+    scored = evaluate_model(model, test_set, device, args.batch_size, args.workers, True, prior)
+    # every row on the same clips: the reference rows on the clips the model was scored on
+    result = {"model": config.model, "margin": config.margin, "epoch": state["epoch"], "eval": scored,
+              **reference_rows(test_set, ids=scored["per_clip"]["id"]), "excluded": scored["failed"]}
     for name in ("eval", "center prior", "ceiling"):
         r = result[name]
         label = f"{config.model} m={config.margin:+.2f}" if name == "eval" else name
@@ -166,7 +204,7 @@ def _reference_rows_main(args: argparse.Namespace) -> int:
     ids = load_id_list(args.test_list) if args.test_list else None
     boxes = load_annotations(args.annotations, fmt, ids)
     gts = torch.stack([torch.from_numpy(gt_map(b, fmt)) for b in boxes.values()])
-    rows = reference_rows_for(gts)
+    rows = {name: {k: v for k, v in r.items() if k != "per_clip"} for name, r in reference_rows_for(gts).items()}
     result = {"annotations": Path(args.annotations).name, "test_list": Path(args.test_list).name if args.test_list else None,
               "format": fmt, **rows}
     for name in ("center prior", "ceiling"):

@@ -72,6 +72,8 @@ from .models import BACKBONES, MODELS, NORMS, AudioVisualModel, ModelConfig, bui
 
 __all__ = [
     "TrainConfig",
+    "LR_SCHEDULES",
+    "lr_at_step",
     "GlobalBatchSampler",
     "RESUME_INDEPENDENT",
     "train",
@@ -125,6 +127,8 @@ class TrainConfig:
     limit_steps: int = 0  # > 0: stop each epoch after this many batches (smoke runs and tests)
     norm: str = "batch"  # "batch" | "group" (see baselines.models)
     sync_batchnorm: bool = True  # under DDP on CUDA: BatchNorm -> SyncBatchNorm
+    lr_schedule: str = "constant"  # "constant" | "cosine" (per step, to 0 at the last step); see lr_at_step
+    warmup_steps: int = 0  # linear warm-up from lr / warmup_steps to lr over the first steps
 
     def model_config(self, distributed: bool = False) -> ModelConfig:
         return ModelConfig(model=self.model, margin=self.margin, backbone=self.backbone, dim=self.dim,
@@ -161,10 +165,10 @@ def load_checkpoint(path: Path, map_location: str = "cpu") -> Dict[str, Any]:
 # --------------------------------------------------------------------------- validation
 
 _STR_FIELDS = ("model", "backbone", "norm", "train_root", "train_list", "test_root", "test_list", "annotations",
-               "annotation_format", "device")
+               "annotation_format", "device", "lr_schedule")
 _BOOL_FIELDS = ("pretrained", "amp", "cache", "gather_distributed", "sync_batchnorm")
 _INT_FIELDS = {"dim": 1, "width": 2, "epochs": 1, "batch_size": 2, "seed": 0, "workers": 0, "eval_every": 0,
-               "limit_steps": 0}  # name -> smallest allowed value
+               "limit_steps": 0, "warmup_steps": 0}  # name -> smallest allowed value
 
 
 def _is_int(v: Any) -> bool:
@@ -200,6 +204,8 @@ def _check_config(c: TrainConfig, world_size: int = 1) -> None:
     mf = c.max_failures
     if not ((isinstance(mf, float) and 0.0 <= mf < 1.0) or (_is_int(mf) and mf >= 0)):
         raise ValueError(f"max_failures: expected a fraction in [0, 1) or a count >= 0, got {mf!r}")
+    if c.lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f"lr_schedule: expected one of {LR_SCHEDULES}, got {c.lr_schedule!r}")
     if c.device not in ("cpu", "cuda"):
         raise ValueError(f"device: expected 'cpu' or 'cuda', got {c.device!r}")
     if c.annotation_format not in ("vggss", "flickr"):
@@ -217,6 +223,22 @@ def _check_config(c: TrainConfig, world_size: int = 1) -> None:
     if c.model == "lvs" and world_size > 1 and c.batch_size // world_size < 2:
         raise ValueError(f"batch_size: lvs takes its negatives from the rank-local batch and needs >= 2 clips per rank, "
                          f"got {c.batch_size} over {world_size} ranks")
+
+
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def lr_at_step(config: TrainConfig, step: int, total_steps: int) -> float:
+    """Learning rate of optimiser step ``step`` (0-based) of ``total_steps``.
+
+    ``lr * w(step) * d(step)`` with the linear warm-up ``w = min(1, (step + 1) / warmup_steps)``
+    (``w = 1`` without warm-up) and the decay ``d = 1`` (``"constant"``) or the half-cosine
+    ``d = (1 + cos(pi * step / total_steps)) / 2`` (``"cosine"``, SGDR without restarts,
+    Loshchilov & Hutter 2017). A pure function of the step, so ``--resume`` needs no scheduler state.
+    """
+    w = min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
+    d = 0.5 * (1.0 + math.cos(math.pi * step / max(1, total_steps))) if config.lr_schedule == "cosine" else 1.0
+    return config.lr * w * d
 
 
 def _device(config: TrainConfig, local_rank: int) -> torch.device:
@@ -506,6 +528,8 @@ def _train(config: TrainConfig, out: Path, resume: bool, progress: bool, train_s
     tracker = getattr(train_set, "failures", None)
     set_epoch = getattr(train_set, "set_epoch", None)
     use_amp = config.amp and device.type == "cuda"
+    steps_per_epoch = min(len(sampler), config.limit_steps) if config.limit_steps else len(sampler)
+    total_steps = steps_per_epoch * config.epochs
 
     def evaluate(show: bool) -> Dict[str, Any]:
         # every rank evaluates (same numbers, same time), so none idles at a barrier meanwhile
@@ -538,6 +562,8 @@ def _train(config: TrainConfig, out: Path, resume: bool, progress: bool, train_s
                 continue
             image = batch["image"].to(device, non_blocking=True)
             spec = batch["spectrogram"].to(device, non_blocking=True)
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at_step(config, epoch * steps_per_epoch + steps + skipped, total_steps)
             optimizer.zero_grad(set_to_none=True)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                 loss, _ = net(image, spec)
@@ -617,6 +643,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="global batch (all ranks together)")
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=d.lr_schedule,
+                   help="per-step learning rate: constant, or cosine decay to 0 at the last step")
+    p.add_argument("--warmup-steps", type=int, default=d.warmup_steps, help="linear learning-rate warm-up steps")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--workers", type=int, default=d.workers)
     p.add_argument("--device", choices=("cpu", "cuda"), default=d.device)
