@@ -85,12 +85,21 @@ class StudyPreset:
 # CPU-sized: the small backbone (stride 32, 7 x 7 maps), Adam at 1e-3, decoded clips cached in memory
 _EMBEDDED_TRAIN = dict(backbone="small", width=16, dim=128, batch_size=64, lr=1e-3, weight_decay=1e-4, epochs=10,
                        cache=True)
+# The embedded recipe adds a cosine decay with one epoch of linear warm-up (31 steps of batch 64 on the 2,000
+# training clips). Measured at m = 0 on the reference model, 4 seeds each (results/recipe/recipes.md): the seed
+# SD of cIoU fell from 5.21 to 2.99 points (AUC 2.42 -> 1.46) at the same cost, and the last epoch's loss drop
+# from 0.077 to 0.024 (the constant-lr loss was still falling at epoch 10). Applied to every method alike.
+_EMBEDDED_RECIPE = dict(_EMBEDDED_TRAIN, lr_schedule="cosine", warmup_steps=31)
+# 2,000 test clips instead of 500: evaluation is cheap and the clip-level part of every interval shrinks by 2x
+_EMBEDDED_DATA = dict(num_test=2000)
 
 PRESETS: Dict[str, StudyPreset] = {
-    "smoke": StudyPreset("smoke", (0,), ("table5",), dict(_EMBEDDED_TRAIN, epochs=4, batch_size=32),
+    "smoke": StudyPreset("smoke", (0,), ("table5",), dict(_EMBEDDED_RECIPE, epochs=4, batch_size=32, warmup_steps=12),
                          noise_rates=(0.0, 0.4), noise_margins=(0.0, -0.2)),
-    "default": StudyPreset("default", (0, 1), ("table5", "figures"), dict(_EMBEDDED_TRAIN)),
-    "full": StudyPreset("default", (0, 1, 2, 3, 4), STUDIES, dict(_EMBEDDED_TRAIN)),
+    "default": StudyPreset("default", (0, 1, 2), ("table5", "figures"), dict(_EMBEDDED_RECIPE),
+                           dataset_overrides=dict(_EMBEDDED_DATA)),
+    "full": StudyPreset("default", tuple(range(10)), STUDIES, dict(_EMBEDDED_RECIPE),
+                        dataset_overrides=dict(_EMBEDDED_DATA)),
 }
 
 # the paper's protocol (SPEC 8): 20 epochs, Adam with weight decay, batch 128, lr 1e-4, ResNet-18
@@ -208,7 +217,7 @@ class Runner:
         result_path, config, key = self._cache_entry(*spec)
         run_dir = result_path.parent
         name = run_dir.name
-        t0 = time.time()
+        t0, cpu0 = time.time(), time.process_time()
         if self.progress:
             print(f"  training {name} ...", flush=True)
         train(config, run_dir, progress=self.progress, train_set=self.train_set(config))
@@ -217,7 +226,9 @@ class Runner:
         net.load_state_dict(state["model"])
         results = {t: evaluate_model(net, self.test_set(t), self.device,
                                      batch_size=64, workers=self.workers) for t in test_lists}
-        results["_seconds"] = {"train_and_eval": round(time.time() - t0, 1)}
+        # wall time depends on the machine's load; CPU time (this process, all its threads) does not
+        results["_seconds"] = {"train_and_eval": round(time.time() - t0, 1),
+                               "cpu": round(time.process_time() - cpu0, 1)}
         atomic_write_text(json.dumps({"key": key, "results": results}, indent=2), result_path)
         return results
 
@@ -517,7 +528,9 @@ def run_studies(preset: str, out: Path, studies: Sequence[str], data: Optional[S
     # the measured cost of the study: every run's training + evaluation time, as recorded when it ran
     meta["compute"] = {"runs": len(jobs_list), "jobs": jobs,
                        "train_and_eval_seconds_total": round(sum(rn.run(*r)["_seconds"]["train_and_eval"]
-                                                                 for rn, r in jobs_list), 1)}
+                                                                 for rn, r in jobs_list), 1),
+                       "cpu_seconds_total": round(sum(rn.run(*r)["_seconds"].get("cpu", 0.0) for rn, r in jobs_list), 1),
+                       "runs_without_cpu_time": sum("cpu" not in rn.run(*r)["_seconds"] for rn, r in jobs_list)}
     if "table5" in studies:
         results["table5"] = study_table5(runner, seeds, meta)
         print(markdown_table("Table 5", results["table5"]["rows"], _note(results["table5"])))
