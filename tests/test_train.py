@@ -33,7 +33,7 @@ from baselines.train import (  # noqa: E402
 
 from .fixtures import AVFixture, break_audio, break_frame, make_av_dataset, train_argv, train_config
 
-METRIC_KEYS = {"ciou", "auc", "mean_ciou", "n", "data_failures"}
+METRIC_KEYS = {"ciou", "auc", "mean_ciou", "n", "data_failures", "per_clip", "failed"}
 
 
 @pytest.fixture(autouse=True)
