@@ -498,10 +498,14 @@ def study_table4(runner: Runner, seeds: Sequence[int], meta: Dict[str, Any]) -> 
 
 def run_studies(preset: str, out: Path, studies: Sequence[str], data: Optional[StudyData], seeds: Optional[Sequence[int]],
                 device: str = "cpu", workers: int = 0, progress: bool = True, train_overrides: Optional[Dict[str, Any]] = None,
-                jobs: int = 1) -> Dict[str, Any]:
+                jobs: int = 1, noise_grid: Optional[Dict[str, Tuple[float, ...]]] = None) -> Dict[str, Any]:
+    """Run ``studies`` of ``preset`` (``data=None``: the embedded data) into ``out``; ``noise_grid``
+    (``noise_rates`` / ``noise_margins``) overrides the preset's noise-study grid."""
+    import dataclasses
+
     from .studies import noise as N
 
-    p = PRESETS[preset]
+    p = dataclasses.replace(PRESETS[preset], **(noise_grid or {}))
     embedded = data is None
     if data is None:
         data = embedded_data(p.dataset, progress=progress, **p.dataset_overrides)
@@ -568,6 +572,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--jobs", type=int, default=None,
                    help="training runs at a time on CPU (default: the number of CPU cores, at most 2)")
     p.add_argument("--epochs", type=int, default=None, help="override the number of epochs")
+    p.add_argument("--noise-rates", nargs="+", type=float, default=None,
+                   help="noise study: faulty-positive rates (default: the preset's, 0 0.2 0.4 0.6)")
+    p.add_argument("--noise-margins", nargs="+", type=float, default=None,
+                   help="noise study: margins (default: the preset's, 0 -0.1 -0.2 -0.3; 0 must be one of them)")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     g = p.add_argument_group("real data (the paper's protocol: VGGSound-144K -> VGG-SS)")
     g.add_argument("--train-root", default="")
@@ -602,9 +610,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     import os
 
     jobs = args.jobs if args.jobs is not None else max(1, min(2, os.cpu_count() or 1))
+    for name in ("noise_rates", "noise_margins"):
+        values = getattr(args, name)
+        if values is not None and any(not (0.0 <= v < 1.0) for v in values) and name == "noise_rates":
+            raise SystemExit(f"table5: --noise-rates expects rates in [0, 1), got {values}")
+        if values is not None and name == "noise_margins" and 0.0 not in values:
+            raise SystemExit(f"table5: --noise-margins must include 0 (every effect is against m = 0), got {values}")
+    noise = {k: tuple(v) for k, v in (("noise_rates", args.noise_rates), ("noise_margins", args.noise_margins))
+             if v is not None}
     out = Path(args.out) if args.out else Path("runs") / "studies" / args.preset
     run_studies(args.preset, out, studies, data, args.seeds, args.device, args.workers, args.progress,
-                overrides, jobs)
+                overrides, jobs, noise)
     return 0
 
 

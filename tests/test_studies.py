@@ -281,3 +281,59 @@ def test_lr_schedule_warm_up_and_cosine():
         _check_config(TrainConfig(train_root="r", train_list="l", lr_schedule="step"))
     with pytest.raises(ValueError, match="warmup_steps: expected an int >= 0"):
         _check_config(TrainConfig(train_root="r", train_list="l", warmup_steps=-1))
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def _effect_row(method, margin, d, rate=None, paper=None, base_paper=None):
+    r = {"method": method, "margin": margin, "ciou": 30.0 + d, "auc": 35.0 + d, "n_seeds": 3, "n": 100,
+         "paper_ciou": paper, "paper_auc": paper}
+    if margin not in (0.0, None):
+        r.update(delta_ciou=d, delta_auc=d / 2, delta_ciou_ci95=[d - 1, d + 1], delta_auc_ci95=[d / 2 - 1, d / 2 + 1])
+    if rate is not None:
+        r["faulty_positive_rate"] = rate
+    return r
+
+
+def test_margin_sweep_and_noise_figures_render(tmp_path):
+    from baselines.studies.figures import plot_margin_sweep, plot_noise
+
+    rows = [_effect_row("Ours", m, d, paper=p) for m, d, p in ((0.2, 0.5, 37.05), (0.0, 0.0, 36.93), (-0.2, -1.0, 38.25))]
+    rows += [dict(_effect_row("center prior", None, 0.0), ciou=20.0, auc=25.0),
+             dict(_effect_row("ceiling", None, 0.0), ciou=50.0, auc=49.0)]
+    plot_margin_sweep(rows, tmp_path / "table6.png")
+    noise = [_effect_row(meth, m, d, rate=r) for meth in ("Ours", "EZ-VSL (w/o OGL)") for r in (0.0, 0.4)
+             for m, d in ((0.0, 0.0), (-0.2, r))]
+    plot_noise(noise, tmp_path / "noise.png")
+    assert (tmp_path / "table6.png").stat().st_size > 10_000 and (tmp_path / "noise.png").stat().st_size > 10_000
+
+
+def test_figure1_from_checkpoints(tmp_path, monkeypatch):
+    """figure1: untrained checkpoints of the seven Table 5 models on the smoke data (the rendering path)."""
+    import torch
+
+    from baselines.models import build_model
+    from baselines.studies.figures import FIGURE1_QUANTILES, study_figures
+    from baselines.train import TrainConfig, atomic_save
+
+    monkeypatch.setenv("MARGINNCE_CACHE", str(tmp_path / "cache"))
+    data = T5.embedded_data("smoke", num_test=20)
+    kwargs = dict(T5.PRESETS["smoke"].train)
+    runner = T5.Runner(tmp_path / "out", data, kwargs, "cpu", 0, progress=False)
+    test_ids = list(runner.test_set(data.test_list).ids)
+    for model, margin in T5.TABLE5_ROWS:
+        config = runner._config(model, margin, 0, data.train_list)
+        d = tmp_path / "out" / "runs" / T5._run_name(model, margin, 0)
+        d.mkdir(parents=True)
+        torch.manual_seed(0)
+        atomic_save({"model": build_model(config.model_config()).state_dict(), "config": T5.asdict(config)},
+                    d / "checkpoint.pt")
+        path, _, key = runner._cache_entry(model, margin, 0, data.train_list, (data.test_list,))
+        ev = {"per_clip": {"id": test_ids, "ciou": [k / len(test_ids) for k in range(len(test_ids))]}, "failed": {}}
+        path.write_text(json.dumps({"key": key, "results": {data.test_list: ev, "_seconds": {"train_and_eval": 0}}}))
+    meta = {"data": T5.asdict(data)}
+    path = study_figures(runner, 0, meta)
+    assert path.stat().st_size > 50_000 and len(FIGURE1_QUANTILES) == 5
+    assert isinstance(TrainConfig.from_dict(torch.load(tmp_path / "out" / "runs" / "lvs_m+0.00_s0" / "checkpoint.pt",
+                                                       weights_only=False)["config"]), TrainConfig)

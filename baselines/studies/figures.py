@@ -38,7 +38,7 @@ def plot_margin_sweep(rows: List[Dict[str, Any]], path: Path) -> None:
     base = next(r for r in model if r["margin"] == 0.0)
     pts = sorted((r for r in model if "delta_ciou" in r), key=lambda r: r["margin"])
     refs = {r["method"]: r for r in rows if r["margin"] is None}
-    fig, axes = plt.subplots(1, 2, figsize=(12, 5))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5.6))
     for ax, key, label in ((axes[0], "ciou", "cIoU (AP50)"), (axes[1], "auc", "AUC")):
         ms = [r["margin"] for r in pts]
         y, err = _err(pts, key)
@@ -60,7 +60,7 @@ def plot_margin_sweep(rows: List[Dict[str, Any]], path: Path) -> None:
         ax.set_ylabel(f"Δ {label} vs m = 0 (points)")
         ax.set_title(f"{label}: effect of the margin")
         ax.invert_xaxis()
-        ax.legend(loc="center left", framealpha=0.9)
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), frameon=False)  # below: hides no marker
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -85,7 +85,7 @@ def plot_noise(rows: List[Dict[str, Any]], path: Path) -> None:
         ax.set_xlabel("faulty-positive rate of the training split")
         ax.set_ylabel("Δ cIoU vs m = 0 at that rate (points)")
         ax.set_title(method)
-        ax.legend(loc="best", framealpha=0.9)
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=len(margins), frameon=False)
     fig.suptitle("Does a negative margin help more with more noisy correspondences? (95% CIs)", fontsize=13)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
