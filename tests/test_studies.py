@@ -337,3 +337,10 @@ def test_figure1_from_checkpoints(tmp_path, monkeypatch):
     assert path.stat().st_size > 50_000 and len(FIGURE1_QUANTILES) == 5
     assert isinstance(TrainConfig.from_dict(torch.load(tmp_path / "out" / "runs" / "lvs_m+0.00_s0" / "checkpoint.pt",
                                                        weights_only=False)["config"]), TrainConfig)
+
+
+def test_noise_grid_needs_margin_zero(tmp_path):
+    with pytest.raises(SystemExit, match="--noise-margins must include 0"):
+        T5.main(["--studies", "noise", "--noise-margins", "-0.2", "-0.1", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match=r"--noise-rates expects rates in \[0, 1\)"):
+        T5.main(["--studies", "noise", "--noise-rates", "0", "1.5", "--out", str(tmp_path)])
