@@ -86,7 +86,11 @@ def plot_noise(rows: List[Dict[str, Any]], path: Path) -> None:
         ax.set_ylabel("Δ cIoU vs m = 0 at that rate (points)")
         ax.set_title(method)
         ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=len(margins), frameon=False)
-    fig.suptitle("Does a negative margin help more with more noisy correspondences? (95% CIs)", fontsize=13)
+    first = next(r for r in rows if "delta_ciou" in r)
+    scope = ("seeds, then clips" if first["n_seeds"] > 1 else "clips only: 1 seed, the seed-to-seed spread is "
+             "not in these intervals")
+    fig.suptitle(f"Does a negative margin help more with more noisy correspondences?\n95% paired-bootstrap "
+                 f"intervals ({first['n_seeds']} seed(s) x {first['n']} test clips; {scope})", fontsize=12)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
