@@ -1,18 +1,24 @@
 """The paper's studies in one command: Table 5 (marginNCE on three baselines), Table 6 (margin sweep),
-Table 4 (heard / unheard classes) and Fig. 1-style qualitative figures.
+Table 4 (heard / unheard classes), the noisy-correspondence study and Fig. 1-style figures.
 
-    python -m baselines.table5                       # Table 5 on the embedded default dataset
-    python -m baselines.table5 --preset smoke        # the same study in under 3 minutes (CI runs it)
-    python -m baselines.table5 --preset full         # several seeds, all studies (mean +- std)
-    python -m baselines.table5 --studies table5 table6 table4 figures
+    python -m baselines.table5                       # Table 5 on the embedded data (3 seeds, 2,000 test clips)
+    python -m baselines.table5 --preset smoke        # the same study in minutes (CI runs it)
+    python -m baselines.table5 --preset full         # 10 seeds, all studies
+    python -m baselines.table5 --studies table5 table6 table4 noise figures
     python -m baselines.table5 --train-root data/vggsound --train-list vggss_144k.txt \
-        --test-root data/vggss --test-list vggss_test.csv --annotations vggss.json   # the paper's protocol
+        --test-root data/vggss --test-list vggss_test.csv --annotations vggss.json --seeds 0   # the paper's protocol
 
-Writes ``<out>/table5.json`` (``{"rows": [...]}``, each row with ``method``, ``margin``, ``ciou``,
-``auc``, ``paper_ciou``, ``paper_auc``, ...) and ``<out>/table5.md`` (likewise ``table6``,
-``table4``, and the PNG figures). Every table carries two rows computed on the same test clips:
-``center prior`` (a fixed centred Gaussian map) and ``ceiling`` (the best any map can score
-under the protocol). Finished runs are reused, so an interrupted study resumes where it stopped.
+Writes ``<out>/table5.json`` (``{"rows": [...], "n_test", "excluded": [{"id", "reason"}], ...}``, each row
+with ``method``, ``margin``, ``n``, ``ciou``, ``auc``, ``mean_ciou`` (mean over seeds, ``*_std``),
+``paper_ciou``, ``paper_auc`` and, when its margin differs from its method's m = 0 row, ``delta_ciou``,
+``delta_auc``, ``delta_mean_ciou`` with ``delta_*_ci95`` ``[lo, hi]`` (95% paired bootstrap over seeds,
+then clips: :mod:`baselines.studies.stats`) and ``resolved``) and ``<out>/table5.md`` (likewise
+``table6``, ``table4``, ``noise``, and the PNG figures). ``<out>`` defaults to ``runs/studies/<preset>``;
+the committed results live in ``results/`` and are rewritten only by an explicit ``--out``. Every row of
+a table is scored on one identical set of clips (clips some run could not score are excluded from every
+row and listed with their reason), including two rows computed on those clips: ``center prior`` (a fixed
+centred Gaussian map) and ``ceiling`` (the best any map can score under the protocol). Finished runs are
+reused, so an interrupted study resumes where it stopped.
 """
 
 from __future__ import annotations
