@@ -227,8 +227,8 @@ def test_bad_config_values_are_named(fx: AVFixture, tmp_path: Path, field: str, 
 def test_other_argument_errors(fx: AVFixture, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"stop_after_epoch: expected None or an int >= 1, got 0"):
         train(train_config(fx), tmp_path, stop_after_epoch=0)
-    with pytest.raises(ValueError, match=r"config: unknown keys \['lr_schedule'\]"):
-        TrainConfig.from_dict({**asdict(train_config(fx)), "lr_schedule": "cosine"})
+    with pytest.raises(ValueError, match=r"config: unknown keys \['lr_decay'\]"):
+        TrainConfig.from_dict({**asdict(train_config(fx)), "lr_decay": "cosine"})
     # a config saved before a field existed reads with that field's default
     older = {k: v for k, v in asdict(train_config(fx, norm="group")).items() if k not in ("norm", "sync_batchnorm")}
     assert TrainConfig.from_dict(older) == train_config(fx)
