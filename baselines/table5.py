@@ -1,7 +1,7 @@
 """The paper's studies in one command: Table 5 (marginNCE on three baselines), Table 6 (margin sweep),
 Table 4 (heard / unheard classes), the noisy-correspondence study and Fig. 1-style figures.
 
-    python -m baselines.table5                       # Table 5 on the embedded data (3 seeds, 2,000 test clips)
+    python -m baselines.table5                       # Table 5 on the embedded data (5 seeds, 2,000 test clips)
     python -m baselines.table5 --preset smoke        # the same study in minutes (CI runs it)
     python -m baselines.table5 --preset full         # 10 seeds, all studies
     python -m baselines.table5 --studies table5 table6 table4 noise figures
@@ -102,7 +102,8 @@ _EMBEDDED_DATA = dict(num_test=2000)
 PRESETS: Dict[str, StudyPreset] = {
     "smoke": StudyPreset("smoke", (0,), ("table5",), dict(_EMBEDDED_RECIPE, epochs=4, batch_size=32, warmup_steps=12),
                          noise_rates=(0.0, 0.4), noise_margins=(0.0, -0.2)),
-    "default": StudyPreset("default", (0, 1, 2), ("table5", "figures"), dict(_EMBEDDED_RECIPE),
+    # 5 seeds: the reference model's Δ cIoU (m = -0.2 vs 0) came to a 95% half-width of 1.55 points (3 seeds: 2.38)
+    "default": StudyPreset("default", (0, 1, 2, 3, 4), ("table5", "figures"), dict(_EMBEDDED_RECIPE),
                            dataset_overrides=dict(_EMBEDDED_DATA)),
     "full": StudyPreset("default", tuple(range(10)), STUDIES, dict(_EMBEDDED_RECIPE),
                         dataset_overrides=dict(_EMBEDDED_DATA)),
