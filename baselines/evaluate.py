@@ -1,4 +1,4 @@
-"""Evaluate a trained baseline on an annotated test split (SPEC section 7).
+"""Evaluate a trained baseline on an annotated test split.
 
     python -m baselines.evaluate --checkpoint runs/reference_m-0.2/checkpoint.pt \
         --test-root data/vggss --test-list metadata/vggss_test.csv --annotations metadata/vggss.json [--ogl]

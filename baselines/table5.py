@@ -38,7 +38,7 @@ from .train import TrainConfig, atomic_write_text, build_test_set, build_train_s
 
 __all__ = ["PRESETS", "PAPER", "StudyPreset", "run_studies", "main"]
 
-# --------------------------------------------------------------------------- the paper's numbers (SPEC 8)
+# --------------------------------------------------------------------------- the paper's numbers (its Tables 4, 5 and 6)
 
 METHOD_NAMES = {"lvs": "LVS", "ezvsl": "EZ-VSL (w/o OGL)", "reference": "Ours"}
 
@@ -109,7 +109,7 @@ PRESETS: Dict[str, StudyPreset] = {
                         dataset_overrides=dict(_EMBEDDED_DATA)),
 }
 
-# the paper's protocol (SPEC 8): 20 epochs, Adam with weight decay, batch 128, lr 1e-4, ResNet-18
+# the paper's protocol (its implementation details): 20 epochs, Adam with weight decay, batch 128, lr 1e-4, ResNet-18
 REAL_TRAIN = dict(backbone="resnet18", dim=512, epochs=20, batch_size=128, lr=1e-4, weight_decay=1e-4, cache=False)
 
 

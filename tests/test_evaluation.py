@@ -62,7 +62,7 @@ def test_ciou_ties_and_constant_maps():
 
 
 def _reference_ciou(s: np.ndarray, g: np.ndarray) -> float:
-    """Straight transcription of SPEC 7 for one map (numpy, float64)."""
+    """Straight transcription of the protocol (module doc of baselines.evaluation) for one map (numpy, float64)."""
     s = s.astype(np.float64)
     if s.max() > s.min():
         s = (s - s.min()) / (s.max() - s.min())

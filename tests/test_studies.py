@@ -54,7 +54,7 @@ def test_smoke_preset_writes_table5(smoke):
             assert r["resolved"] == (c_lo > 0 or c_hi < 0)
         else:
             assert "delta_ciou" not in r
-    # the paper's numbers beside ours (SPEC 8)
+    # the paper's numbers beside ours (its Table 5)
     by = {(r["method"], r["margin"]): r for r in rows}
     assert (by[("LVS", -0.3)]["paper_ciou"], by[("LVS", -0.3)]["paper_auc"]) == (35.73, 38.52)
     assert (by[("Ours", -0.2)]["paper_ciou"], by[("Ours", -0.2)]["paper_auc"]) == (38.25, 39.06)
