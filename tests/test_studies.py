@@ -7,8 +7,18 @@ import time
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from baselines import table5 as T5
+from baselines.evaluation import summarize_cious
+from baselines.studies.stats import (
+    common_clips,
+    flat_paired_interval,
+    hierarchical_interval,
+    paired_effects,
+    per_clip_values,
+)
 from baselines.table5 import PAPER, StudyData, _add_margin_effects, markdown_table, plan_runs
 
 
@@ -160,19 +170,6 @@ def test_real_data_needs_every_path(tmp_path):
 
 
 # --------------------------------------------------------------------------- the paired bootstrap
-
-from hypothesis import given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
-from baselines.evaluation import summarize_cious  # noqa: E402
-from baselines.studies.stats import (  # noqa: E402
-    common_clips,
-    flat_paired_interval,
-    hierarchical_interval,
-    paired_effects,
-    per_clip_values,
-)
-
 
 @settings(max_examples=50, deadline=None)
 @given(st.lists(st.floats(0.0, 1.0), min_size=1, max_size=60))
