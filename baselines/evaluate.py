@@ -20,81 +20,55 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from .evaluation import (
-    LocalizationEvaluator,
-    ObjectPrior,
-    center_prior_map,
-    ogl_map,
-    protocol_ceiling,
-    summarize_cious,
-    upsample_map,
-)
+from .evaluation import LocalizationEvaluator, ObjectPrior, center_prior_map, protocol_ceiling, summarize_cious
+from .scoring import evaluate_model
 
 __all__ = ["evaluate_model", "reference_rows", "main"]
 
 
-@torch.no_grad()
-def evaluate_model(
-    model: torch.nn.Module,
-    test_set: Dataset,
-    device: torch.device | str = "cpu",
-    batch_size: int = 64,
-    workers: int = 0,
-    progress: bool = False,
-    object_prior: Optional[ObjectPrior] = None,
-    return_per_sample: bool = False,
-) -> Dict[str, Any]:
-    """cIoU / AUC / mean cIoU of ``model.localize`` on ``test_set`` (items with ``gt_map``).
+def reference_rows(test_set: Dataset, batch_size: int = 256,
+                   ids: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, Any]]:
+    """The two rows every study table carries, on exactly the clips of ``test_set`` (or, with ``ids``,
+    on those of its clips, e.g. the ones a model was scored on): ``center prior`` (a fixed centred
+    Gaussian map for every clip) and ``ceiling`` (the best cIoU each clip can reach under the protocol,
+    given only its ground-truth map). Each row: the summary, ``n`` and ``per_clip``
+    (``{"id", "ciou"}``, as :func:`evaluate_model`).
 
-    With ``object_prior`` the maps are OGL-refined (``0.4 * AV + 0.6 * OBJ``, SPEC 7).
+    Raises:
+        ValueError: ``ids`` names a clip that ``test_set`` does not serve.
     """
-    from tqdm.auto import tqdm
-
-    from .data import collate
-
-    device = torch.device(device)
-    was_training = model.training
-    model.eval()
-    ev = LocalizationEvaluator()
-    loader = DataLoader(test_set, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate)
-    for batch in tqdm(loader, desc="evaluate", disable=not progress, leave=False, dynamic_ncols=True):
-        if batch is None:
-            continue
-        image = batch["image"].to(device)
-        maps = upsample_map(model.localize(image, batch["spectrogram"].to(device)).float()).cpu()
-        if object_prior is not None:
-            maps = ogl_map(maps, object_prior(image).cpu())
-        ev.update(maps, batch["gt_map"], ids=batch["id"])
-    failures = getattr(test_set, "failures", None)
-    if failures is not None:
-        failures.check()
-    model.train(was_training)
-    result: Dict[str, Any] = dict(ev.compute())
-    if failures is not None:
-        result["data_failures"] = failures.count
-    if return_per_sample:
-        result["per_sample"] = ev.per_sample()
-    return result
+    all_ids = [str(i) for i in getattr(test_set, "ids", [])]
+    gts = _gt_maps(test_set)
+    if ids is not None:
+        if len(all_ids) != gts.shape[0]:
+            raise ValueError("ids: this test set does not name its clips (no .ids), so it cannot be restricted")
+        pos = {c: k for k, c in enumerate(all_ids)}
+        unknown = [i for i in ids if i not in pos]
+        if unknown:
+            raise ValueError(f"ids: expected clips of the test set, got {len(unknown)} others, e.g. {unknown[:3]}")
+        gts = gts[[pos[i] for i in ids]]
+        all_ids = list(ids)
+    return reference_rows_for(gts, batch_size, ids=all_ids or None)
 
 
-def reference_rows(test_set: Dataset, batch_size: int = 256) -> Dict[str, Dict[str, float]]:
-    """The two rows every study table carries, on exactly the clips of ``test_set``:
-    ``center prior`` (a fixed centred Gaussian map for every clip) and ``ceiling`` (the best cIoU each
-    clip can reach under the protocol, given only its ground-truth map)."""
-    return reference_rows_for(_gt_maps(test_set), batch_size)
-
-
-def reference_rows_for(gts: torch.Tensor, batch_size: int = 256) -> Dict[str, Dict[str, float]]:
-    """:func:`reference_rows` from the ground-truth maps ``[N, 224, 224]`` alone."""
+def reference_rows_for(gts: torch.Tensor, batch_size: int = 256,
+                       ids: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, Any]]:
+    """:func:`reference_rows` from the ground-truth maps ``[N, 224, 224]`` alone (``ids``: their clip ids,
+    recorded in ``per_clip``)."""
     prior = LocalizationEvaluator()
     centre = center_prior_map()
     for start in range(0, gts.shape[0], batch_size):
         gt = gts[start:start + batch_size]
         prior.update(centre.expand(gt.shape[0], -1, -1), gt)
     # tie-free ceiling: a network's continuous map predicts exactly half of the pixels
-    return {"center prior": prior.compute(), "ceiling": summarize_cious(protocol_ceiling(gts, allow_ties=False))}
+    ceiling = protocol_ceiling(gts, allow_ties=False).numpy()
+    names = list(ids) if ids is not None else [str(k) for k in range(gts.shape[0])]
+    rows: Dict[str, Dict[str, Any]] = {"center prior": dict(prior.compute()), "ceiling": summarize_cious(ceiling)}
+    rows["center prior"]["per_clip"] = {"id": names, "ciou": prior.cious.tolist()}
+    rows["ceiling"]["per_clip"] = {"id": names, "ciou": ceiling.tolist()}
+    return rows
 
 
 def _gt_maps(test_set: Dataset) -> torch.Tensor:
@@ -170,11 +144,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     prior = ObjectPrior(imagenet_resnet18(args.visual_weights)).to(device).eval() if args.ogl else None
     try:
         test_set = build_test_set(test_root, test_list, annotations, annotation_format)
-        scores = evaluate_model(model, test_set, device, args.batch_size, args.workers, True, prior)
+        scored = evaluate_model(model, test_set, device, args.batch_size, args.workers, True, prior)
     except DataError as e:
         raise data_error(e) from e
-    result = {"model": config.model, "margin": config.margin, "epoch": state["epoch"], "eval": scores,
-              **reference_rows(test_set)}
+    # every row on the same clips: the reference rows on the clips the model was scored on
+    result = {"model": config.model, "margin": config.margin, "epoch": state["epoch"], "eval": scored,
+              **reference_rows(test_set, ids=scored["per_clip"]["id"]), "excluded": scored["failed"]}
     for name in ("eval", "center prior", "ceiling"):
         r = result[name]
         label = f"{config.model} m={config.margin:+.2f}" if name == "eval" else name
@@ -198,7 +173,7 @@ def _reference_rows_main(args: argparse.Namespace) -> int:
     ids = load_id_list(args.test_list) if args.test_list else None
     boxes = load_annotations(args.annotations, fmt, ids)
     gts = torch.stack([torch.from_numpy(gt_map(b, fmt)) for b in boxes.values()])
-    rows = reference_rows_for(gts)
+    rows = {name: {k: v for k, v in r.items() if k != "per_clip"} for name, r in reference_rows_for(gts).items()}
     result = {"annotations": Path(args.annotations).name, "test_list": Path(args.test_list).name if args.test_list else None,
               "format": fmt, **rows}
     for name in ("center prior", "ceiling"):

@@ -1,4 +1,4 @@
-"""Localisation metrics of the VGG-SS / SoundNet-Flickr protocol (SPEC section 7).
+"""Localisation metrics of the VGG-SS / SoundNet-Flickr protocol.
 
 For each clip ``k`` with response map ``s_k`` (``[H, W]``, ``H = W = 224``) and
 ground-truth map ``g_k`` (values in [0, 1], see ``baselines.data.gt_map``):

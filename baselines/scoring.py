@@ -44,7 +44,12 @@ def evaluate_model(
         return_per_sample: also return ``per_sample`` (the evaluator's per-clip cIoU).
 
     Returns:
-        ``{"ciou", "auc", "mean_ciou", "n"}`` (plus ``data_failures`` with a tracker, ``per_sample``).
+        ``{"ciou", "auc", "mean_ciou"}`` (percent), ``"n"`` (clips scored), ``"per_clip"``
+        (``{"id": [...], "ciou": [...]}``: each scored clip's IoU with the median-thresholded map, float64
+        in [0, 1], in test-set order, so tables can score every row on the same clips and bootstrap
+        paired differences), ``"failed"`` (``{clip id: reason}`` of the clips that could not be decoded
+        and were not scored) and, with a failure tracker, ``"data_failures"`` (their count);
+        ``per_sample`` on request.
 
     Raises:
         baselines.data.DataError: more broken clips than the tracker allows.
@@ -67,6 +72,8 @@ def evaluate_model(
         failures.check()
     model.train(was_training)
     result: dict[str, Any] = dict(ev.compute())
+    result["per_clip"] = {"id": ev.ids or [], "ciou": ev.cious.tolist()}
+    result["failed"] = dict(failures.failed) if failures is not None else {}
     if failures is not None:
         result["data_failures"] = failures.count
     if return_per_sample:

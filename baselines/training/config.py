@@ -39,6 +39,9 @@ RECORD_KEYS = ("provenance",)
 MODEL_FIELDS = ("model", "margin", "backbone", "dim", "width", "pretrained", "norm", "visual_weights")
 
 #: Data fields (``add_data_arguments``): shared with ``python -m baselines.evaluate``.
+#: Per-step learning-rate schedules (:func:`baselines.training.schedule.lr_at_step`).
+LR_SCHEDULES = ("constant", "cosine")
+
 DATA_FIELDS = ("train_root", "train_list", "test_root", "test_list", "annotations", "annotation_format")
 
 
@@ -106,6 +109,9 @@ class TrainConfig:
                               flag="--no-sync-batchnorm")
     visual_weights: str = _f("", "with --pretrained: a local torchvision ResNet-18 state dict (no network needed)",
                              metavar="PATH")
+    lr_schedule: str = _f("constant", "per-step learning rate: constant, or cosine decay to 0 at the last step",
+                          choices=LR_SCHEDULES)
+    warmup_steps: int = _f(0, "linear learning-rate warm-up steps", minimum=0)
 
     def model_config(self, distributed: bool = False) -> ModelConfig:
         """The model's settings (checked by :class:`ModelConfig`); ``distributed``: gather negatives
