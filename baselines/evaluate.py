@@ -16,69 +16,19 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence
+from typing import Any
 
 import torch
-from torch.utils.data import Dataset
 
-from .evaluation import LocalizationEvaluator, ObjectPrior, center_prior_map, protocol_ceiling, summarize_cious
-from .scoring import evaluate_model
+from .evaluation import ObjectPrior
+from .scoring import evaluate_model, reference_rows, reference_rows_for
 
-__all__ = ["evaluate_model", "reference_rows", "main"]
-
-
-def reference_rows(test_set: Dataset, batch_size: int = 256,
-                   ids: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, Any]]:
-    """The two rows every study table carries, on exactly the clips of ``test_set`` (or, with ``ids``,
-    on those of its clips, e.g. the ones a model was scored on): ``center prior`` (a fixed centred
-    Gaussian map for every clip) and ``ceiling`` (the best cIoU each clip can reach under the protocol,
-    given only its ground-truth map). Each row: the summary, ``n`` and ``per_clip``
-    (``{"id", "ciou"}``, as :func:`evaluate_model`).
-
-    Raises:
-        ValueError: ``ids`` names a clip that ``test_set`` does not serve.
-    """
-    all_ids = [str(i) for i in getattr(test_set, "ids", [])]
-    gts = _gt_maps(test_set)
-    if ids is not None:
-        if len(all_ids) != gts.shape[0]:
-            raise ValueError("ids: this test set does not name its clips (no .ids), so it cannot be restricted")
-        pos = {c: k for k, c in enumerate(all_ids)}
-        unknown = [i for i in ids if i not in pos]
-        if unknown:
-            raise ValueError(f"ids: expected clips of the test set, got {len(unknown)} others, e.g. {unknown[:3]}")
-        gts = gts[[pos[i] for i in ids]]
-        all_ids = list(ids)
-    return reference_rows_for(gts, batch_size, ids=all_ids or None)
+__all__ = ["evaluate_model", "reference_rows", "reference_rows_for", "main"]  # re-exported from .scoring
 
 
-def reference_rows_for(gts: torch.Tensor, batch_size: int = 256,
-                       ids: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, Any]]:
-    """:func:`reference_rows` from the ground-truth maps ``[N, 224, 224]`` alone (``ids``: their clip ids,
-    recorded in ``per_clip``)."""
-    prior = LocalizationEvaluator()
-    centre = center_prior_map()
-    for start in range(0, gts.shape[0], batch_size):
-        gt = gts[start:start + batch_size]
-        prior.update(centre.expand(gt.shape[0], -1, -1), gt)
-    # tie-free ceiling: a network's continuous map predicts exactly half of the pixels
-    ceiling = protocol_ceiling(gts, allow_ties=False).numpy()
-    names = list(ids) if ids is not None else [str(k) for k in range(gts.shape[0])]
-    rows: Dict[str, Dict[str, Any]] = {"center prior": dict(prior.compute()), "ceiling": summarize_cious(ceiling)}
-    rows["center prior"]["per_clip"] = {"id": names, "ciou": prior.cious.tolist()}
-    rows["ceiling"]["per_clip"] = {"id": names, "ciou": ceiling.tolist()}
-    return rows
-
-
-def _gt_maps(test_set: Dataset) -> torch.Tensor:
-    gt_for = getattr(test_set, "gt_maps", None)
-    if callable(gt_for):
-        return torch.as_tensor(gt_for())
-    return torch.stack([torch.as_tensor(test_set[i]["gt_map"]) for i in range(len(test_set))])  # type: ignore[index]
-
-
-def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     from .cli import HelpFormatter
     from .train import add_data_arguments
 
@@ -97,7 +47,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _write_json(result: Dict[str, Any], path: str) -> None:
+def _write_json(result: dict[str, Any], path: str) -> None:
     from .train import atomic_write_text
 
     out = Path(path)
@@ -105,7 +55,7 @@ def _write_json(result: Dict[str, Any], path: str) -> None:
     atomic_write_text(json.dumps(result, indent=2) + "\n", out)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """``python -m baselines.evaluate``; returns the exit status. Raises :class:`baselines.cli.UsageError`
     for the user's errors (one line under :func:`baselines.cli.run_main`)."""
     from .cli import UsageError

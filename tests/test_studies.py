@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from baselines import table5 as T5
+from baselines.cli import UsageError
 from baselines.evaluation import summarize_cious
 from baselines.studies.stats import (
     common_clips,
@@ -167,7 +169,7 @@ def test_plan_runs_shares_runs_between_studies():
 
 
 def test_real_data_needs_every_path(tmp_path):
-    with pytest.raises(SystemExit, match="real data needs all of"):
+    with pytest.raises(UsageError, match="real data needs all of"):
         T5.main(["--train-root", str(tmp_path), "--out", str(tmp_path)])
 
 
@@ -267,7 +269,7 @@ def test_common_clips_lists_the_excluded_with_reasons():
 def test_lr_schedule_warm_up_and_cosine():
     import math
 
-    from baselines.train import TrainConfig, _check_config, lr_at_step
+    from baselines.train import TrainConfig, check_config, lr_at_step
 
     c = TrainConfig(train_root="r", train_list="l", lr=1e-3)
     assert [lr_at_step(c, t, 100) for t in (0, 50, 99)] == [1e-3] * 3  # the default: constant, as before
@@ -277,9 +279,9 @@ def test_lr_schedule_warm_up_and_cosine():
     assert lr_at_step(w, 50, 100) == pytest.approx(0.5e-3)
     assert lr_at_step(w, 99, 100) == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi * 0.99)))
     with pytest.raises(ValueError, match="lr_schedule: expected one of"):
-        _check_config(TrainConfig(train_root="r", train_list="l", lr_schedule="step"))
+        check_config(TrainConfig(train_root="r", train_list="l", lr_schedule="step"))
     with pytest.raises(ValueError, match="warmup_steps: expected an int >= 0"):
-        _check_config(TrainConfig(train_root="r", train_list="l", warmup_steps=-1))
+        check_config(TrainConfig(train_root="r", train_list="l", warmup_steps=-1))
 
 
 # --------------------------------------------------------------------------- figures
@@ -326,12 +328,12 @@ def test_figure1_from_checkpoints(tmp_path, monkeypatch):
         d = tmp_path / "out" / "runs" / T5._run_name(model, margin, 0)
         d.mkdir(parents=True)
         torch.manual_seed(0)
-        atomic_save({"model": build_model(config.model_config()).state_dict(), "config": T5.asdict(config)},
+        atomic_save({"model": build_model(config.model_config()).state_dict(), "config": asdict(config), "epoch": 1},
                     d / "checkpoint.pt")
         path, _, key = runner._cache_entry(model, margin, 0, data.train_list, (data.test_list,))
         ev = {"per_clip": {"id": test_ids, "ciou": [k / len(test_ids) for k in range(len(test_ids))]}, "failed": {}}
         path.write_text(json.dumps({"key": key, "results": {data.test_list: ev, "_seconds": {"train_and_eval": 0}}}))
-    meta = {"data": T5.asdict(data)}
+    meta = {"data": asdict(data)}
     path = study_figures(runner, 0, meta)
     assert path.stat().st_size > 50_000 and len(FIGURE1_QUANTILES) == 5
     assert isinstance(TrainConfig.from_dict(torch.load(tmp_path / "out" / "runs" / "lvs_m+0.00_s0" / "checkpoint.pt",
@@ -339,7 +341,7 @@ def test_figure1_from_checkpoints(tmp_path, monkeypatch):
 
 
 def test_noise_grid_needs_margin_zero(tmp_path):
-    with pytest.raises(SystemExit, match="--noise-margins must include 0"):
+    with pytest.raises(UsageError, match="--noise-margins must include 0"):
         T5.main(["--studies", "noise", "--noise-margins", "-0.2", "-0.1", "--out", str(tmp_path)])
-    with pytest.raises(SystemExit, match=r"--noise-rates expects rates in \[0, 1\)"):
+    with pytest.raises(UsageError, match=r"--noise-rates expects rates in \[0, 1\)"):
         T5.main(["--studies", "noise", "--noise-rates", "0", "1.5", "--out", str(tmp_path)])

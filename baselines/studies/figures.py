@@ -1,15 +1,29 @@
 """The studies' figures: the margin sweep as Δ against m = 0 (``table6.png``), the noisy-correspondence
-study (``noise.png``) and the Fig. 1-style qualitative figure (``figure1.png``)."""
+study (``noise.png``), the Fig. 1-style qualitative figure (``figure1.png``) and the training loss of
+every run of Table 5 (``curves.png``)."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any
 
-__all__ = ["plot_margin_sweep", "plot_noise", "study_figures", "FIGURE1_QUANTILES"]
+import numpy as np
+import torch
+
+from ..data import load_annotations
+from ..data.frames import IMAGENET_MEAN, IMAGENET_STD
+from ..evaluation import ciou_per_sample, median_threshold_mask, normalize_map, upsample_map
+from ..io import atomic_write
+from ..training.checkpoint import load_model
+from .paper import METHOD_NAMES, TABLE5_ROWS
+from .runner import run_name
+
+__all__ = ["plot_margin_sweep", "plot_noise", "plot_study_curves", "study_figures", "FIGURE1_QUANTILES", "METHOD_COLORS"]
 
 #: figure1 shows the test clips at these quantiles of the reference model's (m = 0) per-clip IoU
-FIGURE1_QUANTILES: Tuple[float, ...] = (0.1, 0.3, 0.5, 0.7, 0.9)
+FIGURE1_QUANTILES: tuple[float, ...] = (0.1, 0.3, 0.5, 0.7, 0.9)
 
 
 def _plt():
@@ -23,14 +37,14 @@ def _plt():
     return plt
 
 
-def _err(rows: Sequence[Dict[str, Any]], key: str) -> Tuple[List[float], List[List[float]]]:
+def _err(rows: Sequence[dict[str, Any]], key: str) -> tuple[list[float], list[list[float]]]:
     y = [r[f"delta_{key}"] for r in rows]
     lo = [r[f"delta_{key}"] - r[f"delta_{key}_ci95"][0] for r in rows]
     hi = [r[f"delta_{key}_ci95"][1] - r[f"delta_{key}"] for r in rows]
     return y, [lo, hi]
 
 
-def plot_margin_sweep(rows: List[Dict[str, Any]], path: Path) -> None:
+def plot_margin_sweep(rows: list[dict[str, Any]], path: Path) -> None:
     """Δ cIoU and Δ AUC against the margin, each on one axis: ours with 95% intervals, the paper's Δ
     beside it, and the centre prior and the ceiling as horizontal lines at their distance from m = 0."""
     plt = _plt()
@@ -66,7 +80,7 @@ def plot_margin_sweep(rows: List[Dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-def plot_noise(rows: List[Dict[str, Any]], path: Path) -> None:
+def plot_noise(rows: list[dict[str, Any]], path: Path) -> None:
     """Δ cIoU against the faulty-positive rate with 95% intervals, a line per margin, a panel per method."""
     plt = _plt()
     methods = list(dict.fromkeys(r["method"] for r in rows if "delta_ciou" in r))
@@ -96,20 +110,11 @@ def plot_noise(rows: List[Dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-def study_figures(runner: Any, seed: int, meta: Dict[str, Any]) -> Path:
+def study_figures(runner: Any, seed: int, meta: dict[str, Any]) -> Path:
     """Fig. 1-style: each chosen test clip with its ground-truth box, then each Table 5 model's response
     map (viridis, min-max normalised, colour bar), the outline of the median-thresholded mask the
     protocol scores, and the clip's IoU. The clips: those at :data:`FIGURE1_QUANTILES` of the per-clip
     IoU of the reference model at m = 0 (seed ``seed``), from its hardest to its easiest."""
-    import numpy as np
-    import torch
-
-    from ..data import load_annotations
-    from ..evaluation import ciou_per_sample, median_threshold_mask, normalize_map, upsample_map
-    from ..models import build_model
-    from ..table5 import METHOD_NAMES, TABLE5_ROWS, _run_name
-    from ..train import TrainConfig, load_checkpoint
-
     plt = _plt()
     test = runner.data.test_list
     test_set = runner.test_set(test)
@@ -122,16 +127,14 @@ def study_figures(runner: Any, seed: int, meta: Dict[str, Any]) -> Path:
     spec = torch.stack([it["spectrogram"] for it in items])
     gt = torch.stack([torch.as_tensor(it["gt_map"]) for it in items])
     boxes = load_annotations(runner.data.annotations, runner.data.annotation_format, picks)
-    mean = torch.tensor([0.485, 0.456, 0.406])[:, None, None]
-    std = torch.tensor([0.229, 0.224, 0.225])[:, None, None]
+    mean = torch.tensor(IMAGENET_MEAN)[:, None, None]
+    std = torch.tensor(IMAGENET_STD)[:, None, None]
     shown = [(it["image"] * std + mean).clamp(0, 1).permute(1, 2, 0).numpy() for it in items]
     columns = [("frame + ground truth", None)] + [(f"{METHOD_NAMES[m]}\nm = {mg:+.1f}", (m, mg)) for m, mg in TABLE5_ROWS]
     maps, masks, ious = {}, {}, {}
     for _, key in columns[1:]:
         model, margin = key
-        state = load_checkpoint(runner.out / "runs" / _run_name(model, margin, seed) / "checkpoint.pt")
-        net = build_model(TrainConfig.from_dict(state["config"]).model_config())
-        net.load_state_dict(state["model"])
+        net, _, _ = load_model(runner.out / "runs" / run_name(model, margin, seed) / "checkpoint.pt")
         net.eval()
         with torch.no_grad():
             raw = upsample_map(net.localize(image, spec).float())
@@ -171,3 +174,52 @@ def study_figures(runner: Any, seed: int, meta: Dict[str, Any]) -> Path:
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
+
+
+#: the line colour of each method in the study-level curves
+METHOD_COLORS = {"lvs": "tab:blue", "ezvsl": "tab:orange", "reference": "tab:green"}
+
+
+def plot_study_curves(runs: Sequence[tuple[str, float, int, Path]], path: Path, title: str = "") -> None:
+    """The training loss (epoch mean, from each run's ``metrics.jsonl``) of every run of a study against
+    the epoch: a line per run, coloured by method, its line style by margin (solid: m = 0).
+
+    Args:
+        runs: ``(model, margin, seed, run folder)`` for each run; a run without ``metrics.jsonl`` is skipped.
+        path: the PNG to write.
+
+    Raises:
+        ValueError: no run has a ``metrics.jsonl`` with a loss.
+    """
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    styles: dict[float, str] = {}
+    drawn, labelled = 0, set()
+    for model, margin, _seed, folder in runs:
+        log = Path(folder) / "metrics.jsonl"
+        if not log.exists():
+            continue
+        records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+        points = [(r["epoch"], r["loss"]) for r in records if r.get("loss") is not None]
+        if not points:
+            continue
+        style = styles.setdefault(margin, ["-", "--", ":", "-."][len(styles) % 4] if margin != 0.0 else "-")
+        label = f"{METHOD_NAMES.get(model, model)}, m = {margin:+.1f}"
+        ax.plot(*zip(*points), color=METHOD_COLORS.get(model, "tab:gray"), ls=style, marker="o", ms=3, alpha=0.8,
+                label=None if label in labelled else label)
+        labelled.add(label)
+        drawn += 1
+    if not drawn:
+        plt.close(fig)
+        raise ValueError(f"{path.name}: expected runs with a metrics.jsonl holding losses, got none of {len(runs)}")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("training loss (epoch mean)")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.grid(alpha=0.3)
+    ax.legend(title="a line per run (seed)", fontsize=9)
+    ax.set_title(title or f"training loss of {drawn} runs")
+    fig.tight_layout()
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110), suffix=".png")
+    finally:
+        plt.close(fig)

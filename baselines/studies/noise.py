@@ -15,12 +15,20 @@ the Δ fields), ``noise.md`` and ``noise.png`` (Δ cIoU against the rate, a line
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any
+
+from ..data.synthetic import PRESETS as DATA_PRESETS
+from .figures import plot_noise
+from .paper import METHOD_NAMES
+from .presets import StudyPreset, embedded_data
+from .runner import Runner
+from .tables import add_margin_effects, markdown_table, reference_table_rows, same_clips, table_row, write_study
 
 __all__ = ["NOISE_METHODS", "NoisePlan", "plan", "study_noise"]
 
-NOISE_METHODS: Tuple[str, ...] = ("reference", "ezvsl")
+NOISE_METHODS: tuple[str, ...] = ("reference", "ezvsl")
 
 
 @dataclass
@@ -28,19 +36,16 @@ class NoisePlan:
     """The runners (one per faulty-positive rate: that rate's training split, the study's test split)
     and every training run of the study."""
 
-    rates: Tuple[float, ...]
-    margins: Tuple[float, ...]
-    runners: Dict[float, Any] = field(default_factory=dict)
-    tags: Dict[float, str] = field(default_factory=dict)
-    jobs: List[Tuple[Any, Tuple[Any, ...]]] = field(default_factory=list)
+    rates: tuple[float, ...]
+    margins: tuple[float, ...]
+    runners: dict[float, Runner] = field(default_factory=dict)
+    tags: dict[float, str] = field(default_factory=dict)
+    jobs: list[tuple[Runner, tuple[Any, ...]]] = field(default_factory=list)
 
 
-def plan(runner: Any, preset: Any, seeds: Sequence[int]) -> NoisePlan:
+def plan(runner: Runner, preset: StudyPreset, seeds: Sequence[int]) -> NoisePlan:
     """Build the datasets (generated on first use) and list the runs; a rate equal to the study
     dataset's own reuses the main runner, so its runs are shared with Tables 5 and 6."""
-    from ..data.synthetic import PRESETS as DATA_PRESETS
-    from ..table5 import Runner, embedded_data
-
     own_rate = DATA_PRESETS[preset.dataset].replace(**preset.dataset_overrides).faulty_positive_rate
     p = NoisePlan(tuple(preset.noise_rates), tuple(preset.noise_margins))
     test = runner.data.test_list
@@ -59,27 +64,23 @@ def plan(runner: Any, preset: Any, seeds: Sequence[int]) -> NoisePlan:
     return p
 
 
-def study_noise(runner: Any, p: NoisePlan, seeds: Sequence[int], meta: Dict[str, Any]) -> Dict[str, Any]:
-    from ..table5 import METHOD_NAMES, _add_margin_effects, _reference_table_rows, _row, _same_clips, _write, \
-        markdown_table
-    from .figures import plot_noise
-
+def study_noise(runner: Runner, p: NoisePlan, seeds: Sequence[int], meta: dict[str, Any]) -> dict[str, Any]:
     test = runner.data.test_list
     keys = [(m, rate, mg) for m in NOISE_METHODS for rate in p.rates for mg in p.margins]
     evals = [[p.runners[rate].run(m, mg, s, p.runners[rate].data.train_list, [test], p.tags[rate])[test]
               for s in seeds] for m, rate, mg in keys]
-    ids, excluded = _same_clips(runner, test, [e for row in evals for e in row])
-    rows = [_row(METHOD_NAMES[m], mg, ev, None, seeds, ids, method_key=f"{m}:{rate}", faulty_positive_rate=rate)
+    ids, excluded = same_clips(runner, test, [e for row in evals for e in row])
+    rows = [table_row(METHOD_NAMES[m], mg, ev, None, seeds, ids, method_key=f"{m}:{rate}", faulty_positive_rate=rate)
             for (m, rate, mg), ev in zip(keys, evals)]
-    _add_margin_effects(rows, evals, ids)
-    rows += _reference_table_rows(runner.reference_rows(test), ids, faulty_positive_rate=None)
+    add_margin_effects(rows, evals, ids)
+    rows += reference_table_rows(runner.reference_rows(test), ids, faulty_positive_rate=None)
     payload = dict(meta, study="noise", seeds=list(seeds), rows=rows, n_test=len(ids), excluded=excluded,
                    faulty_positive_rates=list(p.rates), margins=list(p.margins))
     note = (f"Data: {runner.data.source}, training split regenerated at each faulty-positive rate (that fraction "
             f"of training clips carries another class's audio); every run scored on the same clean test clips, "
             f"n = {len(ids)}; seeds {list(seeds)}. The paper has no such table (its claim: a negative margin "
             f"alleviates noisy correspondences).")
-    _write(runner.out, "noise", payload, markdown_table("Noisy correspondences: margin effect against the "
+    write_study(runner.out, "noise", payload, markdown_table("Noisy correspondences: margin effect against the "
                                                         "faulty-positive rate", rows, note,
                                                         extra_column=("faulty-positive rate", "faulty_positive_rate")))
     plot_noise(rows, runner.out / "noise.png")

@@ -18,28 +18,32 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any
 
-from ..table5 import _EMBEDDED_TRAIN, Runner, _run_name, embedded_data, execute_runs
+from .presets import EMBEDDED_TRAIN as _EMBEDDED_TRAIN
+from .presets import embedded_data
+from .runner import Runner, execute_runs
+from .runner import run_name as _run_name
 
 __all__ = ["RECIPES", "measure", "main"]
 
-#: candidate recipes: changes to the embedded training settings (``baselines.table5._EMBEDDED_TRAIN``)
-RECIPES: Dict[str, Dict[str, Any]] = {
+#: candidate recipes: changes to the embedded training settings (``baselines.studies.presets.EMBEDDED_TRAIN``)
+RECIPES: dict[str, dict[str, Any]] = {
     "constant": {},  # Adam 1e-3, constant, 10 epochs (the recipe before this measurement)
     "cosine": {"lr_schedule": "cosine", "warmup_steps": 31},  # + 1 epoch warm-up, cosine decay to 0
     "cosine20": {"lr_schedule": "cosine", "warmup_steps": 31, "epochs": 20},
 }
 
 
-def _sd(values: List[float]) -> float:
+def _sd(values: list[float]) -> float:
     return statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def measure(out: Path, recipes: Sequence[str], seeds: Sequence[int], num_test: int, jobs: int) -> Dict[str, Any]:
+def measure(out: Path, recipes: Sequence[str], seeds: Sequence[int], num_test: int, jobs: int) -> dict[str, Any]:
     data = embedded_data("default", num_test=num_test)
-    summary: Dict[str, Any] = {"command": "python -m baselines.studies.recipe " + " ".join(sys.argv[1:]),
+    summary: dict[str, Any] = {"command": "python -m baselines.studies.recipe " + " ".join(sys.argv[1:]),
                                "data": data.source, "num_test": num_test, "seeds": list(seeds), "recipes": {}}
     for name in recipes:
         kwargs = dict(_EMBEDDED_TRAIN, **RECIPES[name])
@@ -83,7 +87,7 @@ def measure(out: Path, recipes: Sequence[str], seeds: Sequence[int], num_test: i
     return summary
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m baselines.studies.recipe", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="results/recipe", help="output folder (default: %(default)s)")

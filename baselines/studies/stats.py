@@ -28,7 +28,8 @@ itself uncertain (a bootstrap over ``S`` values has variance factor ``(S - 1) / 
 
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -37,11 +38,11 @@ from ..evaluation import AUC_THRESHOLDS
 __all__ = ["METRICS", "per_clip_values", "flat_paired_interval", "hierarchical_interval", "paired_effects",
            "N_RESAMPLES"]
 
-METRICS: Tuple[str, ...] = ("ciou", "auc", "mean_ciou")
+METRICS: tuple[str, ...] = ("ciou", "auc", "mean_ciou")
 N_RESAMPLES = 4000
 
 
-def per_clip_values(cious: Sequence[float] | np.ndarray) -> Dict[str, np.ndarray]:
+def per_clip_values(cious: Sequence[float] | np.ndarray) -> dict[str, np.ndarray]:
     """Per-clip contributions (percent) whose means are the protocol's ``ciou``, ``auc`` and ``mean_ciou``.
 
     Args:
@@ -64,13 +65,13 @@ def per_clip_values(cious: Sequence[float] | np.ndarray) -> Dict[str, np.ndarray
     return {"ciou": 100.0 * (c >= 0.5), "auc": 100.0 * auc, "mean_ciou": 100.0 * c}
 
 
-def _interval(samples: np.ndarray, level: float) -> Tuple[float, float]:
+def _interval(samples: np.ndarray, level: float) -> tuple[float, float]:
     lo, hi = np.percentile(samples, [50 * (1 - level), 50 * (1 + level)])
     return float(lo), float(hi)
 
 
 def flat_paired_interval(x: np.ndarray, y: np.ndarray, n_resamples: int = N_RESAMPLES, level: float = 0.95,
-                         seed: int = 0) -> Tuple[float, float]:
+                         seed: int = 0) -> tuple[float, float]:
     """Percentile interval of ``mean(x - y)`` over paired clips by ``scipy.stats.bootstrap(paired=True)``.
 
     ``x``, ``y``: ``[N]`` per-clip values of the same clips. A constant difference gives ``(d, d)``.
@@ -116,7 +117,7 @@ def hierarchical_interval(d: np.ndarray, n_resamples: int = N_RESAMPLES, level: 
 
 
 def paired_effects(treated: Mapping[str, np.ndarray], base: Mapping[str, np.ndarray],
-                   n_resamples: int = N_RESAMPLES, seed: int = 0) -> Dict[str, Any]:
+                   n_resamples: int = N_RESAMPLES, seed: int = 0) -> dict[str, Any]:
     """Δ of every metric with its 95% interval, from per-clip values ``[S, N]`` (row ``s`` = seed ``s``
     of both, column ``k`` = clip ``k`` of both).
 
@@ -127,7 +128,7 @@ def paired_effects(treated: Mapping[str, np.ndarray], base: Mapping[str, np.ndar
     Raises:
         ValueError: the two sides' shapes differ.
     """
-    out: Dict[str, Any] = {}
+    out: dict[str, Any] = {}
     for key in METRICS:
         t, b = np.asarray(treated[key], dtype=np.float64), np.asarray(base[key], dtype=np.float64)
         if t.shape != b.shape or t.ndim != 2:
@@ -145,7 +146,7 @@ def paired_effects(treated: Mapping[str, np.ndarray], base: Mapping[str, np.ndar
     return out
 
 
-def stack_per_clip(evals: Sequence[Mapping[str, Any]], ids: Sequence[str]) -> Dict[str, np.ndarray]:
+def stack_per_clip(evals: Sequence[Mapping[str, Any]], ids: Sequence[str]) -> dict[str, np.ndarray]:
     """``[S, N]`` per-clip values of the clips ``ids`` (in that order) from ``S`` evaluations with
     ``per_clip`` (``baselines.evaluate.evaluate_model``).
 
@@ -164,11 +165,11 @@ def stack_per_clip(evals: Sequence[Mapping[str, Any]], ids: Sequence[str]) -> Di
 
 
 def common_clips(evals: Sequence[Mapping[str, Any]], all_ids: Sequence[str],
-                 reasons: Optional[Mapping[str, str]] = None) -> Tuple[list, list]:
+                 reasons: Mapping[str, str] | None = None) -> tuple[list, list]:
     """The clips of ``all_ids`` scored by every evaluation (in ``all_ids`` order), and the excluded
     ones as ``[{"id", "reason"}]`` (the reason a run recorded for it, else "not scored by every run")."""
     scored = [set(e["per_clip"]["id"]) for e in evals]
-    failed: Dict[str, str] = dict(reasons or {})
+    failed: dict[str, str] = dict(reasons or {})
     for e in evals:
         failed.update(e.get("failed", {}))
     keep = [i for i in all_ids if all(i in s for s in scored)]
