@@ -20,7 +20,7 @@ a table is scored on one identical set of clips (clips some run could not score 
 row and listed with their reason), including two rows computed on those clips: ``center prior`` (a fixed
 centred Gaussian map) and ``ceiling`` (the best any map can score under the protocol). Finished runs are
 reused, so an interrupted study resumes where it stopped. ``--batch-size``, ``--backbone``, ``--epochs``,
-``--limit-steps`` and ``--pretrained`` override the preset's (or the paper's) settings for every run of
+``--limit-steps``, ``--max-failures`` and ``--pretrained`` override the preset's (or the paper's) settings for every run of
 the study (recorded in the JSON's ``train`` and ``overrides`` and in each run's cache key). Table 5 also
 writes ``<out>/curves.png`` (every run's training loss per epoch) beside each run's own
 ``runs/<name>/curves.png``. Errors the user can fix are one line on stderr, exit status 1.
@@ -67,7 +67,7 @@ _run_name, _row, _add_margin_effects, _reference_table_rows = run_name, table_ro
 _same_clips, _write, _note = same_clips, write_study, study_note
 
 #: TrainConfig fields a study run can override for every run (``--epochs`` ...); ``None``: not given
-TRAIN_OVERRIDES = ("batch_size", "backbone", "epochs", "limit_steps", "pretrained")
+TRAIN_OVERRIDES = ("batch_size", "backbone", "epochs", "limit_steps", "max_failures", "pretrained")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -100,7 +100,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def _overrides(args: argparse.Namespace, real: bool, preset: StudyPreset) -> dict[str, Any]:
     """The given overrides, checked once here (as every run's TrainConfig would check them)."""
-    overrides = {k: getattr(args, k) for k in TRAIN_OVERRIDES if getattr(args, k) not in (None, False)}
+    given = {k: getattr(args, k) for k in TRAIN_OVERRIDES}
+    overrides = {k: v for k, v in given.items() if v is not None and v is not False}  # None / False: not given
     base = dict(REAL_TRAIN if real else preset.train, **overrides)
     check_config(replace(TrainConfig(train_root="-", train_list="-"), **base))
     return overrides

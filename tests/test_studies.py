@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from dataclasses import asdict
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +18,7 @@ from hypothesis import strategies as st
 from baselines import table5 as T5
 from baselines.cli import UsageError
 from baselines.evaluation import summarize_cious
+from baselines.studies.figures import plot_study_curves
 from baselines.studies.stats import (
     common_clips,
     flat_paired_interval,
@@ -22,6 +27,8 @@ from baselines.studies.stats import (
     per_clip_values,
 )
 from baselines.table5 import PAPER, StudyData, _add_margin_effects, markdown_table, plan_runs
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +85,13 @@ def test_smoke_preset_writes_table5(smoke):
     md = (out / "table5.md").read_text()
     assert "| center prior |" in md and "| ceiling |" in md and "38.25" in md and "Δ [lo, hi]:" in md
     assert payload["data"]["source"].startswith("embedded:smoke:")
+    assert payload["overrides"] == {} and payload["train"] == T5.PRESETS["smoke"].train
     assert any(cache.iterdir())  # the dataset went to MARGINNCE_CACHE
+    # the study-level curves (every Table 5 run's loss) beside each run's own curves
+    assert (out / "curves.png").stat().st_size > 10_000
+    for model, margin in T5.TABLE5_ROWS:
+        run = out / "runs" / T5.run_name(model, margin, 0)
+        assert (run / "curves.png").exists() and (run / "metrics.jsonl").exists()
 
 
 @pytest.mark.slow
@@ -345,3 +358,101 @@ def test_noise_grid_needs_margin_zero(tmp_path):
         T5.main(["--studies", "noise", "--noise-margins", "-0.2", "-0.1", "--out", str(tmp_path)])
     with pytest.raises(UsageError, match=r"--noise-rates expects rates in \[0, 1\)"):
         T5.main(["--studies", "noise", "--noise-rates", "0", "1.5", "--out", str(tmp_path)])
+
+
+# --------------------------------------------------------------------------- the command: overrides, curves, one-line errors
+
+
+def _table5(*args, cwd=None):
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run([sys.executable, "-m", "baselines.table5", *map(str, args)], capture_output=True, text=True,
+                          env=env, cwd=cwd or REPO, timeout=300)
+
+
+def _assert_one_line_error(proc, *fragments):
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("table5: error: "), proc.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def test_overrides_reach_every_run_and_its_cache_key(tmp_path, monkeypatch):
+    seen = {}
+    monkeypatch.setattr(T5, "run_studies", lambda *a, **k: seen.update(overrides=a[8]))
+    argv = ["--out", str(tmp_path), "--batch-size", "8", "--backbone", "small", "--epochs", "1", "--limit-steps", "0",
+            "--max-failures", "3"]
+    assert T5.main(argv) == 0
+    assert seen["overrides"] == {"batch_size": 8, "backbone": "small", "epochs": 1, "limit_steps": 0, "max_failures": 3}
+    assert T5.main(["--out", str(tmp_path)]) == 0 and seen["overrides"] == {}  # nothing given: the preset's settings
+    data = StudyData("r", "r/train.txt", "r", "r/test.csv", "r/vggss.json")
+    keys = [T5.Runner(tmp_path, data, dict(T5.PRESETS["smoke"].train, **o), "cpu", 0, progress=False)
+            ._cache_entry("reference", 0.0, 0, data.train_list, [data.test_list])[2] for o in ({}, {"limit_steps": 2})]
+    assert keys[1]["config"]["limit_steps"] == 2 and keys[0] != keys[1]  # a cached run of other settings is not reused
+
+
+def test_help_shows_the_defaults_and_the_overrides():
+    text = _table5("--help").stdout
+    for flag in ("--batch-size", "--backbone", "--epochs", "--limit-steps", "--max-failures", "--train-root"):
+        assert flag in text
+    assert "(default: default)" in text and "(default: cpu)" in text
+
+
+@pytest.mark.parametrize("argv, fragments", [
+    (["--batch-size", "0"], ["batch_size", "got 0"]),
+    (["--train-root", "somewhere"], ["real data needs all of"]),
+    (["--studies", "noise", "--noise-margins", "-0.2"], ["--noise-margins must include 0"]),
+])
+def test_user_errors_are_one_line(tmp_path, argv, fragments):
+    _assert_one_line_error(_table5(*argv, "--out", tmp_path / "out"), *fragments)
+    assert not (tmp_path / "out").exists()  # nothing half-written
+
+
+def _subset(tmp_path, bad_ids=(), n_train=8, n_test=4):
+    """A real-data layout on a subset of the smoke data set (``n_train`` training, ``n_test`` test clips)."""
+    root = Path(T5.embedded_data("smoke").train_root)
+    train = tmp_path / "train.txt"
+    train.write_text("".join(f"{i}\n" for i in bad_ids) + "".join((root / "train.txt").read_text().splitlines(True)[:n_train]))
+    test = tmp_path / "test.csv"
+    test.write_text("".join((root / "test.csv").read_text().splitlines(True)[:n_test]))
+    return ["--train-root", root, "--train-list", train, "--test-root", root, "--test-list", test,
+            "--annotations", root / "vggss.json", "--seeds", "0", "--studies", "table5", "--no-progress"]
+
+
+def test_a_worker_error_reaches_the_main_process_as_one_line(tmp_path):
+    proc = _table5(*_subset(tmp_path, bad_ids=("nope1", "nope2", "nope3")), "--epochs", "1", "--limit-steps", "1",
+                   "--batch-size", "4", "--backbone", "small", "--jobs", "2", "--out", tmp_path / "out")
+    _assert_one_line_error(proc, "3 of 11 clips missing or broken", "nope1", "--write-clean", "--max-failures")
+
+
+@pytest.mark.slow
+def test_real_data_subset_smoke_run(tmp_path):
+    """Issue 15's subset smoke run of the real-data study: the paper's protocol with every run shrunk by
+    the overrides (recorded in the JSON), a curves figure per run and for the study."""
+    out = tmp_path / "out"
+    proc = _table5(*_subset(tmp_path), "--epochs", "1", "--limit-steps", "1", "--batch-size", "4",
+                   "--backbone", "small", "--jobs", "1", "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    payload = json.loads((out / "table5.json").read_text())
+    assert payload["overrides"] == {"batch_size": 4, "backbone": "small", "epochs": 1, "limit_steps": 1}
+    assert payload["train"] == dict(T5.REAL_TRAIN, batch_size=4, backbone="small", epochs=1, limit_steps=1)
+    assert payload["data"]["source"].startswith("real:") and payload["n_test"] == 4
+    assert len(payload["rows"]) == len(T5.TABLE5_ROWS) + 2
+    assert (out / "curves.png").exists()
+    for model, margin in T5.TABLE5_ROWS:
+        config = json.loads((out / "runs" / T5.run_name(model, margin, 0) / "config.json").read_text())
+        assert (config["limit_steps"], config["backbone"]) == (1, "small")
+
+
+def test_study_curves_figure(tmp_path):
+    runs = []
+    for model, margin in T5.TABLE5_ROWS:
+        d = tmp_path / T5.run_name(model, margin, 0)
+        d.mkdir()
+        (d / "metrics.jsonl").write_text("".join(json.dumps({"epoch": e, "loss": 5.0 / e}) + "\n" for e in (1, 2, 3)))
+        runs.append((model, margin, 0, d))
+    plot_study_curves(runs + [("lvs", 0.0, 1, tmp_path / "missing")], tmp_path / "curves.png")
+    assert (tmp_path / "curves.png").stat().st_size > 10_000
+    with pytest.raises(ValueError, match="expected runs with a metrics.jsonl"):
+        plot_study_curves([("lvs", 0.0, 1, tmp_path / "missing")], tmp_path / "none.png")
