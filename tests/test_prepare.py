@@ -27,9 +27,11 @@ sf = pytest.importorskip("soundfile")
 Image = pytest.importorskip("PIL.Image")
 
 from baselines import prepare as P  # noqa: E402
+from baselines.cli import run_main  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 from .conftest import UPSTREAM_METADATA  # noqa: E402
+
 METADATA = UPSTREAM_METADATA / "ezvsl"
 FPS = 10
 SIZE = (48, 64)  # H, W
@@ -469,9 +471,11 @@ def test_argument_errors(videos, tmp_path, capsys):
         assert err.count("\n") == 1 and err.startswith("python -m baselines.prepare: error: "), err
     # expected user errors: one line on stderr, status 1, no traceback
     capsys.readouterr()
-    assert P.main(["--videos", str(tmp_path / "absent"), "--out", str(tmp_path)]) == 1
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(P.main, ["--videos", str(tmp_path / "absent"), "--out", str(tmp_path)], prog="python -m baselines.prepare")
+    assert exit_info.value.code == 1
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("error: videos_dir") and "Traceback" not in err
+    assert err.count("\n") == 1 and err.startswith("python -m baselines.prepare: error: videos_dir") and "Traceback" not in err
 
 
 def test_help_shows_defaults_and_what_ids_does(capsys):
@@ -488,7 +492,9 @@ def test_help_shows_defaults_and_what_ids_does(capsys):
 
 def test_bad_start_regex_and_write_clean_without_verify_are_user_errors(videos, tmp_path, capsys):
     folder, _ = videos
-    assert P.main(["--videos", str(folder), "--out", str(tmp_path), "--start-regex", "(no start group)"]) == 1
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(P.main, ["--videos", str(folder), "--out", str(tmp_path), "--start-regex", "(no start group)"])
+    assert exit_info.value.code == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "start-regex: expected a named group (?P<start>...)" in err
     with pytest.raises(SystemExit) as exit_info:
