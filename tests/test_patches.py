@@ -7,8 +7,8 @@ exist), adds ``--margin`` to the scripts, and ``patches/README.md`` names every 
 Gated on ``MARGINNCE_UPSTREAM_{EZVSL,LVS,SLAVC,FNAC}`` (a git clone of the upstream repository
 holding the pinned commit; skipped when unset): the pin is checked out twice in temporary clones,
 the patch applied to one (and reversed with ``git apply -R --check``), and the patched loss is
-compared with the unpatched upstream loss at ``margin = 0`` and with our adapter (or the SPEC
-formula) at ``margin = -0.2``, on random and on trained-like features. The upstream modules are
+compared with the unpatched upstream loss at ``margin = 0`` and with our adapter (or the paper's
+eq. 3 written out) at ``margin = -0.2``, on random and on trained-like features. The upstream modules are
 imported in isolation (their ``model``/``utils``/``models``/``datasets`` leave ``sys.modules`` as
 found); ``torchvision``'s ``resnet18(pretrained=True)`` is replaced in the imported module by an
 unweighted ResNet-18 (no download is possible), and third-party modules the imported code names
@@ -19,7 +19,7 @@ Tolerances (``rel_close``): scalars ``|a - e| <= 1e-5 * max(|a|, |e|)``; tensors
 ``1e-5`` relative with an absolute floor of ``1e-6`` times the tensor's largest magnitude (einsum
 and matmul sum in different orders); LVS logits are compared per column group (positive,
 negatives, the -99 x diagonal, background) so the diagonal's magnitude does not loosen the others.
-Against the SPEC formula written with ``F.cross_entropy`` (``spec_close``) the floor is the
+Against the paper's eq. 3 written with ``F.cross_entropy`` (``spec_close``) the floor is the
 rounding of the logits themselves, ``8 eps`` times their largest magnitude: a trained-like batch
 has a loss near ``1e-12`` that both ways compute as ``log(1 + tiny)``, rounded differently.
 
@@ -525,7 +525,7 @@ MARGIN = -0.2
 
 def spec_close(actual: torch.Tensor, expected: torch.Tensor, logits: torch.Tensor, margin: float, tau: float,
                what: str) -> None:
-    """A loss against the SPEC formula computed another way (``F.cross_entropy``): ``1e-5`` relative
+    """A loss against the paper's eq. 3 computed another way (``F.cross_entropy``): ``1e-5`` relative
     plus the two computations' rounding floor, ``8 eps`` times the largest logit magnitude (for a
     nearly-zero loss of a trained-like batch both are ``log(1 + tiny)`` rounded differently)."""
     scale = logits.detach().abs().max().item() + abs(margin) / tau
@@ -534,7 +534,8 @@ def spec_close(actual: torch.Tensor, expected: torch.Tensor, logits: torch.Tenso
 
 
 def _margin_ce(logits: torch.Tensor, margin: float, tau: float) -> torch.Tensor:
-    """SPEC 3/4: cross-entropy against the diagonal after ``logits_ii -= margin / tau``."""
+    """The paper's eq. 3 with the margin on the diagonal, as an adapter puts it on each upstream logit matrix:
+    cross-entropy against the diagonal after ``logits_ii -= margin / tau``."""
     b = logits.shape[0]
     shifted = logits - torch.eye(b, dtype=logits.dtype) * (margin / tau)
     return F.cross_entropy(shifted, torch.arange(b))
@@ -571,7 +572,7 @@ def test_ezvsl_loss_matches_upstream_and_adapter(ezvsl, kind, dtype):
     rel_close(loss_m, adapter_loss, what="margin -0.2 loss vs adapter")
     logits = up_slogits.flatten(-2).max(dim=-1).values
     spec = _margin_ce(logits, MARGIN, 0.03) + _margin_ce(logits.t(), MARGIN, 0.03)
-    spec_close(loss_m, spec, logits, MARGIN, 0.03, what="margin -0.2 loss vs SPEC")
+    spec_close(loss_m, spec, logits, MARGIN, 0.03, what="margin -0.2 loss vs eq. 3")
     assert loss_m.item() < up_loss.item() or up_loss.item() == 0.0  # a negative margin loosens the positives
     rel_close(slogits_m, up_slogits, what="Slogits do not depend on the margin")
 
@@ -663,7 +664,7 @@ def test_fnac_loss_matches_upstream_and_adapter(fnac, kind, dtype):
     rel_close(losses_m[0], ezvsl_adapter.max_xmil_loss(img, aud, tau=0.03, margin=MARGIN)[0], what="InfoNCE term vs adapter")
     logits = up_slogits.flatten(-2).max(dim=-1).values
     spec = _margin_ce(logits, MARGIN, 0.03) + _margin_ce(logits.t(), MARGIN, 0.03)
-    spec_close(losses_m[0], spec, logits, MARGIN, 0.03, what="InfoNCE term vs SPEC")
+    spec_close(losses_m[0], spec, logits, MARGIN, 0.03, what="InfoNCE term vs eq. 3")
     for k in (1, 2, 3):  # the false-negative (FNS/TNS) terms do not see the margin
         rel_close(losses_m[k], up_losses[k], what=f"loss term {k} at margin -0.2")
 
@@ -727,7 +728,7 @@ def _slavc_models(mods: Modules, projections: str):
 
 
 def _slavc_reference(model, image, audio, margin: float) -> Tuple[torch.Tensor, torch.Tensor]:
-    """SLAVC's loss written from its formula, the margin as SPEC 4 puts it on the positive logits:
+    """SLAVC's loss written from its formula, the margin as eq. 3 puts it, on the positive logits:
     ``i2a_nm = log sum_hw softmax_m(a1 / tau) * softmax_hw(a2 / tau)`` (a1, a2 the two projections'
     response maps against the momentum audio), likewise ``a2i`` with momentum images and online audio;
     ``CE(a2i - (m / tau) I) + CE(i2a - (m / tau) I)``. Returns the loss and the logits."""
@@ -769,7 +770,7 @@ def test_slavc_loss_matches_upstream_and_spec(slavc, projections, kind, dtype):
         patched.margin = MARGIN
         loss_m, _ = patched(img, aud, mode="test")
         spec, logits = _slavc_reference(original, img, aud, MARGIN)
-    spec_close(loss_m, spec, logits, MARGIN, original.tau, what="margin -0.2 vs SPEC")
+    spec_close(loss_m, spec, logits, MARGIN, original.tau, what="margin -0.2 vs eq. 3")
     assert loss_m.item() < up_loss.item() or up_loss.item() == 0.0
 
 
@@ -878,9 +879,9 @@ def test_lvs_logits_match_upstream_and_adapter(lvs, kind, dtype, variant):
     for name, part in _lvs_parts(logits_m, b).items():
         rel_close(part, _lvs_parts(adapter, b)[name], what=f"margin -0.2 logits vs adapter, {name}")
     shifted = up_logits.clone()
-    shifted[:, 0] -= MARGIN / 0.07  # SPEC 4: sim1 - m
+    shifted[:, 0] -= MARGIN / 0.07  # eq. 3 on LVS's logits: sim1 - m (LVS model.py, AVENet.forward)
     for name, part in _lvs_parts(logits_m, b).items():
-        rel_close(part, _lvs_parts(shifted, b)[name], what=f"margin -0.2 logits vs SPEC, {name}")
+        rel_close(part, _lvs_parts(shifted, b)[name], what=f"margin -0.2 logits vs eq. 3, {name}")
 
 
 def test_lvs_forward_with_batch_size_one(lvs):
