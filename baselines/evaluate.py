@@ -22,16 +22,20 @@ from typing import Any
 
 import torch
 
+from .cli import HelpFormatter, UsageError, run_main
+from .data import DataError, gt_map, load_annotations, load_id_list
 from .evaluation import ObjectPrior
+from .io import atomic_write_text
+from .models import build_model, imagenet_resnet18
 from .scoring import evaluate_model, reference_rows, reference_rows_for
+from .training.checkpoint import load_checkpoint
+from .training.config import TrainConfig, add_data_arguments, check_paths, data_error
+from .training.loop import build_test_set
 
 __all__ = ["evaluate_model", "reference_rows", "reference_rows_for", "main"]  # re-exported from .scoring
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    from .cli import HelpFormatter
-    from .train import add_data_arguments
-
     p = argparse.ArgumentParser(prog="python -m baselines.evaluate", description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--checkpoint", default="", help="checkpoint.pt written by baselines.train")
     p.add_argument("--reference-rows", action="store_true",
@@ -48,8 +52,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def _write_json(result: dict[str, Any], path: str) -> None:
-    from .train import atomic_write_text
-
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(json.dumps(result, indent=2) + "\n", out)
@@ -58,11 +60,6 @@ def _write_json(result: dict[str, Any], path: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m baselines.evaluate``; returns the exit status. Raises :class:`baselines.cli.UsageError`
     for the user's errors (one line under :func:`baselines.cli.run_main`)."""
-    from .cli import UsageError
-    from .data import DataError
-    from .models import build_model, imagenet_resnet18
-    from .train import TrainConfig, build_test_set, check_paths, data_error, load_checkpoint
-
     args = parse_args(argv)
     if args.reference_rows:
         return _reference_rows_main(args)
@@ -111,10 +108,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _reference_rows_main(args: argparse.Namespace) -> int:
     """Centre prior and ceiling on an annotation file, e.g. all 5,158 clips of the real ``vggss.json``."""
-    from .cli import UsageError
-    from .data import gt_map, load_annotations, load_id_list
-    from .train import check_paths
-
     if not args.annotations:
         raise UsageError("evaluate --reference-rows: no annotations given",
                          "give --annotations (vggss.json or the Flickr XML folder)")
@@ -135,6 +128,4 @@ def _reference_rows_main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    from .cli import run_main
-
     run_main(main, prog="python -m baselines.evaluate")

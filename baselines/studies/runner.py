@@ -19,8 +19,9 @@ import torch
 
 from ..io import atomic_write_text
 from ..scoring import evaluate_model, reference_rows
-from ..train import TrainConfig, build_test_set, build_train_set, train
 from ..training.checkpoint import load_model
+from ..training.config import TrainConfig
+from ..training.loop import build_test_set, build_train_set, train
 from .paper import TABLE4_RUNS, TABLE5_ROWS, TABLE6_ROWS
 from .presets import StudyData
 
