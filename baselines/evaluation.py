@@ -178,7 +178,7 @@ class ObjectPrior(nn.Module):
         self.size = size
 
     @classmethod
-    def from_state_dict(cls, state_dict: dict[str, torch.Tensor], size: int = MAP_SIZE) -> "ObjectPrior":
+    def from_state_dict(cls, state_dict: dict[str, torch.Tensor], size: int = MAP_SIZE) -> ObjectPrior:
         """Build a torchvision ``resnet18`` from ImageNet weights given as a state dict (strict load)."""
         from torchvision.models import resnet18
 

@@ -27,6 +27,7 @@ from baselines.evaluation import (
 )
 
 from .conftest import UPSTREAM_METADATA  # noqa: E402
+
 META = UPSTREAM_METADATA / "ezvsl"
 needs_meta = pytest.mark.skipif(not (META / "vggss.json").is_file(), reason="upstream metadata not available")
 

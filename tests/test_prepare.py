@@ -314,7 +314,7 @@ def test_a_crashing_worker_costs_only_its_own_clip(videos, tmp_path, monkeypatch
 
 def test_killed_run_resumes_without_damaged_outputs(tmp_path):
     folder = tmp_path / "videos"
-    specs = good_clips(folder)
+    good_clips(folder)
     for k in range(3):  # six clips in all
         write_video(folder / f"extra_{k}.mkv", acodec="pcm_s16le", rate=22050)
     ids = sorted(p.stem for p in folder.iterdir())
@@ -507,7 +507,7 @@ def test_report_records_windows_and_keeps_them_for_skipped_clips(videos, tmp_pat
     folder, specs = videos
     first = P.prepare(folder, tmp_path, ids=list(specs), progress=False)
     assert sorted(first["clips"]) == sorted(specs)
-    for clip_id, entry in first["clips"].items():
+    for entry in first["clips"].values():
         assert entry["window_rule"] == "whole-file"  # 3 s files: trimmed, even with VGGSound ids
         assert entry["window"][0] == 0.0 and entry["frame_time"] == pytest.approx(1.5)
         assert entry["audio"] == pytest.approx([0.0, 3.0], abs=0.03)
