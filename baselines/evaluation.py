@@ -1,4 +1,4 @@
-"""Localisation metrics of the VGG-SS / SoundNet-Flickr protocol (SPEC section 7).
+"""Localisation metrics of the VGG-SS / SoundNet-Flickr protocol.
 
 For each clip ``k`` with response map ``s_k`` (``[H, W]``, ``H = W = 224``) and
 ground-truth map ``g_k`` (values in [0, 1], see ``baselines.data.gt_map``):
@@ -178,7 +178,7 @@ class ObjectPrior(nn.Module):
         self.size = size
 
     @classmethod
-    def from_state_dict(cls, state_dict: dict[str, torch.Tensor], size: int = MAP_SIZE) -> "ObjectPrior":
+    def from_state_dict(cls, state_dict: dict[str, torch.Tensor], size: int = MAP_SIZE) -> ObjectPrior:
         """Build a torchvision ``resnet18`` from ImageNet weights given as a state dict (strict load)."""
         from torchvision.models import resnet18
 

@@ -9,6 +9,7 @@ imports the other.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -16,9 +17,17 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from .data.datasets import collate_batch
-from .evaluation import LocalizationEvaluator, ObjectPrior, ogl_map, upsample_map
+from .evaluation import (
+    LocalizationEvaluator,
+    ObjectPrior,
+    center_prior_map,
+    ogl_map,
+    protocol_ceiling,
+    summarize_cious,
+    upsample_map,
+)
 
-__all__ = ["evaluate_model"]
+__all__ = ["evaluate_model", "reference_rows", "reference_rows_for"]
 
 
 @torch.no_grad()
@@ -44,7 +53,12 @@ def evaluate_model(
         return_per_sample: also return ``per_sample`` (the evaluator's per-clip cIoU).
 
     Returns:
-        ``{"ciou", "auc", "mean_ciou", "n"}`` (plus ``data_failures`` with a tracker, ``per_sample``).
+        ``{"ciou", "auc", "mean_ciou"}`` (percent), ``"n"`` (clips scored), ``"per_clip"``
+        (``{"id": [...], "ciou": [...]}``: each scored clip's IoU with the median-thresholded map, float64
+        in [0, 1], in test-set order, so tables can score every row on the same clips and bootstrap
+        paired differences), ``"failed"`` (``{clip id: reason}`` of the clips that could not be decoded
+        and were not scored) and, with a failure tracker, ``"data_failures"`` (their count);
+        ``per_sample`` on request.
 
     Raises:
         baselines.data.DataError: more broken clips than the tracker allows.
@@ -67,8 +81,63 @@ def evaluate_model(
         failures.check()
     model.train(was_training)
     result: dict[str, Any] = dict(ev.compute())
+    result["per_clip"] = {"id": ev.ids or [], "ciou": ev.cious.tolist()}
+    result["failed"] = dict(failures.failed) if failures is not None else {}
     if failures is not None:
         result["data_failures"] = failures.count
     if return_per_sample:
         result["per_sample"] = ev.per_sample()
     return result
+
+
+# --------------------------------------------------------------------------- the protocol's bounds on the same clips
+
+
+def reference_rows(test_set: Dataset, batch_size: int = 256,
+                   ids: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
+    """The two rows every study table carries, on exactly the clips of ``test_set`` (or, with ``ids``,
+    on those of its clips, e.g. the ones a model was scored on): ``center prior`` (a fixed centred
+    Gaussian map for every clip) and ``ceiling`` (the best cIoU each clip can reach under the protocol,
+    given only its ground-truth map). Each row: the summary, ``n`` and ``per_clip``
+    (``{"id", "ciou"}``, as :func:`evaluate_model`).
+
+    Raises:
+        ValueError: ``ids`` names a clip that ``test_set`` does not serve.
+    """
+    all_ids = [str(i) for i in getattr(test_set, "ids", [])]
+    gts = _gt_maps(test_set)
+    if ids is not None:
+        if len(all_ids) != gts.shape[0]:
+            raise ValueError("ids: this test set does not name its clips (no .ids), so it cannot be restricted")
+        pos = {c: k for k, c in enumerate(all_ids)}
+        unknown = [i for i in ids if i not in pos]
+        if unknown:
+            raise ValueError(f"ids: expected clips of the test set, got {len(unknown)} others, e.g. {unknown[:3]}")
+        gts = gts[[pos[i] for i in ids]]
+        all_ids = list(ids)
+    return reference_rows_for(gts, batch_size, ids=all_ids or None)
+
+
+def reference_rows_for(gts: torch.Tensor, batch_size: int = 256,
+                       ids: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
+    """:func:`reference_rows` from the ground-truth maps ``[N, 224, 224]`` alone (``ids``: their clip ids,
+    recorded in ``per_clip``)."""
+    prior = LocalizationEvaluator()
+    centre = center_prior_map()
+    for start in range(0, gts.shape[0], batch_size):
+        gt = gts[start:start + batch_size]
+        prior.update(centre.expand(gt.shape[0], -1, -1), gt)
+    # tie-free ceiling: a network's continuous map predicts exactly half of the pixels
+    ceiling = protocol_ceiling(gts, allow_ties=False).numpy()
+    names = list(ids) if ids is not None else [str(k) for k in range(gts.shape[0])]
+    rows: dict[str, dict[str, Any]] = {"center prior": dict(prior.compute()), "ceiling": summarize_cious(ceiling)}
+    rows["center prior"]["per_clip"] = {"id": names, "ciou": prior.cious.tolist()}
+    rows["ceiling"]["per_clip"] = {"id": names, "ciou": ceiling.tolist()}
+    return rows
+
+
+def _gt_maps(test_set: Dataset) -> torch.Tensor:
+    gt_for = getattr(test_set, "gt_maps", None)
+    if callable(gt_for):
+        return torch.as_tensor(gt_for())
+    return torch.stack([torch.as_tensor(test_set[i]["gt_map"]) for i in range(len(test_set))])  # type: ignore[index]

@@ -112,9 +112,12 @@ from .training.loop import (
 )
 from .training.records import plot_curves, provenance
 from .training.sampler import GlobalBatchSampler
+from .training.schedule import LR_SCHEDULES, lr_at_step
 
 __all__ = [
     "TrainConfig",
+    "LR_SCHEDULES",
+    "lr_at_step",
     "GlobalBatchSampler",
     "RESUME_INDEPENDENT",
     "RECORD_KEYS",

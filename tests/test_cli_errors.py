@@ -10,8 +10,8 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, List, Tuple
 
 import pytest
 import torch
@@ -51,7 +51,7 @@ def trained(fx: AVFixture, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def _run(main: Callable, argv: List[str], capsys: pytest.CaptureFixture) -> Tuple[int, str, str]:
+def _run(main: Callable, argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_:
         run_main(main, argv, prog="prog")
@@ -230,7 +230,7 @@ def test_evaluate_user_errors(fx: AVFixture, trained: Path, tmp_path: Path, caps
 # --------------------------------------------------------------------------- as a user runs them
 
 
-def _python(args: List[str], cwd: Path) -> subprocess.CompletedProcess:
+def _python(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 

@@ -10,6 +10,7 @@ from baselines import evaluate
 from baselines.cli import UsageError
 
 from .conftest import UPSTREAM_METADATA  # noqa: E402
+
 VGGSS = UPSTREAM_METADATA / "ezvsl" / "vggss.json"
 
 

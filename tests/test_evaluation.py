@@ -27,6 +27,7 @@ from baselines.evaluation import (
 )
 
 from .conftest import UPSTREAM_METADATA  # noqa: E402
+
 META = UPSTREAM_METADATA / "ezvsl"
 needs_meta = pytest.mark.skipif(not (META / "vggss.json").is_file(), reason="upstream metadata not available")
 
@@ -62,7 +63,7 @@ def test_ciou_ties_and_constant_maps():
 
 
 def _reference_ciou(s: np.ndarray, g: np.ndarray) -> float:
-    """Straight transcription of SPEC 7 for one map (numpy, float64)."""
+    """Straight transcription of the protocol (module doc of baselines.evaluation) for one map (numpy, float64)."""
     s = s.astype(np.float64)
     if s.max() > s.min():
         s = (s - s.min()) / (s.max() - s.min())
@@ -298,3 +299,71 @@ def test_real_vggss_protocol_ceiling(vggss_gt):
     sub = vggss_gt[:256]
     np.testing.assert_allclose(ciou_per_sample(protocol_ceiling_map(sub), sub).numpy(),
                                protocol_ceiling(sub).numpy(), atol=1e-12)
+
+
+# --------------------------------------------------------------------------- per-clip scores and same clips
+
+
+class _Maps(torch.nn.Module):
+    """A 'model' whose response map is the clip's first image channel (7 x 7)."""
+
+    def localize(self, image, spectrogram):
+        return torch.nn.functional.adaptive_avg_pool2d(image[:, :1], 7).squeeze(1)
+
+
+class _Clips(torch.utils.data.Dataset):
+    def __init__(self, n=6, broken=()):
+        from baselines.data.datasets import DataFailureTracker
+
+        g = torch.Generator().manual_seed(0)
+        self.ids = [f"clip{k}" for k in range(n)]
+        self.images = torch.rand(n, 3, 224, 224, generator=g)
+        self.gts = torch.zeros(n, 224, 224)
+        for k in range(n):
+            x = 20 * k
+            self.gts[k, x:x + 100, 30:150] = 1.0
+        self.broken = set(broken)
+        self.failures = DataFailureTracker(len(self.ids), 0.5)
+
+    def __len__(self):
+        return len(self.ids)
+
+    def gt_maps(self):
+        return self.gts
+
+    def __getitem__(self, k):
+        from baselines.data.datasets import FailedSample
+
+        if self.ids[k] in self.broken:
+            self.failures.record(self.ids[k], "truncated JPEG")
+            return FailedSample(self.ids[k], "truncated JPEG")
+        return {"image": self.images[k], "spectrogram": torch.zeros(1, 257, 200), "id": self.ids[k],
+                "gt_map": self.gts[k]}
+
+
+def test_evaluate_model_keeps_per_clip_scores_and_failures():
+    from baselines.evaluate import evaluate_model
+
+    clips = _Clips(broken=("clip2",))
+    r = evaluate_model(_Maps(), clips, batch_size=4)
+    assert r["per_clip"]["id"] == ["clip0", "clip1", "clip3", "clip4", "clip5"]
+    assert r["n"] == 5 and r["failed"] == {"clip2": "truncated JPEG"}
+    assert summarize_cious(r["per_clip"]["ciou"]) == {k: r[k] for k in ("ciou", "auc", "mean_ciou", "n")}
+    maps = upsample_map(_Maps().localize(clips.images, None))
+    np.testing.assert_array_equal(r["per_clip"]["ciou"], ciou_per_sample(maps, clips.gts).numpy()[[0, 1, 3, 4, 5]])
+
+
+def test_reference_rows_on_the_clips_a_model_was_scored_on():
+    from baselines.evaluate import reference_rows
+
+    clips = _Clips()
+    every = reference_rows(clips)
+    some = reference_rows(clips, ids=["clip1", "clip4"])
+    assert every["ceiling"]["n"] == 6 and some["ceiling"]["n"] == some["center prior"]["n"] == 2
+    assert some["ceiling"]["per_clip"]["id"] == ["clip1", "clip4"]
+    for name in ("center prior", "ceiling"):
+        full = dict(zip(every[name]["per_clip"]["id"], every[name]["per_clip"]["ciou"]))
+        assert some[name]["per_clip"]["ciou"] == [full["clip1"], full["clip4"]]
+        assert some[name]["mean_ciou"] == pytest.approx(100 * (full["clip1"] + full["clip4"]) / 2)
+    with pytest.raises(ValueError, match="ids: expected clips of the test set"):
+        reference_rows(clips, ids=["clip1", "nope"])

@@ -27,9 +27,11 @@ sf = pytest.importorskip("soundfile")
 Image = pytest.importorskip("PIL.Image")
 
 from baselines import prepare as P  # noqa: E402
+from baselines.cli import run_main  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 from .conftest import UPSTREAM_METADATA  # noqa: E402
+
 METADATA = UPSTREAM_METADATA / "ezvsl"
 FPS = 10
 SIZE = (48, 64)  # H, W
@@ -312,7 +314,7 @@ def test_a_crashing_worker_costs_only_its_own_clip(videos, tmp_path, monkeypatch
 
 def test_killed_run_resumes_without_damaged_outputs(tmp_path):
     folder = tmp_path / "videos"
-    specs = good_clips(folder)
+    good_clips(folder)
     for k in range(3):  # six clips in all
         write_video(folder / f"extra_{k}.mkv", acodec="pcm_s16le", rate=22050)
     ids = sorted(p.stem for p in folder.iterdir())
@@ -469,9 +471,11 @@ def test_argument_errors(videos, tmp_path, capsys):
         assert err.count("\n") == 1 and err.startswith("python -m baselines.prepare: error: "), err
     # expected user errors: one line on stderr, status 1, no traceback
     capsys.readouterr()
-    assert P.main(["--videos", str(tmp_path / "absent"), "--out", str(tmp_path)]) == 1
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(P.main, ["--videos", str(tmp_path / "absent"), "--out", str(tmp_path)], prog="python -m baselines.prepare")
+    assert exit_info.value.code == 1
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("error: videos_dir") and "Traceback" not in err
+    assert err.count("\n") == 1 and err.startswith("python -m baselines.prepare: error: videos_dir") and "Traceback" not in err
 
 
 def test_help_shows_defaults_and_what_ids_does(capsys):
@@ -488,7 +492,9 @@ def test_help_shows_defaults_and_what_ids_does(capsys):
 
 def test_bad_start_regex_and_write_clean_without_verify_are_user_errors(videos, tmp_path, capsys):
     folder, _ = videos
-    assert P.main(["--videos", str(folder), "--out", str(tmp_path), "--start-regex", "(no start group)"]) == 1
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(P.main, ["--videos", str(folder), "--out", str(tmp_path), "--start-regex", "(no start group)"])
+    assert exit_info.value.code == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "start-regex: expected a named group (?P<start>...)" in err
     with pytest.raises(SystemExit) as exit_info:
@@ -501,7 +507,7 @@ def test_report_records_windows_and_keeps_them_for_skipped_clips(videos, tmp_pat
     folder, specs = videos
     first = P.prepare(folder, tmp_path, ids=list(specs), progress=False)
     assert sorted(first["clips"]) == sorted(specs)
-    for clip_id, entry in first["clips"].items():
+    for entry in first["clips"].values():
         assert entry["window_rule"] == "whole-file"  # 3 s files: trimmed, even with VGGSound ids
         assert entry["window"][0] == 0.0 and entry["frame_time"] == pytest.approx(1.5)
         assert entry["audio"] == pytest.approx([0.0, 3.0], abs=0.03)

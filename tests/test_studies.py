@@ -3,12 +3,32 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
+from dataclasses import asdict
+from pathlib import Path
 
+import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from baselines import table5 as T5
-from baselines.table5 import PAPER, StudyData, _mark_margin_effects, markdown_table, plan_runs
+from baselines.cli import UsageError
+from baselines.evaluation import summarize_cious
+from baselines.studies.figures import plot_study_curves
+from baselines.studies.stats import (
+    common_clips,
+    flat_paired_interval,
+    hierarchical_interval,
+    paired_effects,
+    per_clip_values,
+)
+from baselines.table5 import PAPER, StudyData, _add_margin_effects, markdown_table, plan_runs
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +63,18 @@ def test_smoke_preset_writes_table5(smoke):
         for key in ("method", "margin", "ciou", "auc", "paper_ciou", "paper_auc", "mean_ciou", "n_test"):
             assert key in r
         assert 0.0 <= r["ciou"] <= 100.0 and 0.0 <= r["auc"] <= 100.0
-        assert r["n_test"] == 150
-    # the paper's numbers beside ours (SPEC 8)
+        assert r["n_test"] == r["n"] == 150  # every row on the same clips
+    assert payload["excluded"] == [] and payload["n_test"] == 150
+    for r in rows[:7]:
+        if r["margin"] != 0.0:  # the margin's effect with its paired interval (one seed: clips only)
+            for key in ("ciou", "auc", "mean_ciou"):
+                lo, hi = r[f"delta_{key}_ci95"]
+                assert lo <= r[f"delta_{key}"] <= hi
+            c_lo, c_hi = r["delta_ciou_ci95"]
+            assert r["resolved"] == (c_lo > 0 or c_hi < 0)
+        else:
+            assert "delta_ciou" not in r
+    # the paper's numbers beside ours (its Table 5)
     by = {(r["method"], r["margin"]): r for r in rows}
     assert (by[("LVS", -0.3)]["paper_ciou"], by[("LVS", -0.3)]["paper_auc"]) == (35.73, 38.52)
     assert (by[("Ours", -0.2)]["paper_ciou"], by[("Ours", -0.2)]["paper_auc"]) == (38.25, 39.06)
@@ -53,9 +83,15 @@ def test_smoke_preset_writes_table5(smoke):
     for r in rows[:7]:
         assert r["ciou"] <= ceiling["ciou"] + 1e-9 and r["mean_ciou"] <= ceiling["mean_ciou"] + 1e-9
     md = (out / "table5.md").read_text()
-    assert "| center prior |" in md and "| ceiling |" in md and "38.25" in md
+    assert "| center prior |" in md and "| ceiling |" in md and "38.25" in md and "Δ [lo, hi]:" in md
     assert payload["data"]["source"].startswith("embedded:smoke:")
+    assert payload["overrides"] == {} and payload["train"] == T5.PRESETS["smoke"].train
     assert any(cache.iterdir())  # the dataset went to MARGINNCE_CACHE
+    # the study-level curves (every Table 5 run's loss) beside each run's own curves
+    assert (out / "curves.png").stat().st_size > 10_000
+    for model, margin in T5.TABLE5_ROWS:
+        run = out / "runs" / T5.run_name(model, margin, 0)
+        assert (run / "curves.png").exists() and (run / "metrics.jsonl").exists()
 
 
 @pytest.mark.slow
@@ -75,21 +111,62 @@ def test_smoke_preset_resumes_from_cache(smoke, capsys):
     assert "training runs to do" not in capsys.readouterr().out  # every run came from its cache
 
 
-def _row(method, margin, ciou, std, n=5):
-    return {"method": method, "method_key": method, "margin": margin, "ciou": ciou, "ciou_std": std,
-            "auc": ciou, "auc_std": std, "mean_ciou": ciou, "n_seeds": n, "paper_ciou": None, "paper_auc": None}
+def test_noise_smoke_preset(smoke):
+    """The noisy-correspondence study's smoke preset (rates 0 and 0.4, margins 0 and -0.2), as CI runs it."""
+    import os
+
+    out, _, cache = smoke
+    os.environ["MARGINNCE_CACHE"] = str(cache)
+    try:
+        assert T5.main(["--preset", "smoke", "--studies", "noise", "--out", str(out), "--no-progress"]) == 0
+    finally:
+        os.environ.pop("MARGINNCE_CACHE", None)
+    payload = json.loads((out / "noise.json").read_text())
+    rows = [r for r in payload["rows"] if r["margin"] is not None]
+    assert sorted((r["method"], r["faulty_positive_rate"], r["margin"]) for r in rows) == sorted(
+        (m, rate, mg) for m in ("Ours", "EZ-VSL (w/o OGL)") for rate in (0.0, 0.4) for mg in (0.0, -0.2))
+    assert {r["n"] for r in payload["rows"]} == {150}  # every rate scored on the same clean test clips
+    for r in rows:
+        assert ("delta_ciou_ci95" in r) == (r["margin"] != 0.0)
+    assert (out / "noise.png").stat().st_size > 0
+    assert "faulty-positive rate" in (out / "noise.md").read_text()
 
 
-def test_margin_effects_are_compared_with_the_spread():
-    rows = [_row("Ours", 0.0, 30.0, 1.0), _row("Ours", -0.2, 33.0, 1.5), _row("Ours", 0.2, 29.0, 2.0)]
-    _mark_margin_effects(rows)
+def _eval(ciou_values, ids=None):
+    ids = ids or [f"c{k}" for k in range(len(ciou_values))]
+    return {"per_clip": {"id": list(ids), "ciou": list(ciou_values)}, "failed": {}}
+
+
+def test_margin_effects_carry_paired_intervals_and_paper_delta():
+    rng = np.random.default_rng(0)
+    n = 400
+    ids = [f"c{k}" for k in range(n)]
+    base = [rng.random(n) for _ in range(3)]  # 3 seeds
+    better = [np.clip(b + 0.2 * (rng.random(n) < 0.5), 0, 1) for b in base]  # lifts about half the clips
+    same = [b.copy() for b in base]
+    evals = [[_eval(b) for b in base], [_eval(b) for b in better], [_eval(b) for b in same]]
+    rows = [T5._row("Ours", m, ev, PAPER["table6"][("reference", m)], (0, 1, 2), ids, method_key="reference")
+            for m, ev in zip((0.0, -0.2, -0.1), evals)]
+    _add_margin_effects(rows, evals, ids)
     assert "delta_ciou" not in rows[0]
-    assert rows[1]["delta_ciou"] == 3.0 and rows[1]["ciou_beyond_spread"] is True
-    assert rows[2]["delta_ciou"] == -1.0 and rows[2]["ciou_beyond_spread"] is False
-    single = [_row("Ours", 0.0, 30.0, 0.0, n=1), _row("Ours", -0.2, 35.0, 0.0, n=1)]
-    _mark_margin_effects(single)
-    assert single[1]["ciou_beyond_spread"] is None  # one seed: the spread is unknown
-    assert "n/a (1 seed)" in markdown_table("t", single, "note")
+    r = rows[1]
+    for key in ("ciou", "auc", "mean_ciou"):
+        lo, hi = r[f"delta_{key}_ci95"]
+        assert lo <= r[f"delta_{key}"] <= hi
+    assert r["delta_ciou"] == pytest.approx(rows[1]["ciou"] - rows[0]["ciou"], abs=0.011)
+    assert r["resolved"] is True and r["delta_ciou_ci95"][0] > 0
+    assert rows[2]["delta_ciou"] == 0.0 and rows[2]["delta_ciou_ci95"] == [0.0, 0.0] and rows[2]["resolved"] is False
+    assert r["paper_delta_ciou"] == pytest.approx(38.25 - 36.93)
+    md = markdown_table("t", rows, "note")
+    lo, hi = r["delta_ciou_ci95"]
+    assert f"{r['delta_ciou']:+.2f} [{lo:+.2f}, {hi:+.2f}]" in md and "Δ [lo, hi]" in md
+
+
+def test_rows_are_scored_on_the_given_clips_only():
+    ids = ["a", "b", "c", "d"]
+    ev = _eval([0.9, 0.1, 0.8, 0.0], ids)
+    row = T5._row("Ours", 0.0, [ev], None, (0,), ["a", "c"])
+    assert row["ciou"] == 100.0 and row["n"] == row["n_test"] == 2
 
 
 def test_plan_runs_shares_runs_between_studies():
@@ -105,5 +182,277 @@ def test_plan_runs_shares_runs_between_studies():
 
 
 def test_real_data_needs_every_path(tmp_path):
-    with pytest.raises(SystemExit, match="real data needs all of"):
+    with pytest.raises(UsageError, match="real data needs all of"):
         T5.main(["--train-root", str(tmp_path), "--out", str(tmp_path)])
+
+
+# --------------------------------------------------------------------------- the paired bootstrap
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.floats(0.0, 1.0), min_size=1, max_size=60))
+def test_per_clip_values_average_to_the_protocol_summary(cious):
+    v = per_clip_values(cious)
+    s = summarize_cious(cious)
+    for key in ("ciou", "auc", "mean_ciou"):
+        assert float(np.mean(v[key])) == pytest.approx(s[key], abs=1e-9)
+
+
+def test_known_answers():
+    # a constant paired difference: the interval is the point, flat and hierarchical
+    x = np.full(50, 100.0)
+    y = np.zeros(50)
+    assert flat_paired_interval(x, y) == (100.0, 100.0)
+    assert hierarchical_interval(np.full((3, 50), 2.5)) == pytest.approx((2.5, 2.5))
+    # Bernoulli differences (p = 0.3 of 2,000 clips gain 100 points): the normal-theory interval
+    rng = np.random.default_rng(1)
+    d = 100.0 * (rng.permutation(2000) < 600)
+    p, half = 30.0, 1.96 * 100.0 * np.sqrt(0.3 * 0.7 / 2000)
+    lo, hi = flat_paired_interval(d, np.zeros(2000))
+    assert lo == pytest.approx(p - half, abs=0.3) and hi == pytest.approx(p + half, abs=0.3)
+
+
+def test_hierarchical_resampler_matches_scipy_on_the_flat_case():
+    rng = np.random.default_rng(2)
+    base = 100.0 * (rng.random(1500) < 0.4)
+    treated = np.where(rng.random(1500) < 0.85, base, 100.0 - base)
+    ours = hierarchical_interval((treated - base)[None, :], n_resamples=8000, seed=3)
+    scipys = flat_paired_interval(treated, base, n_resamples=8000, seed=4)
+    assert ours == pytest.approx(scipys, abs=0.2)
+
+
+def test_pairing_narrows_the_interval():
+    # clip difficulty shared by both sides, a 2-point gain on top: paired sees 2 +- small, unpaired is wide
+    rng = np.random.default_rng(5)
+    difficulty = 100.0 * rng.random((1, 1000))
+    base = {k: difficulty for k in ("ciou", "auc", "mean_ciou")}
+    treated = {k: difficulty + 2.0 + rng.normal(0, 1, (1, 1000)) for k in ("ciou", "auc", "mean_ciou")}
+    paired = paired_effects(treated, base)
+    shuffled = {k: v[:, rng.permutation(1000)] for k, v in base.items()}
+    unpaired = paired_effects(treated, shuffled)
+    w = paired["delta_mean_ciou_ci95"][1] - paired["delta_mean_ciou_ci95"][0]
+    w_unpaired = unpaired["delta_mean_ciou_ci95"][1] - unpaired["delta_mean_ciou_ci95"][0]
+    assert paired["delta_mean_ciou_ci95"][0] < 2.0 < paired["delta_mean_ciou_ci95"][1]
+    assert paired["resolved"] and w < 0.25 * w_unpaired
+    assert paired["n_seeds_paired"] == 1
+
+
+def test_seed_level_is_resampled():
+    # differences constant within a seed, different between seeds: only the seed level varies, so the
+    # interval is the percentile bootstrap of the seed means, far wider than a clips-only interval
+    seed_means = np.array([-2.0, 0.0, 2.0, 4.0, 6.0])
+    d = np.repeat(seed_means[:, None], 300, axis=1)
+    (lo, hi), samples = hierarchical_interval(d, n_resamples=8000, seed=6, return_samples=True)
+    rng = np.random.default_rng(7)
+    ref = rng.choice(seed_means, size=(8000, 5)).mean(axis=1)
+    assert (lo, hi) == pytest.approx(tuple(np.percentile(ref, [2.5, 97.5])), abs=0.25)
+    assert samples.mean() == pytest.approx(seed_means.mean(), abs=0.1)
+    flat = hierarchical_interval(d.reshape(1, -1), n_resamples=2000)
+    assert (flat[1] - flat[0]) < 0.1 * (hi - lo)
+
+
+def test_one_draw_of_clips_serves_every_seed():
+    # two seeds with the same per-clip differences: resampling clips per seed independently would
+    # shrink the clip-level variance by 1/2; one shared draw keeps the single-seed interval
+    rng = np.random.default_rng(8)
+    row = 100.0 * (rng.random(800) < 0.5) - 50.0
+    one = hierarchical_interval(row[None, :], n_resamples=6000, seed=9)
+    two = hierarchical_interval(np.stack([row, row]), n_resamples=6000, seed=9)
+    assert (two[1] - two[0]) == pytest.approx(one[1] - one[0], rel=0.1)
+
+
+def test_paired_effects_reject_unpaired_shapes():
+    a = {k: np.zeros((2, 10)) for k in ("ciou", "auc", "mean_ciou")}
+    b = {k: np.zeros((3, 10)) for k in ("ciou", "auc", "mean_ciou")}
+    with pytest.raises(ValueError, match=r"ciou: expected two \[seeds, clips\] arrays"):
+        paired_effects(a, b)
+
+
+def test_common_clips_lists_the_excluded_with_reasons():
+    e1 = {"per_clip": {"id": ["a", "b", "c"], "ciou": [0.1, 0.2, 0.3]}, "failed": {}}
+    e2 = {"per_clip": {"id": ["a", "c"], "ciou": [0.1, 0.3]}, "failed": {"b": "truncated JPEG"}}
+    e3 = {"per_clip": {"id": ["a", "b"], "ciou": [0.1, 0.2]}, "failed": {}}
+    keep, excluded = common_clips([e1, e2, e3], ["a", "b", "c"])
+    assert keep == ["a"]
+    assert excluded == [{"id": "b", "reason": "truncated JPEG"}, {"id": "c", "reason": "not scored by every run"}]
+
+
+# --------------------------------------------------------------------------- the embedded recipe's schedule
+
+
+def test_lr_schedule_warm_up_and_cosine():
+    import math
+
+    from baselines.train import TrainConfig, check_config, lr_at_step
+
+    c = TrainConfig(train_root="r", train_list="l", lr=1e-3)
+    assert [lr_at_step(c, t, 100) for t in (0, 50, 99)] == [1e-3] * 3  # the default: constant, as before
+    w = TrainConfig(train_root="r", train_list="l", lr=1e-3, lr_schedule="cosine", warmup_steps=10)
+    assert lr_at_step(w, 0, 100) == pytest.approx(1e-3 * 0.1 * 1.0)
+    assert lr_at_step(w, 9, 100) == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi * 9 / 100)))
+    assert lr_at_step(w, 50, 100) == pytest.approx(0.5e-3)
+    assert lr_at_step(w, 99, 100) == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi * 0.99)))
+    with pytest.raises(ValueError, match="lr_schedule: expected one of"):
+        check_config(TrainConfig(train_root="r", train_list="l", lr_schedule="step"))
+    with pytest.raises(ValueError, match="warmup_steps: expected an int >= 0"):
+        check_config(TrainConfig(train_root="r", train_list="l", warmup_steps=-1))
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def _effect_row(method, margin, d, rate=None, paper=None, base_paper=None):
+    r = {"method": method, "margin": margin, "ciou": 30.0 + d, "auc": 35.0 + d, "n_seeds": 3, "n": 100,
+         "paper_ciou": paper, "paper_auc": paper}
+    if margin not in (0.0, None):
+        r.update(delta_ciou=d, delta_auc=d / 2, delta_ciou_ci95=[d - 1, d + 1], delta_auc_ci95=[d / 2 - 1, d / 2 + 1])
+    if rate is not None:
+        r["faulty_positive_rate"] = rate
+    return r
+
+
+def test_margin_sweep_and_noise_figures_render(tmp_path):
+    from baselines.studies.figures import plot_margin_sweep, plot_noise
+
+    rows = [_effect_row("Ours", m, d, paper=p) for m, d, p in ((0.2, 0.5, 37.05), (0.0, 0.0, 36.93), (-0.2, -1.0, 38.25))]
+    rows += [dict(_effect_row("center prior", None, 0.0), ciou=20.0, auc=25.0),
+             dict(_effect_row("ceiling", None, 0.0), ciou=50.0, auc=49.0)]
+    plot_margin_sweep(rows, tmp_path / "table6.png")
+    noise = [_effect_row(meth, m, d, rate=r) for meth in ("Ours", "EZ-VSL (w/o OGL)") for r in (0.0, 0.4)
+             for m, d in ((0.0, 0.0), (-0.2, r))]
+    plot_noise(noise, tmp_path / "noise.png")
+    assert (tmp_path / "table6.png").stat().st_size > 10_000 and (tmp_path / "noise.png").stat().st_size > 10_000
+
+
+def test_figure1_from_checkpoints(tmp_path, monkeypatch):
+    """figure1: untrained checkpoints of the seven Table 5 models on the smoke data (the rendering path)."""
+    import torch
+
+    from baselines.models import build_model
+    from baselines.studies.figures import FIGURE1_QUANTILES, study_figures
+    from baselines.train import TrainConfig, atomic_save
+
+    monkeypatch.setenv("MARGINNCE_CACHE", str(tmp_path / "cache"))
+    data = T5.embedded_data("smoke", num_test=20)
+    kwargs = dict(T5.PRESETS["smoke"].train)
+    runner = T5.Runner(tmp_path / "out", data, kwargs, "cpu", 0, progress=False)
+    test_ids = list(runner.test_set(data.test_list).ids)
+    for model, margin in T5.TABLE5_ROWS:
+        config = runner._config(model, margin, 0, data.train_list)
+        d = tmp_path / "out" / "runs" / T5._run_name(model, margin, 0)
+        d.mkdir(parents=True)
+        torch.manual_seed(0)
+        atomic_save({"model": build_model(config.model_config()).state_dict(), "config": asdict(config), "epoch": 1},
+                    d / "checkpoint.pt")
+        path, _, key = runner._cache_entry(model, margin, 0, data.train_list, (data.test_list,))
+        ev = {"per_clip": {"id": test_ids, "ciou": [k / len(test_ids) for k in range(len(test_ids))]}, "failed": {}}
+        path.write_text(json.dumps({"key": key, "results": {data.test_list: ev, "_seconds": {"train_and_eval": 0}}}))
+    meta = {"data": asdict(data)}
+    path = study_figures(runner, 0, meta)
+    assert path.stat().st_size > 50_000 and len(FIGURE1_QUANTILES) == 5
+    assert isinstance(TrainConfig.from_dict(torch.load(tmp_path / "out" / "runs" / "lvs_m+0.00_s0" / "checkpoint.pt",
+                                                       weights_only=False)["config"]), TrainConfig)
+
+
+def test_noise_grid_needs_margin_zero(tmp_path):
+    with pytest.raises(UsageError, match="--noise-margins must include 0"):
+        T5.main(["--studies", "noise", "--noise-margins", "-0.2", "-0.1", "--out", str(tmp_path)])
+    with pytest.raises(UsageError, match=r"--noise-rates expects rates in \[0, 1\)"):
+        T5.main(["--studies", "noise", "--noise-rates", "0", "1.5", "--out", str(tmp_path)])
+
+
+# --------------------------------------------------------------------------- the command: overrides, curves, one-line errors
+
+
+def _table5(*args, cwd=None):
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run([sys.executable, "-m", "baselines.table5", *map(str, args)], capture_output=True, text=True,
+                          env=env, cwd=cwd or REPO, timeout=300)
+
+
+def _assert_one_line_error(proc, *fragments):
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("table5: error: "), proc.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def test_overrides_reach_every_run_and_its_cache_key(tmp_path, monkeypatch):
+    seen = {}
+    monkeypatch.setattr(T5, "run_studies", lambda *a, **k: seen.update(overrides=a[8]))
+    argv = ["--out", str(tmp_path), "--batch-size", "8", "--backbone", "small", "--epochs", "1", "--limit-steps", "0",
+            "--max-failures", "3"]
+    assert T5.main(argv) == 0
+    assert seen["overrides"] == {"batch_size": 8, "backbone": "small", "epochs": 1, "limit_steps": 0, "max_failures": 3}
+    assert T5.main(["--out", str(tmp_path)]) == 0 and seen["overrides"] == {}  # nothing given: the preset's settings
+    data = StudyData("r", "r/train.txt", "r", "r/test.csv", "r/vggss.json")
+    keys = [T5.Runner(tmp_path, data, dict(T5.PRESETS["smoke"].train, **o), "cpu", 0, progress=False)
+            ._cache_entry("reference", 0.0, 0, data.train_list, [data.test_list])[2] for o in ({}, {"limit_steps": 2})]
+    assert keys[1]["config"]["limit_steps"] == 2 and keys[0] != keys[1]  # a cached run of other settings is not reused
+
+
+def test_help_shows_the_defaults_and_the_overrides():
+    text = _table5("--help").stdout
+    for flag in ("--batch-size", "--backbone", "--epochs", "--limit-steps", "--max-failures", "--train-root"):
+        assert flag in text
+    assert "(default: default)" in text and "(default: cpu)" in text
+
+
+@pytest.mark.parametrize("argv, fragments", [
+    (["--batch-size", "0"], ["batch_size", "got 0"]),
+    (["--train-root", "somewhere"], ["real data needs all of"]),
+    (["--studies", "noise", "--noise-margins", "-0.2"], ["--noise-margins must include 0"]),
+])
+def test_user_errors_are_one_line(tmp_path, argv, fragments):
+    _assert_one_line_error(_table5(*argv, "--out", tmp_path / "out"), *fragments)
+    assert not (tmp_path / "out").exists()  # nothing half-written
+
+
+def _subset(tmp_path, bad_ids=(), n_train=8, n_test=4):
+    """A real-data layout on a subset of the smoke data set (``n_train`` training, ``n_test`` test clips)."""
+    root = Path(T5.embedded_data("smoke").train_root)
+    train = tmp_path / "train.txt"
+    train.write_text("".join(f"{i}\n" for i in bad_ids) + "".join((root / "train.txt").read_text().splitlines(True)[:n_train]))
+    test = tmp_path / "test.csv"
+    test.write_text("".join((root / "test.csv").read_text().splitlines(True)[:n_test]))
+    return ["--train-root", root, "--train-list", train, "--test-root", root, "--test-list", test,
+            "--annotations", root / "vggss.json", "--seeds", "0", "--studies", "table5", "--no-progress"]
+
+
+def test_a_worker_error_reaches_the_main_process_as_one_line(tmp_path):
+    proc = _table5(*_subset(tmp_path, bad_ids=("nope1", "nope2", "nope3")), "--epochs", "1", "--limit-steps", "1",
+                   "--batch-size", "4", "--backbone", "small", "--jobs", "2", "--out", tmp_path / "out")
+    _assert_one_line_error(proc, "3 of 11 clips missing or broken", "nope1", "--write-clean", "--max-failures")
+
+
+@pytest.mark.slow
+def test_real_data_subset_smoke_run(tmp_path):
+    """Issue 15's subset smoke run of the real-data study: the paper's protocol with every run shrunk by
+    the overrides (recorded in the JSON), a curves figure per run and for the study."""
+    out = tmp_path / "out"
+    proc = _table5(*_subset(tmp_path), "--epochs", "1", "--limit-steps", "1", "--batch-size", "4",
+                   "--backbone", "small", "--jobs", "1", "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    payload = json.loads((out / "table5.json").read_text())
+    assert payload["overrides"] == {"batch_size": 4, "backbone": "small", "epochs": 1, "limit_steps": 1}
+    assert payload["train"] == dict(T5.REAL_TRAIN, batch_size=4, backbone="small", epochs=1, limit_steps=1)
+    assert payload["data"]["source"].startswith("real:") and payload["n_test"] == 4
+    assert len(payload["rows"]) == len(T5.TABLE5_ROWS) + 2
+    assert (out / "curves.png").exists()
+    for model, margin in T5.TABLE5_ROWS:
+        config = json.loads((out / "runs" / T5.run_name(model, margin, 0) / "config.json").read_text())
+        assert (config["limit_steps"], config["backbone"]) == (1, "small")
+
+
+def test_study_curves_figure(tmp_path):
+    runs = []
+    for model, margin in T5.TABLE5_ROWS:
+        d = tmp_path / T5.run_name(model, margin, 0)
+        d.mkdir()
+        (d / "metrics.jsonl").write_text("".join(json.dumps({"epoch": e, "loss": 5.0 / e}) + "\n" for e in (1, 2, 3)))
+        runs.append((model, margin, 0, d))
+    plot_study_curves(runs + [("lvs", 0.0, 1, tmp_path / "missing")], tmp_path / "curves.png")
+    assert (tmp_path / "curves.png").stat().st_size > 10_000
+    with pytest.raises(ValueError, match="expected runs with a metrics.jsonl"):
+        plot_study_curves([("lvs", 0.0, 1, tmp_path / "missing")], tmp_path / "none.png")

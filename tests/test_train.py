@@ -34,7 +34,7 @@ from baselines.train import (  # noqa: E402
 
 from .fixtures import AVFixture, break_audio, break_frame, make_av_dataset, train_argv, train_config
 
-METRIC_KEYS = {"ciou", "auc", "mean_ciou", "n", "data_failures"}
+METRIC_KEYS = {"ciou", "auc", "mean_ciou", "n", "data_failures", "per_clip", "failed"}
 PROVENANCE_KEYS = {"git_commit", "git_dirty", "python", "torch", "torchvision", "cuda", "cudnn", "device", "world_size",
                    "not_applied"}
 
@@ -254,8 +254,8 @@ def test_bad_config_values_are_named(fx: AVFixture, tmp_path: Path, field: str, 
 def test_other_argument_errors(fx: AVFixture, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"stop_after_epoch: expected an int >= 1, got 0"):
         train(train_config(fx), tmp_path, stop_after_epoch=0)
-    with pytest.raises(ValueError, match=r"config: unknown keys \['lr_schedule'\]"):
-        TrainConfig.from_dict({**asdict(train_config(fx)), "lr_schedule": "cosine"})
+    with pytest.raises(ValueError, match=r"config: unknown keys \['lr_decay'\]"):
+        TrainConfig.from_dict({**asdict(train_config(fx)), "lr_decay": "cosine"})
     # a config saved before a field existed reads with that field's default
     older = {k: v for k, v in asdict(train_config(fx, norm="group")).items() if k not in ("norm", "sync_batchnorm")}
     assert TrainConfig.from_dict(older) == train_config(fx)

@@ -77,7 +77,6 @@ __all__ = [
     "resized_size",
     "AudioVisualDataset",
     "collate_batch",
-    "collate",
     "load_annotations",
 ]
 
@@ -324,7 +323,3 @@ def collate_batch(items: Sequence[dict[str, Any] | FailedSample]) -> dict[str, A
         batch[key] = torch.stack([it[key] for it in good])
     return batch
 
-
-#: Short name used by the trainer.
-# the former name; still used by baselines/evaluate.py (its second pass switches to collate_batch)
-collate = collate_batch

@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..cli import HelpFormatter, UsageError, run_main
 from ..data.acceptance import (
     MIN_AUDIO_SECONDS,
 )
@@ -18,8 +18,9 @@ from .verify import verify
 from .window import CLIP_SECONDS, WINDOW_MODES, WINDOW_TOLERANCE, WindowRule
 
 
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults in the help (not for options without one), and the description's line breaks kept."""
+class _HelpFormatter(HelpFormatter):
+    """The kit's help (defaults shown, the description's line breaks kept), less ``(default: None)`` and
+    ``(default: False)`` for options without a default."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         if action.default is None or action.default is False:
@@ -103,7 +104,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     Prepare: 0 when the run completed (per-clip failures are in the report and the
     summary line).  Verify: 0 when every id is fine, 1 when some have problems.  User errors
     (bad or missing arguments, a missing folder or ids file, a malformed ids file, a bad
-    --start-regex): one line on stderr naming the problem, status 1, no traceback.
+    --start-regex): argparse's usage errors exit here with one line and status 1; the others raise
+    :class:`baselines.cli.UsageError`, one line on stderr and status 1 under :func:`baselines.cli.run_main`
+    (``python -m baselines.prepare``, ``marginnce-prepare``).
+
+    Raises:
+        UsageError: a missing folder or ids file, a malformed ids file, a bad --start-regex.
     """
     parser = _parser()
     args = parser.parse_args(argv)
@@ -141,8 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             frame_size=args.frame_size,
         )
     except (OSError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+        raise UsageError(str(error)) from None
     failed = report["failed"]
     assert isinstance(failed, list)
     print(
@@ -151,3 +156,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"(report: {args.out / REPORT_NAME})"
     )
     return 0
+
+
+def run(argv: Sequence[str] | None = None) -> None:
+    """``python -m baselines.prepare``: :func:`main` under :func:`baselines.cli.run_main`."""
+    run_main(main, argv, prog="python -m baselines.prepare")

@@ -22,7 +22,8 @@ from ..layout import AUDIO_DIR, FRAMES_DIR
 from ..models import BACKBONES, MODELS, NORMS, ModelConfig
 
 __all__ = ["TrainConfig", "ConfigError", "DEVICES", "ANNOTATION_FORMATS", "RESUME_INDEPENDENT", "RECORD_KEYS",
-           "MODEL_FIELDS", "add_config_arguments", "add_data_arguments", "config_argv", "config_from_args", "check_config",
+           "MODEL_FIELDS", "add_config_arguments", "add_data_arguments", "add_field_argument", "config_argv",
+           "config_from_args", "check_config",
            "check_paths", "effective_config", "data_error", "fraction_or_count"]
 
 DEVICES = ("cpu", "cuda")
@@ -39,6 +40,9 @@ RECORD_KEYS = ("provenance",)
 MODEL_FIELDS = ("model", "margin", "backbone", "dim", "width", "pretrained", "norm", "visual_weights")
 
 #: Data fields (``add_data_arguments``): shared with ``python -m baselines.evaluate``.
+#: Per-step learning-rate schedules (:func:`baselines.training.schedule.lr_at_step`).
+LR_SCHEDULES = ("constant", "cosine")
+
 DATA_FIELDS = ("train_root", "train_list", "test_root", "test_list", "annotations", "annotation_format")
 
 
@@ -106,6 +110,9 @@ class TrainConfig:
                               flag="--no-sync-batchnorm")
     visual_weights: str = _f("", "with --pretrained: a local torchvision ResNet-18 state dict (no network needed)",
                              metavar="PATH")
+    lr_schedule: str = _f("constant", "per-step learning rate: constant, or cosine decay to 0 at the last step",
+                          choices=LR_SCHEDULES)
+    warmup_steps: int = _f(0, "linear learning-rate warm-up steps", minimum=0)
 
     def model_config(self, distributed: bool = False) -> ModelConfig:
         """The model's settings (checked by :class:`ModelConfig`); ``distributed``: gather negatives
@@ -157,14 +164,26 @@ def _fields() -> dict[str, Field]:
     return {f.name: f for f in fields(TrainConfig)}
 
 
-def add_data_arguments(p: argparse.ArgumentParser, train: bool = True) -> None:
+def add_field_argument(p: argparse.ArgumentParser | argparse._ArgumentGroup, name: str, **override: Any) -> None:
+    """The option of :class:`TrainConfig` field ``name`` with its help, type and choices (``override``:
+    argparse keywords replacing the derived ones, e.g. ``default=None`` for an optional override).
+
+    Raises:
+        KeyError: ``name`` is not a field of :class:`TrainConfig`.
+    """
+    _add(p, _fields()[name], **override)
+
+
+def add_data_arguments(p: argparse.ArgumentParser | argparse._ArgumentGroup, train: bool = True,
+                       required: bool = True) -> None:
     """The data options (``--train-root`` ... ``--annotation-format``). ``train=False`` (evaluation):
-    no train split, and ``--annotation-format`` defaults to ``None`` (the checkpoint's)."""
+    no train split, and ``--annotation-format`` defaults to ``None`` (the checkpoint's). ``required=False``:
+    the train split's options are optional too (default ``""``; the studies' real-data switch)."""
     fs = _fields()
     for name in DATA_FIELDS:
         if name.startswith("train_"):
             if train:
-                _add(p, fs[name], required=True, default=None)
+                _add(p, fs[name], **(dict(required=True, default=None) if required else {}))
         elif name == "annotation_format" and not train:
             _add(p, fs[name], default=None, help=fs[name].metadata["help"] + " (None: the checkpoint's)")
         else:

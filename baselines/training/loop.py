@@ -31,6 +31,7 @@ from .config import RESUME_INDEPENDENT, ConfigError, TrainConfig, check_config, 
 from .distributed import ProcessGroup
 from .records import Scalars, check_tensorboard, epoch_line, log_record, plot_curves, provenance
 from .sampler import GlobalBatchSampler
+from .schedule import lr_at_step
 
 __all__ = ["train", "build_train_model", "build_train_set", "build_test_set", "RunExistsError",
            "NonFiniteLossError", "RUN_FILES"]
@@ -241,6 +242,8 @@ def _train(config: TrainConfig, out: Path, resume: bool, progress: bool, train_s
             plot_curves(history, out / "curves.png", final_eval, config.epochs,
                         title=f"{config.model}, margin {config.margin:+.2f}")
 
+    steps_per_epoch = min(len(sampler), config.limit_steps) if config.limit_steps else len(sampler)
+    total_steps = steps_per_epoch * config.epochs
     for epoch in range(start_epoch, config.epochs):
         torch.manual_seed(derive_seed(config.seed, "torch", epoch))  # any stray global-RNG use: (seed, epoch)
         sampler.set_epoch(epoch)
@@ -250,7 +253,7 @@ def _train(config: TrainConfig, out: Path, resume: bool, progress: bool, train_s
                             generator=torch.Generator().manual_seed(derive_seed(config.seed, "loader", epoch, dist.rank)),
                             pin_memory=device.type == "cuda")
         net.train()
-        lr = float(optimizer.param_groups[0]["lr"])
+        lr = lr_at_step(config, epoch * steps_per_epoch, total_steps)  # the epoch's first step
         loss_sum, steps, skipped, t0 = 0.0, 0, 0, time.time()
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not (progress and dist.is_main),
                    leave=False, dynamic_ncols=True)
@@ -268,6 +271,8 @@ def _train(config: TrainConfig, out: Path, resume: bool, progress: bool, train_s
                 continue
             image = batch["image"].to(device, non_blocking=True)
             spec = batch["spectrogram"].to(device, non_blocking=True)
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at_step(config, epoch * steps_per_epoch + steps + skipped, total_steps)
             optimizer.zero_grad(set_to_none=True)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.amp):
                 loss, _ = net(image, spec)

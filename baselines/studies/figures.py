@@ -1,0 +1,225 @@
+"""The studies' figures: the margin sweep as Δ against m = 0 (``table6.png``), the noisy-correspondence
+study (``noise.png``), the Fig. 1-style qualitative figure (``figure1.png``) and the training loss of
+every run of Table 5 (``curves.png``)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..data import load_annotations
+from ..data.frames import IMAGENET_MEAN, IMAGENET_STD
+from ..evaluation import ciou_per_sample, median_threshold_mask, normalize_map, upsample_map
+from ..io import atomic_write
+from ..training.checkpoint import load_model
+from .paper import METHOD_NAMES, TABLE5_ROWS
+from .runner import run_name
+
+__all__ = ["plot_margin_sweep", "plot_noise", "plot_study_curves", "study_figures", "FIGURE1_QUANTILES", "METHOD_COLORS"]
+
+#: figure1 shows the test clips at these quantiles of the reference model's (m = 0) per-clip IoU
+FIGURE1_QUANTILES: tuple[float, ...] = (0.1, 0.3, 0.5, 0.7, 0.9)
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update({"font.size": 12, "axes.titlesize": 13, "axes.labelsize": 12, "legend.fontsize": 10,
+                         "xtick.labelsize": 11, "ytick.labelsize": 11})
+    return plt
+
+
+def _err(rows: Sequence[dict[str, Any]], key: str) -> tuple[list[float], list[list[float]]]:
+    y = [r[f"delta_{key}"] for r in rows]
+    lo = [r[f"delta_{key}"] - r[f"delta_{key}_ci95"][0] for r in rows]
+    hi = [r[f"delta_{key}_ci95"][1] - r[f"delta_{key}"] for r in rows]
+    return y, [lo, hi]
+
+
+def plot_margin_sweep(rows: list[dict[str, Any]], path: Path) -> None:
+    """Δ cIoU and Δ AUC against the margin, each on one axis: ours with 95% intervals, the paper's Δ
+    beside it, and the centre prior and the ceiling as horizontal lines at their distance from m = 0."""
+    plt = _plt()
+    model = [r for r in rows if r["margin"] is not None]
+    base = next(r for r in model if r["margin"] == 0.0)
+    pts = sorted((r for r in model if "delta_ciou" in r), key=lambda r: r["margin"])
+    refs = {r["method"]: r for r in rows if r["margin"] is None}
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5.6))
+    for ax, key, label in ((axes[0], "ciou", "cIoU (AP50)"), (axes[1], "auc", "AUC")):
+        ms = [r["margin"] for r in pts]
+        y, err = _err(pts, key)
+        ax.errorbar([m - 0.008 for m in ms], y, yerr=err, fmt="o", capsize=4, color="tab:blue", ms=7,
+                    label=f"ours: Δ vs m=0, 95% CI ({base['n_seeds']} seeds, {base['n']} clips)")
+        paper = [(r["margin"], r[f"paper_{key}"] - base[f"paper_{key}"]) for r in model
+                 if r.get(f"paper_{key}") is not None and base.get(f"paper_{key}") is not None]
+        if paper:
+            ax.plot([m + 0.008 for m, _ in paper], [d for _, d in paper], "s", color="tab:red", ms=7,
+                    label="paper (VGG-SS): Δ vs m=0")
+        ax.axhline(0.0, color="0.3", lw=1)
+        for name, style in (("center prior", ":"), ("ceiling", "--")):
+            if name in refs:
+                d = refs[name][key] - base[key]
+                ax.axhline(d, color="0.45", ls=style, lw=1.3)
+                ax.text(0.99, d, f" {name} ({d:+.1f})", transform=ax.get_yaxis_transform(), ha="right",
+                        va="bottom", fontsize=10, color="0.3")
+        ax.set_xlabel("margin m")
+        ax.set_ylabel(f"Δ {label} vs m = 0 (points)")
+        ax.set_title(f"{label}: effect of the margin")
+        ax.invert_xaxis()
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), frameon=False)  # below: hides no marker
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_noise(rows: list[dict[str, Any]], path: Path) -> None:
+    """Δ cIoU against the faulty-positive rate with 95% intervals, a line per margin, a panel per method."""
+    plt = _plt()
+    methods = list(dict.fromkeys(r["method"] for r in rows if "delta_ciou" in r))
+    fig, axes = plt.subplots(1, max(1, len(methods)), figsize=(6.2 * max(1, len(methods)), 4.8), squeeze=False)
+    margins = sorted({r["margin"] for r in rows if "delta_ciou" in r}, reverse=True)
+    colors = plt.get_cmap("viridis")
+    for ax, method in zip(axes[0], methods):
+        for j, m in enumerate(margins):
+            pts = sorted((r for r in rows if r["method"] == method and r["margin"] == m and "delta_ciou" in r),
+                         key=lambda r: r["faulty_positive_rate"])
+            x = [r["faulty_positive_rate"] + 0.008 * (j - (len(margins) - 1) / 2) for r in pts]
+            y, err = _err(pts, "ciou")
+            ax.errorbar(x, y, yerr=err, marker="o", capsize=3, color=colors(j / max(1, len(margins) - 1) * 0.85),
+                        label=f"m = {m:+.1f}")
+        ax.axhline(0.0, color="0.3", lw=1)
+        ax.set_xlabel("faulty-positive rate of the training split")
+        ax.set_ylabel("Δ cIoU vs m = 0 at that rate (points)")
+        ax.set_title(method)
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=len(margins), frameon=False)
+    first = next(r for r in rows if "delta_ciou" in r)
+    scope = ("seeds, then clips" if first["n_seeds"] > 1 else "clips only: 1 seed, the seed-to-seed spread is "
+             "not in these intervals")
+    fig.suptitle(f"Does a negative margin help more with more noisy correspondences?\n95% paired-bootstrap "
+                 f"intervals ({first['n_seeds']} seed(s) x {first['n']} test clips; {scope})", fontsize=12)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def study_figures(runner: Any, seed: int, meta: dict[str, Any]) -> Path:
+    """Fig. 1-style: each chosen test clip with its ground-truth box, then each Table 5 model's response
+    map (viridis, min-max normalised, colour bar), the outline of the median-thresholded mask the
+    protocol scores, and the clip's IoU. The clips: those at :data:`FIGURE1_QUANTILES` of the per-clip
+    IoU of the reference model at m = 0 (seed ``seed``), from its hardest to its easiest."""
+    plt = _plt()
+    test = runner.data.test_list
+    test_set = runner.test_set(test)
+    ref = runner.run("reference", 0.0, seed, runner.data.train_list, [test])[test]["per_clip"]
+    order = np.argsort(np.asarray(ref["ciou"]), kind="stable")
+    picks = [ref["id"][order[min(len(order) - 1, int(q * len(order)))]] for q in FIGURE1_QUANTILES]
+    pos = {c: k for k, c in enumerate(test_set.ids)}
+    items = [test_set[pos[c]] for c in picks]
+    image = torch.stack([it["image"] for it in items])
+    spec = torch.stack([it["spectrogram"] for it in items])
+    gt = torch.stack([torch.as_tensor(it["gt_map"]) for it in items])
+    boxes = load_annotations(runner.data.annotations, runner.data.annotation_format, picks)
+    mean = torch.tensor(IMAGENET_MEAN)[:, None, None]
+    std = torch.tensor(IMAGENET_STD)[:, None, None]
+    shown = [(it["image"] * std + mean).clamp(0, 1).permute(1, 2, 0).numpy() for it in items]
+    columns = [("frame + ground truth", None)] + [(f"{METHOD_NAMES[m]}\nm = {mg:+.1f}", (m, mg)) for m, mg in TABLE5_ROWS]
+    maps, masks, ious = {}, {}, {}
+    for _, key in columns[1:]:
+        model, margin = key
+        net, _, _ = load_model(runner.out / "runs" / run_name(model, margin, seed) / "checkpoint.pt")
+        net.eval()
+        with torch.no_grad():
+            raw = upsample_map(net.localize(image, spec).float())
+        maps[key] = normalize_map(raw).numpy()
+        masks[key] = median_threshold_mask(raw).numpy()
+        ious[key] = ciou_per_sample(raw, gt).numpy()
+    fig, axes = plt.subplots(len(items), len(columns), figsize=(2.3 * len(columns) + 0.8, 2.5 * len(items)),
+                             squeeze=False)
+    im = None
+    for r, clip in enumerate(picks):
+        for c, (title, key) in enumerate(columns):
+            ax = axes[r, c]
+            ax.imshow(shown[r])
+            if key is not None:
+                im = ax.imshow(maps[key][r], cmap="viridis", alpha=0.6, vmin=0, vmax=1)
+                ax.contour(masks[key][r].astype(float), levels=[0.5], colors="white", linewidths=1.2)
+                ax.text(4, 218, f"IoU {ious[key][r]:.2f}", color="white", fontsize=11, va="bottom",
+                        bbox=dict(facecolor="black", alpha=0.6, pad=1.5, lw=0))
+            for x0, y0, x1, y1 in boxes[clip]:
+                s = 224
+                ax.add_patch(plt.Rectangle((x0 * s, y0 * s), (x1 - x0) * s, (y1 - y0) * s, fill=False, lw=2,
+                                           ec="#ff4fd8"))
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(title, fontsize=12)
+            if c == 0:
+                ax.set_ylabel(f"{clip}\nq = {FIGURE1_QUANTILES[r]:.1f}", fontsize=11)
+    fig.subplots_adjust(left=0.05, right=0.9, top=0.9, bottom=0.02, wspace=0.05, hspace=0.08)
+    cax = fig.add_axes([0.915, 0.1, 0.012, 0.75])
+    fig.colorbar(im, cax=cax, label="response map (min-max normalised)")
+    fig.suptitle(f"Response maps on {meta['data']['source']} (seed {seed}). Magenta: ground-truth box; white: "
+                 f"the median-thresholded mask the protocol scores; IoU: the clip's cIoU.\nRows: the test clips at "
+                 f"the {', '.join(f'{q:.0%}' for q in FIGURE1_QUANTILES)} quantiles of Ours (m = 0)'s per-clip IoU.",
+                 fontsize=12)
+    path = runner.out / "figure1.png"
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+#: the line colour of each method in the study-level curves
+METHOD_COLORS = {"lvs": "tab:blue", "ezvsl": "tab:orange", "reference": "tab:green"}
+
+
+def plot_study_curves(runs: Sequence[tuple[str, float, int, Path]], path: Path, title: str = "") -> None:
+    """The training loss (epoch mean, from each run's ``metrics.jsonl``) of every run of a study against
+    the epoch: a line per run, coloured by method, its line style by margin (solid: m = 0).
+
+    Args:
+        runs: ``(model, margin, seed, run folder)`` for each run; a run without ``metrics.jsonl`` is skipped.
+        path: the PNG to write.
+
+    Raises:
+        ValueError: no run has a ``metrics.jsonl`` with a loss.
+    """
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    styles: dict[float, str] = {}
+    drawn, labelled = 0, set()
+    for model, margin, _seed, folder in runs:
+        log = Path(folder) / "metrics.jsonl"
+        if not log.exists():
+            continue
+        records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+        points = [(r["epoch"], r["loss"]) for r in records if r.get("loss") is not None]
+        if not points:
+            continue
+        style = styles.setdefault(margin, ["-", "--", ":", "-."][len(styles) % 4] if margin != 0.0 else "-")
+        label = f"{METHOD_NAMES.get(model, model)}, m = {margin:+.1f}"
+        ax.plot(*zip(*points), color=METHOD_COLORS.get(model, "tab:gray"), ls=style, marker="o", ms=3, alpha=0.8,
+                label=None if label in labelled else label)
+        labelled.add(label)
+        drawn += 1
+    if not drawn:
+        plt.close(fig)
+        raise ValueError(f"{path.name}: expected runs with a metrics.jsonl holding losses, got none of {len(runs)}")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("training loss (epoch mean)")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.grid(alpha=0.3)
+    ax.legend(title="a line per run (seed)", fontsize=9)
+    ax.set_title(title or f"training loss of {drawn} runs")
+    fig.tight_layout()
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110), suffix=".png")
+    finally:
+        plt.close(fig)

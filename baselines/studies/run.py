@@ -1,0 +1,168 @@
+"""The studies themselves: Table 5 and Table 6 (one function, :func:`study_table`), Table 4 (heard /
+unheard classes), the study-level training curves, and :func:`run_studies`, which plans every run the
+requested studies need, trains them (in parallel on CPU), then writes each study's table and figures."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import noise as N
+from .figures import plot_margin_sweep, plot_study_curves, study_figures
+from .paper import METHOD_NAMES, PAPER, TABLE4_RUNS, TABLE5_ROWS, TABLE6_ROWS
+from .presets import PRESETS, REAL_TRAIN, StudyData, embedded_data
+from .runner import Runner, execute_jobs, plan_runs, run_name
+from .tables import (
+    add_margin_effects,
+    markdown_table,
+    model_table,
+    reference_table_rows,
+    same_clips,
+    study_note,
+    table_row,
+    write_study,
+)
+
+__all__ = ["TABLES", "study_table", "study_table5", "study_table6", "study_table4", "study_curves", "run_studies"]
+
+#: Table 5 and Table 6 as one study each: (title, the (model, margin) rows, the method's label or None for
+#: its display name, and whether the margin-sweep figure is drawn)
+TABLES: dict[str, tuple[str, list[tuple[str, float]], str | None, bool]] = {
+    "table5": ("Table 5: marginNCE on three baselines", TABLE5_ROWS, None, False),
+    "table6": ("Table 6: margin sweep (reference model)", TABLE6_ROWS, "Ours", True),
+}
+
+
+def study_table(name: str, runner: Runner, seeds: Sequence[int], meta: dict[str, Any]) -> dict[str, Any]:
+    """Table 5 or Table 6 (``name``): its rows on one identical clip set, each margin's Δ against its
+    method's m = 0 row, the center-prior and ceiling rows; writes ``<name>.json`` / ``.md`` (and for
+    Table 6 ``table6.png``).
+
+    Raises:
+        KeyError: ``name`` is not one of :data:`TABLES`.
+    """
+    title, table_rows, label, sweep = TABLES[name]
+    specs = [(m, label or METHOD_NAMES[m], mg, PAPER[name][(m, mg)], {}) for m, mg in table_rows]
+    rows, ids, excluded = model_table(runner, specs, seeds, runner.data.train_list, runner.data.test_list)
+    payload = dict(meta, study=name, seeds=list(seeds), rows=rows, n_test=len(ids), excluded=excluded)
+    write_study(runner.out, name, payload, markdown_table(title, rows, study_note(payload)))
+    if sweep:
+        plot_margin_sweep(rows, runner.out / f"{name}.png")
+    return payload
+
+
+def study_table5(runner: Runner, seeds: Sequence[int], meta: dict[str, Any]) -> dict[str, Any]:
+    """:func:`study_table` for Table 5."""
+    return study_table("table5", runner, seeds, meta)
+
+
+def study_table6(runner: Runner, seeds: Sequence[int], meta: dict[str, Any]) -> dict[str, Any]:
+    """:func:`study_table` for Table 6."""
+    return study_table("table6", runner, seeds, meta)
+
+
+def study_table4(runner: Runner, seeds: Sequence[int], meta: dict[str, Any]) -> dict[str, Any]:
+    """Table 4 (open set): trained on the heard classes, scored on heard and unheard test clips.
+
+    Raises:
+        ValueError: the data has no heard / unheard lists.
+    """
+    d = runner.data
+    if not (d.heard_train_list and d.heard_test_list and d.unheard_test_list):
+        raise ValueError("table4: expected --heard-train-list, --heard-test-list and --unheard-test-list with real data")
+    tests = {"heard": d.heard_test_list, "unheard": d.unheard_test_list}
+    for model, margin in TABLE4_RUNS:  # one training run, evaluated on both splits
+        for s in seeds:
+            runner.run(model, margin, s, d.heard_train_list, list(tests.values()), tag="heard_")
+    rows: list[dict[str, Any]] = []
+    n_test, excluded = {}, {}
+    for split, test in tests.items():
+        evals = [[runner.run(m, mg, s, d.heard_train_list, list(tests.values()), tag="heard_")[test] for s in seeds]
+                 for m, mg in TABLE4_RUNS]
+        ids, excluded[split] = same_clips(runner, test, [e for row in evals for e in row])
+        split_rows = [table_row(METHOD_NAMES[m], mg, ev, PAPER["table4"][(split, m, mg)], seeds, ids,
+                                method_key=f"{split}:{m}", split=split) for (m, mg), ev in zip(TABLE4_RUNS, evals)]
+        add_margin_effects(split_rows, evals, ids)
+        rows += split_rows + reference_table_rows(runner.reference_rows(test), ids, split=split)
+        n_test[split] = len(ids)
+    payload = dict(meta, study="table4", seeds=list(seeds), rows=rows, n_test=n_test, excluded=excluded)
+    note = (f"Data: {d.source}; trained on the heard classes only; seeds {list(seeds)}; test clips n = {n_test}. "
+            "Heard: test clips of training classes; unheard: of classes never seen in training.")
+    write_study(runner.out, "table4", payload,
+                markdown_table("Table 4: open-set (heard / unheard classes)", rows, note, split_column=True))
+    return payload
+
+
+def study_curves(runner: Runner, seeds: Sequence[int]) -> Path:
+    """``<out>/curves.png``: the training loss per epoch of every Table 5 run (a line per run, coloured
+    by method), read from the runs' ``metrics.jsonl``."""
+    runs = [(m, mg, s, runner.out / "runs" / run_name(m, mg, s)) for m, mg in TABLE5_ROWS for s in seeds]
+    path = runner.out / "curves.png"
+    plot_study_curves(runs, path, title=f"Table 5 runs: training loss per epoch (seeds {list(seeds)})")
+    return path
+
+
+def run_studies(preset: str, out: Path, studies: Sequence[str], data: StudyData | None, seeds: Sequence[int] | None,
+                device: str = "cpu", workers: int = 0, progress: bool = True, train_overrides: dict[str, Any] | None = None,
+                jobs: int = 1, noise_grid: dict[str, tuple[float, ...]] | None = None) -> dict[str, Any]:
+    """Run ``studies`` of ``preset`` (``data=None``: the embedded data) into ``out``; ``train_overrides``
+    (``TrainConfig`` fields) apply to every run (recorded in the output's ``train`` and ``overrides``);
+    ``noise_grid`` (``noise_rates`` / ``noise_margins``) overrides the preset's noise-study grid.
+
+    Raises:
+        ValueError: the noise study with real data.
+    """
+    p = dataclasses.replace(PRESETS[preset], **(noise_grid or {}))
+    embedded = data is None
+    if data is None:
+        data = embedded_data(p.dataset, **p.dataset_overrides)
+        train_kwargs = dict(p.train)
+    else:
+        train_kwargs = dict(REAL_TRAIN)
+    train_kwargs.update(train_overrides or {})
+    seeds = tuple(seeds) if seeds else p.seeds
+    if "noise" in studies and not embedded:
+        raise ValueError("noise: the noisy-correspondence study runs on the embedded data only (it sets the "
+                         "faulty-positive rate of the training split)")
+    out.mkdir(parents=True, exist_ok=True)
+    runner = Runner(out, data, train_kwargs, device, workers, progress)
+    meta = {"preset": preset, "seeds": list(seeds), "data": asdict(data), "train": train_kwargs,
+            "overrides": dict(train_overrides or {}), "torch": torch.__version__}
+    results: dict[str, Any] = {}
+    t0 = time.time()
+    jobs_list = [(runner, r) for r in plan_runs(studies, data, seeds)]
+    noise_plan = N.plan(runner, p, seeds) if "noise" in studies else None
+    if noise_plan is not None:
+        jobs_list += noise_plan.jobs
+    jobs_list = list({(id(rn), spec): (rn, spec) for rn, spec in jobs_list}.values())
+    execute_jobs(jobs_list, jobs if device == "cpu" else 1)
+    # the measured cost of the study: every run's training + evaluation time, as recorded when it ran
+    meta["compute"] = {"runs": len(jobs_list), "jobs": jobs,
+                       "train_and_eval_seconds_total": round(sum(rn.run(*r)["_seconds"]["train_and_eval"]
+                                                                 for rn, r in jobs_list), 1),
+                       "cpu_seconds_total": round(sum(rn.run(*r)["_seconds"].get("cpu", 0.0) for rn, r in jobs_list), 1),
+                       "runs_without_cpu_time": sum("cpu" not in rn.run(*r)["_seconds"] for rn, r in jobs_list)}
+    for name in ("table5", "table6"):
+        if name in studies:
+            results[name] = study_table(name, runner, seeds, meta)
+            print(markdown_table(name.replace("table", "Table "), results[name]["rows"], study_note(results[name])))
+    if "table5" in studies:
+        print(f"figure: {study_curves(runner, seeds)}")
+    if "table4" in studies:
+        results["table4"] = study_table4(runner, seeds, meta)
+        print(Path(out / "table4.md").read_text())
+    if noise_plan is not None:
+        results["noise"] = N.study_noise(runner, noise_plan, seeds, meta)
+        print(Path(out / "noise.md").read_text())
+    if "figures" in studies:
+        if "table5" not in studies:
+            study_table5(runner, seeds[:1], meta)
+        print(f"figure: {study_figures(runner, seeds[0], meta)}")
+    print(f"done in {time.time() - t0:.0f} s; results in {out}/")
+    return results

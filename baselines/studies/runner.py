@@ -1,0 +1,173 @@
+"""Training and evaluating a study's runs: :class:`Runner` (one run per model, margin, seed and train list,
+cached in ``<out>/runs/<name>/result.json`` under a key of its full config), :func:`plan_runs` (every run a
+set of studies needs) and :func:`execute_jobs` (several runs at a time in worker processes)."""
+
+from __future__ import annotations
+
+import gc
+import json
+import multiprocessing as mp
+import os
+import time
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..io import atomic_write_text
+from ..scoring import evaluate_model, reference_rows
+from ..training.checkpoint import load_model
+from ..training.config import TrainConfig
+from ..training.loop import build_test_set, build_train_set, train
+from .paper import TABLE4_RUNS, TABLE5_ROWS, TABLE6_ROWS
+from .presets import StudyData
+
+__all__ = ["Runner", "RunSpec", "run_name", "plan_runs", "execute_runs", "execute_jobs"]
+
+
+def run_name(model: str, margin: float, seed: int, tag: str = "") -> str:
+    return f"{tag}{model}_m{margin:+.2f}_s{seed}"
+
+
+_TEST_SETS: dict[str, Any] = {}
+_TRAIN_SETS: dict[str, Any] = {}
+
+
+class Runner:
+    """Trains (or reuses) one run per (model, margin, seed, train list) and evaluates it on test splits."""
+
+    def __init__(self, out: Path, data: StudyData, train_kwargs: dict[str, Any], device: str, workers: int,
+                 progress: bool) -> None:
+        self.out, self.data, self.train_kwargs = out, data, train_kwargs
+        self.device, self.workers, self.progress = device, workers, progress
+        self._reference_rows: dict[str, dict[str, dict[str, float]]] = {}
+
+    def test_set(self, test_list: str):
+        key = json.dumps([self.data.test_root, test_list, self.data.annotations, self.data.annotation_format,
+                          bool(self.train_kwargs.get("cache"))])
+        if key not in _TEST_SETS:  # shared by every runner of this process (decoded clips reused)
+            _TEST_SETS[key] = build_test_set(self.data.test_root, test_list, self.data.annotations,
+                                             self.data.annotation_format, cache=bool(self.train_kwargs.get("cache")))
+        return _TEST_SETS[key]
+
+    def train_set(self, config: TrainConfig):
+        key = json.dumps([config.train_root, config.train_list, config.cache, config.max_failures])
+        if key not in _TRAIN_SETS:
+            _TRAIN_SETS.clear()  # one training set's decoded clips in memory at a time
+            _TRAIN_SETS[key] = build_train_set(config)
+        return _TRAIN_SETS[key]
+
+    def reference_rows(self, test_list: str) -> dict[str, dict[str, Any]]:
+        """``center prior`` and ``ceiling`` on every clip of the split, with ``per_clip`` scores."""
+        if test_list not in self._reference_rows:
+            self._reference_rows[test_list] = reference_rows(self.test_set(test_list))
+        return self._reference_rows[test_list]
+
+    def _config(self, model: str, margin: float, seed: int, train_list: str) -> TrainConfig:
+        return TrainConfig(model=model, margin=margin, seed=seed, train_root=self.data.train_root,
+                           train_list=train_list, device=self.device, workers=self.workers, **self.train_kwargs)
+
+    def _cache_entry(self, model: str, margin: float, seed: int, train_list: str, test_lists: Sequence[str],
+                     tag: str = "") -> tuple[Path, TrainConfig, dict[str, Any]]:
+        """Where a run's result lives, its config, and the key a cached result must carry."""
+        config = self._config(model, margin, seed, train_list)
+        path = self.out / "runs" / run_name(model, margin, seed, tag) / "result.json"
+        return path, config, {"config": asdict(config), "tests": list(test_lists)}
+
+    def _cached(self, *spec: Any) -> dict[str, dict[str, Any]] | None:
+        path, _, key = self._cache_entry(*spec)
+        if path.exists():
+            cached = json.loads(path.read_text())
+            if cached.get("key") == key:
+                return cached["results"]
+        return None
+
+    def is_cached(self, *spec: Any) -> bool:
+        return self._cached(*spec) is not None
+
+    def run(self, model: str, margin: float, seed: int, train_list: str, test_lists: Sequence[str],
+            tag: str = "") -> dict[str, dict[str, Any]]:
+        """Train once, evaluate on every test list; cached in ``runs/<name>/result.json``."""
+        spec = (model, margin, seed, train_list, test_lists, tag)
+        cached = self._cached(*spec)
+        if cached is not None:
+            return cached
+        result_path, config, key = self._cache_entry(*spec)
+        run_dir = result_path.parent
+        name = run_dir.name
+        t0, cpu0 = time.time(), time.process_time()
+        if self.progress:
+            print(f"  training {name} ...", flush=True)
+        # no cached result for this key: whatever run_dir holds (a stale or killed run) is replaced
+        train(config, run_dir, progress=self.progress, train_set=self.train_set(config), overwrite=True)
+        net, _, _ = load_model(run_dir / "checkpoint.pt")
+        results = {t: evaluate_model(net, self.test_set(t), self.device,
+                                     batch_size=64, workers=self.workers) for t in test_lists}
+        # wall time depends on the machine's load; CPU time (this process, all its threads) does not
+        results["_seconds"] = {"train_and_eval": round(time.time() - t0, 1),
+                               "cpu": round(time.process_time() - cpu0, 1)}
+        atomic_write_text(json.dumps({"key": key, "results": results}, indent=2), result_path)
+        return results
+
+
+RunSpec = tuple[str, float, int, str, tuple[str, ...], str]  # model, margin, seed, train list, test lists, tag
+
+
+def plan_runs(studies: Sequence[str], data: StudyData, seeds: Sequence[int]) -> list[RunSpec]:
+    """Every training run the requested studies need, once each (Table 6 shares rows with Table 5)."""
+    runs: list[RunSpec] = []
+    test = (data.test_list,)
+    if "table5" in studies or "figures" in studies:
+        runs += [(m, mg, s, data.train_list, test, "") for m, mg in TABLE5_ROWS
+                 for s in (seeds if "table5" in studies else seeds[:1])]
+    if "table6" in studies:
+        runs += [(m, mg, s, data.train_list, test, "") for m, mg in TABLE6_ROWS for s in seeds]
+    if "table4" in studies:
+        tests = (data.heard_test_list, data.unheard_test_list)
+        runs += [(m, mg, s, data.heard_train_list, tests, "heard_") for m, mg in TABLE4_RUNS for s in seeds]
+    return list(dict.fromkeys(runs))
+
+
+_WORKER_RUNNERS: dict[str, Runner] = {}  # per worker process (its datasets are shared: _TEST_SETS, _TRAIN_SETS)
+
+
+def _run_job(args: tuple[Path, StudyData, dict[str, Any], str, int, int, RunSpec]) -> tuple[str, float]:
+    out, data, train_kwargs, device, workers, threads, (model, margin, seed, train_list, tests, tag) = args
+    torch.set_num_threads(threads)
+    t0 = time.time()
+    key = json.dumps([str(out), asdict(data), train_kwargs, device, workers], sort_keys=True)
+    if key not in _WORKER_RUNNERS:
+        _WORKER_RUNNERS[key] = Runner(out, data, train_kwargs, device, workers, progress=False)
+    _WORKER_RUNNERS[key].run(model, margin, seed, train_list, tests, tag)
+    return run_name(model, margin, seed, tag), time.time() - t0
+
+
+def execute_runs(runner: Runner, runs: Sequence[RunSpec], jobs: int) -> None:
+    """Train and evaluate ``runs`` of one runner (see :func:`execute_jobs`)."""
+    execute_jobs([(runner, r) for r in runs], jobs)
+
+
+def execute_jobs(pairs: Sequence[tuple[Runner, RunSpec]], jobs: int) -> None:
+    """Train and evaluate each ``(runner, run)`` (cached ones are skipped), ``jobs`` at a time in separate
+    processes, each with ``cpu_count // jobs`` threads: small CPU models use two single-thread processes
+    better than one two-thread process. A worker process keeps its decoded clips for its next runs."""
+    todo = [(rn, r) for rn, r in pairs if not rn.is_cached(*r)]
+    if not todo:
+        return
+    print(f"{len(todo)} training runs to do ({len(pairs) - len(todo)} cached), {jobs} at a time", flush=True)
+    if jobs <= 1:
+        for rn, r in todo:
+            rn.run(*r)
+        return
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    args = [(rn.out, rn.data, rn.train_kwargs, rn.device, rn.workers, threads, r) for rn, r in todo]
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
+        futures = [pool.submit(_run_job, a) for a in args]
+        for i, f in enumerate(as_completed(futures), 1):
+            name, seconds = f.result()
+            print(f"  [{i}/{len(todo)}] {name} done in {seconds:.0f} s", flush=True)
+    gc.collect()
+
