@@ -121,7 +121,7 @@ TINY = Sizes(
     warmup_steps=1, timed_steps=3, share_rounds=2, preload_batches=2,
     ddp_steps=2, trainer_steps=2,
     bench_args=["--batch-sizes", "8", "--spatial", "3", "--channels", "16", "--repeats", "3", "--budget", "1",
-                "--no-compiled", "--no-train-step"],
+                "--no-compiled", "--no-train-step", "--no-scale", "--no-profile"],
     limits={"embedded_data": 60, "cuda_tests": 120, "train_slice": 120, "torchrun_ddp": 120,
             "torchrun_train": 120, "benchmarks_run": 120},
     workers_cap=0,
