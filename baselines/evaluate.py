@@ -27,19 +27,21 @@ from .data import DataError, gt_map, load_annotations, load_id_list
 from .evaluation import ObjectPrior
 from .io import atomic_write_text
 from .models import build_model, imagenet_resnet18
-from .scoring import evaluate_model, reference_rows, reference_rows_for
+from .scoring import bound_rows, bound_rows_for, evaluate_model, reference_rows, reference_rows_for
 from .training.checkpoint import load_checkpoint
 from .training.config import TrainConfig, add_data_arguments, check_paths, data_error
 from .training.loop import build_test_set
 
-__all__ = ["evaluate_model", "reference_rows", "reference_rows_for", "main"]  # re-exported from .scoring
+__all__ = ["evaluate_model", "bound_rows", "bound_rows_for", "reference_rows", "reference_rows_for", "main"]
+# re-exported from .scoring (reference_rows*: the older names)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m baselines.evaluate", description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--checkpoint", default="", help="checkpoint.pt written by baselines.train")
-    p.add_argument("--reference-rows", action="store_true",
-                   help="only the centre-prior and ceiling rows, from --annotations (and --test-list) alone")
+    p.add_argument("--bound-rows", "--reference-rows", dest="bound_rows", action="store_true",
+                   help="only the protocol's bounds (the center-prior and ceiling rows), from --annotations "
+                        "(and --test-list) alone; --reference-rows is the older name")
     add_data_arguments(p, train=False)
     p.add_argument("--batch-size", type=int, default=64, help="evaluation batch")
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
@@ -61,10 +63,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m baselines.evaluate``; returns the exit status. Raises :class:`baselines.cli.UsageError`
     for the user's errors (one line under :func:`baselines.cli.run_main`)."""
     args = parse_args(argv)
-    if args.reference_rows:
-        return _reference_rows_main(args)
+    if args.bound_rows:
+        return _bound_rows_main(args)
     if not args.checkpoint:
-        raise UsageError("evaluate: no checkpoint given", "give --checkpoint (or --reference-rows with --annotations)")
+        raise UsageError("evaluate: no checkpoint given", "give --checkpoint (or --bound-rows with --annotations)")
     if args.batch_size < 1 or args.workers < 0:
         raise UsageError(f"--batch-size: expected an int >= 1 and --workers an int >= 0, got {args.batch_size} "
                          f"and {args.workers}")
@@ -96,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise data_error(e) from e
     # every row on the same clips: the reference rows on the clips the model was scored on
     result = {"model": config.model, "margin": config.margin, "epoch": state["epoch"], "eval": scored,
-              **reference_rows(test_set, ids=scored["per_clip"]["id"]), "excluded": scored["failed"]}
+              **bound_rows(test_set, ids=scored["per_clip"]["id"]), "excluded": scored["failed"]}
     for name in ("eval", "center prior", "ceiling"):
         r = result[name]
         label = f"{config.model} m={config.margin:+.2f}" if name == "eval" else name
@@ -106,17 +108,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _reference_rows_main(args: argparse.Namespace) -> int:
+def _bound_rows_main(args: argparse.Namespace) -> int:
     """Centre prior and ceiling on an annotation file, e.g. all 5,158 clips of the real ``vggss.json``."""
     if not args.annotations:
-        raise UsageError("evaluate --reference-rows: no annotations given",
+        raise UsageError("evaluate --bound-rows: no annotations given",
                          "give --annotations (vggss.json or the Flickr XML folder)")
     check_paths(args)
     fmt = args.annotation_format or "vggss"
     ids = load_id_list(args.test_list) if args.test_list else None
     boxes = load_annotations(args.annotations, fmt, ids)
     gts = torch.stack([torch.from_numpy(gt_map(b, fmt)) for b in boxes.values()])
-    rows = {name: {k: v for k, v in r.items() if k != "per_clip"} for name, r in reference_rows_for(gts).items()}
+    rows = {name: {k: v for k, v in r.items() if k != "per_clip"} for name, r in bound_rows_for(gts).items()}
     result = {"annotations": Path(args.annotations).name, "test_list": Path(args.test_list).name if args.test_list else None,
               "format": fmt, **rows}
     for name in ("center prior", "ceiling"):

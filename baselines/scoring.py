@@ -27,7 +27,7 @@ from .evaluation import (
     upsample_map,
 )
 
-__all__ = ["evaluate_model", "reference_rows", "reference_rows_for"]
+__all__ = ["evaluate_model", "bound_rows", "bound_rows_for", "reference_rows", "reference_rows_for"]
 
 
 @torch.no_grad()
@@ -93,7 +93,7 @@ def evaluate_model(
 # --------------------------------------------------------------------------- the protocol's bounds on the same clips
 
 
-def reference_rows(test_set: Dataset, batch_size: int = 256,
+def bound_rows(test_set: Dataset, batch_size: int = 256,
                    ids: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
     """The two rows every study table carries, on exactly the clips of ``test_set`` (or, with ``ids``,
     on those of its clips, e.g. the ones a model was scored on): ``center prior`` (a fixed centred
@@ -115,12 +115,12 @@ def reference_rows(test_set: Dataset, batch_size: int = 256,
             raise ValueError(f"ids: expected clips of the test set, got {len(unknown)} others, e.g. {unknown[:3]}")
         gts = gts[[pos[i] for i in ids]]
         all_ids = list(ids)
-    return reference_rows_for(gts, batch_size, ids=all_ids or None)
+    return bound_rows_for(gts, batch_size, ids=all_ids or None)
 
 
-def reference_rows_for(gts: torch.Tensor, batch_size: int = 256,
+def bound_rows_for(gts: torch.Tensor, batch_size: int = 256,
                        ids: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
-    """:func:`reference_rows` from the ground-truth maps ``[N, 224, 224]`` alone (``ids``: their clip ids,
+    """:func:`bound_rows` from the ground-truth maps ``[N, 224, 224]`` alone (``ids``: their clip ids,
     recorded in ``per_clip``)."""
     prior = LocalizationEvaluator()
     centre = center_prior_map()
@@ -141,3 +141,7 @@ def _gt_maps(test_set: Dataset) -> torch.Tensor:
     if callable(gt_for):
         return torch.as_tensor(gt_for())
     return torch.stack([torch.as_tensor(test_set[i]["gt_map"]) for i in range(len(test_set))])  # type: ignore[index]
+
+
+#: The older names of :func:`bound_rows` / :func:`bound_rows_for` ("reference" is the paper's model).
+reference_rows, reference_rows_for = bound_rows, bound_rows_for

@@ -47,8 +47,8 @@ from .studies.runner import Runner, execute_jobs, execute_runs, plan_runs, run_n
 from .studies.tables import (
     DELTA_NOTE,
     add_margin_effects,
+    bound_table_rows,
     markdown_table,
-    reference_table_rows,
     same_clips,
     study_note,
     table_row,
@@ -63,7 +63,7 @@ __all__ = ["PRESETS", "PAPER", "METHOD_NAMES", "STUDIES", "TABLE5_ROWS", "TABLE6
 
 # the names these helpers had in the single-module table5.py (kept for callers and notebooks)
 _run_name, _row, _add_margin_effects, _reference_table_rows = run_name, table_row, add_margin_effects, \
-    reference_table_rows
+    bound_table_rows
 _same_clips, _write, _note = same_clips, write_study, study_note
 
 #: TrainConfig fields a study run can override for every run (``--epochs`` ...); ``None``: not given

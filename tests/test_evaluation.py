@@ -354,11 +354,11 @@ def test_evaluate_model_keeps_per_clip_scores_and_failures():
 
 
 def test_reference_rows_on_the_clips_a_model_was_scored_on():
-    from baselines.evaluate import reference_rows
+    from baselines.evaluate import bound_rows
 
     clips = _Clips()
-    every = reference_rows(clips)
-    some = reference_rows(clips, ids=["clip1", "clip4"])
+    every = bound_rows(clips)
+    some = bound_rows(clips, ids=["clip1", "clip4"])
     assert every["ceiling"]["n"] == 6 and some["ceiling"]["n"] == some["center prior"]["n"] == 2
     assert some["ceiling"]["per_clip"]["id"] == ["clip1", "clip4"]
     for name in ("center prior", "ceiling"):
@@ -366,4 +366,4 @@ def test_reference_rows_on_the_clips_a_model_was_scored_on():
         assert some[name]["per_clip"]["ciou"] == [full["clip1"], full["clip4"]]
         assert some[name]["mean_ciou"] == pytest.approx(100 * (full["clip1"] + full["clip4"]) / 2)
     with pytest.raises(ValueError, match="ids: expected clips of the test set"):
-        reference_rows(clips, ids=["clip1", "nope"])
+        bound_rows(clips, ids=["clip1", "nope"])

@@ -24,7 +24,7 @@ from .figures import plot_noise
 from .paper import METHOD_NAMES
 from .presets import StudyPreset, embedded_data
 from .runner import Runner
-from .tables import add_margin_effects, markdown_table, reference_table_rows, same_clips, table_row, write_study
+from .tables import add_margin_effects, bound_table_rows, markdown_table, same_clips, table_row, write_study
 
 __all__ = ["NOISE_METHODS", "NoisePlan", "plan", "study_noise"]
 
@@ -73,7 +73,7 @@ def study_noise(runner: Runner, p: NoisePlan, seeds: Sequence[int], meta: dict[s
     rows = [table_row(METHOD_NAMES[m], mg, ev, None, seeds, ids, method_key=f"{m}:{rate}", faulty_positive_rate=rate)
             for (m, rate, mg), ev in zip(keys, evals)]
     add_margin_effects(rows, evals, ids)
-    rows += reference_table_rows(runner.reference_rows(test), ids, faulty_positive_rate=None)
+    rows += bound_table_rows(runner.bound_rows(test), ids, faulty_positive_rate=None)
     payload = dict(meta, study="noise", seeds=list(seeds), rows=rows, n_test=len(ids), excluded=excluded,
                    faulty_positive_rates=list(p.rates), margins=list(p.margins))
     note = (f"Data: {runner.data.source}, training split regenerated at each faulty-positive rate (that fraction "

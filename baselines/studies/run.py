@@ -20,9 +20,9 @@ from .presets import PRESETS, REAL_TRAIN, StudyData, embedded_data
 from .runner import Runner, execute_jobs, plan_runs, run_name
 from .tables import (
     add_margin_effects,
+    bound_table_rows,
     markdown_table,
     model_table,
-    reference_table_rows,
     same_clips,
     study_note,
     table_row,
@@ -89,7 +89,7 @@ def study_table4(runner: Runner, seeds: Sequence[int], meta: dict[str, Any]) -> 
         split_rows = [table_row(METHOD_NAMES[m], mg, ev, PAPER["table4"][(split, m, mg)], seeds, ids,
                                 method_key=f"{split}:{m}", split=split) for (m, mg), ev in zip(TABLE4_RUNS, evals)]
         add_margin_effects(split_rows, evals, ids)
-        rows += split_rows + reference_table_rows(runner.reference_rows(test), ids, split=split)
+        rows += split_rows + bound_table_rows(runner.bound_rows(test), ids, split=split)
         n_test[split] = len(ids)
     payload = dict(meta, study="table4", seeds=list(seeds), rows=rows, n_test=n_test, excluded=excluded)
     note = (f"Data: {d.source}; trained on the heard classes only; seeds {list(seeds)}; test clips n = {n_test}. "

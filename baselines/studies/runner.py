@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from ..io import atomic_write_text
-from ..scoring import evaluate_model, reference_rows
+from ..scoring import bound_rows, evaluate_model
 from ..training.checkpoint import load_model
 from ..training.config import TrainConfig
 from ..training.loop import build_test_set, build_train_set, train
@@ -43,7 +43,7 @@ class Runner:
                  progress: bool) -> None:
         self.out, self.data, self.train_kwargs = out, data, train_kwargs
         self.device, self.workers, self.progress = device, workers, progress
-        self._reference_rows: dict[str, dict[str, dict[str, float]]] = {}
+        self._bound_rows: dict[str, dict[str, dict[str, float]]] = {}
 
     def test_set(self, test_list: str):
         key = json.dumps([self.data.test_root, test_list, self.data.annotations, self.data.annotation_format,
@@ -60,11 +60,11 @@ class Runner:
             _TRAIN_SETS[key] = build_train_set(config)
         return _TRAIN_SETS[key]
 
-    def reference_rows(self, test_list: str) -> dict[str, dict[str, Any]]:
+    def bound_rows(self, test_list: str) -> dict[str, dict[str, Any]]:
         """``center prior`` and ``ceiling`` on every clip of the split, with ``per_clip`` scores."""
-        if test_list not in self._reference_rows:
-            self._reference_rows[test_list] = reference_rows(self.test_set(test_list))
-        return self._reference_rows[test_list]
+        if test_list not in self._bound_rows:
+            self._bound_rows[test_list] = bound_rows(self.test_set(test_list))
+        return self._bound_rows[test_list]
 
     def _config(self, model: str, margin: float, seed: int, train_list: str) -> TrainConfig:
         return TrainConfig(model=model, margin=margin, seed=seed, train_root=self.data.train_root,

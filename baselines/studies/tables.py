@@ -1,6 +1,6 @@
 """A study table from its runs' per-clip scores: every row on one identical set of clips
 (:func:`same_clips`), the mean and SD over seeds (:func:`table_row`), the center-prior and ceiling rows
-(:func:`reference_table_rows`), each margin's Δ against its method's m = 0 row with a paired-bootstrap
+(:func:`bound_table_rows`), each margin's Δ against its method's m = 0 row with a paired-bootstrap
 interval (:func:`add_margin_effects`), the Markdown (:func:`markdown_table`) and the files (:func:`write_study`)."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from ..io import atomic_write_text
 from .runner import Runner
 from .stats import common_clips, paired_effects, stack_per_clip
 
-__all__ = ["DELTA_NOTE", "table_row", "reference_table_rows", "add_margin_effects", "markdown_table", "write_study",
+__all__ = ["DELTA_NOTE", "table_row", "bound_table_rows", "add_margin_effects", "markdown_table", "write_study",
            "study_note", "same_clips", "model_table"]
 
 
@@ -47,7 +47,7 @@ def table_row(method: str, margin: float | None, evals: list[dict[str, Any]], pa
     return row
 
 
-def reference_table_rows(ref: dict[str, dict[str, Any]], ids: Sequence[str], **extra: Any) -> list[dict[str, Any]]:
+def bound_table_rows(ref: dict[str, dict[str, Any]], ids: Sequence[str], **extra: Any) -> list[dict[str, Any]]:
     rows = []
     for name, r in ref.items():
         s = summary_on(r, ids)
@@ -140,7 +140,7 @@ def same_clips(runner: Runner, test: str, evals: list[dict[str, Any]]) -> tuple[
     """The clips every evaluation (and the reference rows) scored, and the excluded ones with reasons."""
     test_set = runner.test_set(test)
     tracker = getattr(test_set, "failures", None)
-    keep, excluded = common_clips(evals + list(runner.reference_rows(test).values()), list(test_set.ids),
+    keep, excluded = common_clips(evals + list(runner.bound_rows(test).values()), list(test_set.ids),
                                   tracker.failed if tracker is not None else None)
     if not keep:
         raise ValueError(f"{test}: no test clip was scored by every run ({len(excluded)} excluded)")
@@ -158,5 +158,8 @@ def model_table(runner: Runner, specs: Sequence[tuple[str, str, float, tuple[flo
     rows = [table_row(label, margin, ev, paper, seeds, ids, **dict({"method_key": model}, **extra))
             for (model, label, margin, paper, extra), ev in zip(specs, evals)]
     add_margin_effects(rows, evals, ids, group)
-    return rows + reference_table_rows(runner.reference_rows(test), ids), ids, excluded
+    return rows + bound_table_rows(runner.bound_rows(test), ids), ids, excluded
 
+
+#: The older name of :func:`bound_table_rows`.
+reference_table_rows = bound_table_rows
