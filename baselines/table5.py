@@ -54,7 +54,14 @@ from .studies.tables import (
     table_row,
     write_study,
 )
-from .training.config import TrainConfig, add_data_arguments, add_field_argument, check_config, data_error
+from .training.config import (
+    TrainConfig,
+    add_data_arguments,
+    add_field_argument,
+    check_config,
+    check_paths,
+    data_error,
+)
 
 __all__ = ["PRESETS", "PAPER", "METHOD_NAMES", "STUDIES", "TABLE5_ROWS", "TABLE6_ROWS", "TABLE4_RUNS", "REAL_TRAIN",
            "StudyPreset", "StudyData", "embedded_data", "Runner", "plan_runs", "execute_runs", "execute_jobs",
@@ -122,6 +129,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not all(real):
             raise UsageError("table5: real data needs all of --train-root --train-list --test-root --test-list "
                              "--annotations", "give the five paths, or none for the embedded data")
+        check_paths(args)  # before any run trains: a wrong test path must not wait for the training to end
+        for option in ("heard_train_list", "heard_test_list", "unheard_test_list"):
+            value = getattr(args, option)
+            if value and not Path(value).is_file():
+                flag = "--" + option.replace("_", "-")
+                raise UsageError(f"{flag}: no such file {value!r}", f"check the path given to {flag}")
         data = StudyData(args.train_root, args.train_list, args.test_root, args.test_list, args.annotations,
                          args.annotation_format, args.heard_train_list, args.heard_test_list, args.unheard_test_list,
                          source=f"real:{args.train_list} -> {args.test_list}")

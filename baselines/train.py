@@ -155,9 +155,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m baselines.train", description=__doc__, formatter_class=HelpFormatter)
     add_config_arguments(p)
     p.add_argument("--out", required=True, help="run folder (config, checkpoint, metrics, curves)")
-    run = p.add_mutually_exclusive_group()
-    run.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint.pt")
-    run.add_argument("--overwrite", action="store_true", help="replace the run --out holds")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint.pt")
+    p.add_argument("--overwrite", action="store_true", help="replace the run --out holds (not with --resume)")
     p.add_argument("--stop-after-epoch", type=int, default=None,
                    help="stop after this epoch's checkpoint (continue later with --resume)")
     p.add_argument("--tensorboard", action="store_true", help="also write TensorBoard scalars to --out/tensorboard")
@@ -170,6 +169,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m baselines.train``; returns the exit status. Raises :class:`UsageError` for the user's
     errors (shown as one line by :func:`baselines.cli.run_main`)."""
     args = parse_args(argv)
+    if args.resume and args.overwrite:
+        raise UsageError("--resume continues the run in --out and --overwrite replaces it: not both",
+                         "pass one of them")
     check_paths(args)
     config = config_from_args(args)
     try:

@@ -3,7 +3,7 @@
 Every check raises ``TypeError`` (wrong kind or dtype) or ``ValueError`` (wrong shape or
 value) with a message that names the argument, says what was expected and what was received.
 Nothing is coerced: a scalar check returns the value as a Python ``float`` / ``int`` / ``bool``
-only when it is one already, or a numpy scalar or 0-d tensor holding one (read exactly).
+only when it is one already, or a numpy scalar or 0-d array, 0-d tensor holding one (read exactly).
 
 The public functions of the package check their arguments once and then call private, unchecked
 steps (``functional._...``, ``_kernels``); nothing checks the same tensor twice in one call.
@@ -60,8 +60,8 @@ def check_int(name: str, value: object, minimum: int | None = None) -> int:
 
 def _real(name: str, value: object) -> float:
     """A real scalar as a Python float: ``int``, ``float``, numpy integer/floating scalars
-    (``numbers.Real``), or a 0-d integer/floating tensor that does not require grad."""
-    expected = "a finite float (int, float, numpy scalar or 0-d tensor)"
+    (``numbers.Real``) or 0-d arrays, or a 0-d integer/floating tensor that does not require grad."""
+    expected = "a finite float (int, float, numpy scalar or 0-d array, 0-d tensor)"
     if isinstance(value, torch.Tensor):
         if value.dim() != 0:
             raise TypeError(f"{name}: expected {expected}, got a tensor of shape {tuple(value.shape)}")
@@ -73,6 +73,10 @@ def _real(name: str, value: object) -> float:
                 f"got a 0-d tensor that requires grad; pass {name}.detach()"
             )
         return float(value.item())
+    if type(value).__module__ == "numpy" and getattr(value, "ndim", None) == 0:  # a 0-d array, read exactly
+        if getattr(getattr(value, "dtype", None), "kind", None) not in ("i", "u", "f"):
+            raise TypeError(f"{name}: expected {expected}, got a 0-d array of dtype {value.dtype}")  # type: ignore[attr-defined]
+        return float(value.item())  # type: ignore[attr-defined]
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name}: expected {expected}, got {type(value).__name__} {value!r}")
     return float(value)

@@ -319,7 +319,7 @@ def margin_nce(
 
     Args:
         sim: ``[B, B]`` similarities, row ``i`` = image ``i``, column ``j`` = audio ``j``.
-        margin: ``m``, finite (a float, numpy scalar or 0-d tensor).
+        margin: ``m``, finite (a float, numpy scalar or 0-d array, 0-d tensor).
         tau: temperature, finite and > 0.
         symmetric: add the column direction.
         extra_negatives: optional ``[B, K]`` further negative similarities per row

@@ -46,7 +46,7 @@ class _MarginNCEBase(nn.Module):
 
     @property
     def margin(self) -> float:
-        """``m`` of eq. 3; assignable (a float, numpy scalar or 0-d tensor, checked), e.g. for a margin schedule."""
+        """``m`` of eq. 3; assignable (a float, numpy scalar, 0-d array or tensor; checked), e.g. a schedule."""
         return self._margin
 
     @margin.setter
@@ -177,7 +177,7 @@ class LocalizationMarginNCE(_MarginNCEBase):
 
     Args:
         similarity: ``"thresholded"`` (eq. 1) or ``"max"`` (max-MIL).
-        margin: ``m`` of eq. 3 (paper: -0.2); a float, numpy scalar or 0-d tensor, assignable.
+        margin: ``m`` of eq. 3 (paper: -0.2); a float, numpy scalar or 0-d array, 0-d tensor, assignable.
         tau: temperature of eq. 3, > 0 (paper: 0.07; EZ-VSL: 0.03).
         epsilon: eq. 1's threshold (paper: 0.65); unused by ``"max"``.
         beta: eq. 1's sigmoid temperature, > 0 (paper: 0.03); unused by ``"max"``.

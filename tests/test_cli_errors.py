@@ -153,9 +153,10 @@ def test_a_run_folder_is_not_overwritten(fx: AVFixture, trained: Path, tmp_path:
     assert code == 1
     _one_error_line(err, f"--out {trained} already holds a run", "--resume", "--overwrite")
     assert _snapshot(trained) == before  # byte for byte
-    with pytest.raises(SystemExit) as exit_:  # argparse: the two do not combine
-        train_cli.parse_args(train_argv(fx, trained, "--resume", "--overwrite"))
-    assert exit_.value.code == 2
+    code, _, err = _run(train_cli.main, train_argv(fx, trained, "--resume", "--overwrite"), capsys)
+    assert code == 1  # the two do not combine: one line, not argparse's usage block
+    _one_error_line(err, "--resume", "--overwrite", "not both", "pass one of them")
+    assert _snapshot(trained) == before
     # an explicit --overwrite replaces the run (and nothing of the old one stays)
     copy = tmp_path / "copy"
     copy.mkdir()
@@ -266,3 +267,35 @@ def test_package_metadata_installs_the_kit() -> None:
         assert callable(getattr(importlib.import_module(module), name))
         tool = name.replace("_entry", "")
         assert callable(importlib.import_module(f"baselines.{tool}").main)
+
+
+def test_table5_checks_real_data_paths_before_any_run(fx: AVFixture, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture) -> None:
+    """A wrong test path must not wait until every run of the study has trained."""
+    from baselines import table5
+
+    real = ["--train-root", str(fx.root), "--train-list", str(fx.train_list), "--test-root", str(fx.root),
+            "--test-list", str(fx.test_list), "--annotations", str(fx.annotations)]
+    for flag, bad in (("--test-root", tmp_path / "nope"), ("--annotations", tmp_path / "nope.json")):
+        argv = [*real, "--out", str(tmp_path / "out"), "--seeds", "0", "--epochs", "1", "--limit-steps", "1"]
+        argv[argv.index(flag) + 1] = str(bad)
+        code, _, err = _run(table5.main, argv, capsys)
+        assert code == 1
+        _one_error_line(err, flag, "no such")
+        assert not (tmp_path / "out").exists()  # nothing trained, nothing written
+    code, _, err = _run(table5.main, [*real, "--out", str(tmp_path / "out"), "--heard-train-list", str(tmp_path / "h.txt")],
+                        capsys)
+    assert code == 1
+    _one_error_line(err, "--heard-train-list: no such file")
+
+
+def test_prepare_write_clean_into_a_missing_folder(fx: AVFixture, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from baselines.prepare import cli as prepare_cli
+
+    target = tmp_path / "nodir" / "clean.txt"
+    code, out, err = _run(prepare_cli.main, ["--verify", str(fx.root), "--ids", str(fx.train_list),
+                                             "--write-clean", str(target)], capsys)
+    assert code == 1
+    _one_error_line(err, "--write-clean", "nodir", "create it first")
+    assert out == "" and not target.parent.exists()  # refused before verifying anything
+

@@ -190,8 +190,10 @@ def test_int_check():
 
 @pytest.mark.parametrize(
     "margin",
-    [np.float64(-0.2), np.float32(-0.25), np.int64(0), torch.tensor(-0.2, dtype=torch.float64), torch.tensor(-0.25)],
-    ids=["np.float64", "np.float32", "np.int64", "0-d float64 tensor", "0-d float32 tensor"],
+    [np.float64(-0.2), np.float32(-0.25), np.int64(0), np.array(-0.2), np.array(-0.25, dtype=np.float32),
+     torch.tensor(-0.2, dtype=torch.float64), torch.tensor(-0.25)],
+    ids=["np.float64", "np.float32", "np.int64", "0-d float64 array", "0-d float32 array", "0-d float64 tensor",
+         "0-d float32 tensor"],
 )
 def test_numpy_and_0d_tensor_margins_give_the_loss_of_the_float(margin):
     as_float = margin.item()
@@ -209,16 +211,18 @@ def test_numpy_and_0d_tensor_margins_give_the_loss_of_the_float(margin):
 @pytest.mark.parametrize(
     "margin,kind,pattern",
     [
-        ("-0.2", TypeError, r"margin: expected a finite float \(int, float, numpy scalar or 0-d tensor\), got str '-0.2'"),
+        ("-0.2", TypeError, r"margin: expected a finite float \(int, float, numpy scalar or 0-d array, 0-d tensor\), got str '-0.2'"),
         (True, TypeError, r"margin: expected a finite float .*got bool True"),
         (torch.tensor([-0.2]), TypeError, r"margin: expected a finite float .*got a tensor of shape \(1,\)"),
         (torch.tensor(True), TypeError, r"margin: expected a finite float .*got a 0-d tensor of dtype torch.bool"),
         (torch.tensor(-0.2, requires_grad=True), TypeError, r"margin: .*without grad .*pass margin.detach\(\)"),
         (np.array([-0.2]), TypeError, r"margin: expected a finite float .*got ndarray"),
+        (np.array(True), TypeError, r"margin: expected a finite float .*got a 0-d array of dtype bool"),
         (np.float64("nan"), ValueError, r"margin: expected a finite float, got"),
         (torch.tensor(float("inf")), ValueError, r"margin: expected a finite float, got"),
     ],
-    ids=["str", "bool", "1-element tensor", "bool tensor", "tensor requiring grad", "ndarray", "numpy nan", "tensor inf"],
+    ids=["str", "bool", "1-element tensor", "bool tensor", "tensor requiring grad", "ndarray", "0-d bool array",
+         "numpy nan", "tensor inf"],
 )
 def test_other_margins_are_refused_not_coerced(margin, kind, pattern):
     with pytest.raises(kind, match=pattern):

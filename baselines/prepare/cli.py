@@ -126,6 +126,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("expected --videos DIR and --out ROOT (or --verify ROOT --ids LIST)")
     elif args.write_clean is not None:
         parser.error("--write-clean CLEAN goes with --verify ROOT --ids LIST")
+    if args.write_clean is not None and not args.write_clean.parent.is_dir():
+        raise UsageError(f"--write-clean: no folder {str(args.write_clean.parent)!r} to write {args.write_clean.name!r} "
+                         "into", "create it first, or give a path in an existing folder")
     try:
         ids = read_ids(args.ids) if args.ids is not None else None
         if args.verify is not None:
