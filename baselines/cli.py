@@ -51,7 +51,14 @@ class UsageError(Exception):
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """``--help`` keeps the description's layout (usage examples) and shows every option's default."""
+    """``--help`` keeps the description's layout (usage examples) and shows every option's default --
+    except for on/off switches, whose default is "off" by construction: ``--no-amp (default: True)``
+    would read as if the switch were on."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+            return action.help or ""
+        return super()._get_help_string(action) or ""
 
 
 def one_line(text: str) -> str:
