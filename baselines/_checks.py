@@ -1,40 +1,12 @@
 """Argument checks of the kit, in the package's message style (``<name>: expected <what>, got <value>``).
 
-The finite / positive / choice checks are :mod:`marginnce_loss._validation`'s own. ``check_bool`` and
-``check_int`` come from there too once the package ships them; until then the same two functions
-(same messages, same exceptions) are defined here.
+The bool / int / finite / positive / choice checks are :mod:`marginnce_loss._validation`'s own,
+re-exported; this module adds the kit's string, path and range checks.
 """
 
 from __future__ import annotations
 
-from marginnce_loss._validation import check_choice, check_finite, check_positive
-
-try:  # the package's bool / int checks (marginnce_loss >= the redesign of issue 16)
-    from marginnce_loss._validation import check_bool, check_int  # type: ignore[attr-defined]
-except ImportError:  # pragma: no cover - exercised on a package without them
-
-    def check_bool(name: str, value: object) -> bool:
-        """A ``bool`` (``0`` / ``1`` and numpy bools are refused: nothing is coerced).
-
-        Raises:
-            TypeError: ``value`` is not a ``bool``.
-        """
-        if not isinstance(value, bool):
-            raise TypeError(f"{name}: expected a bool, got {type(value).__name__} {value!r}")
-        return value
-
-    def check_int(name: str, value: object, minimum: int | None = None) -> int:
-        """An ``int`` (``bool`` refused), at least ``minimum`` when given.
-
-        Raises:
-            TypeError: ``value`` is not an ``int`` (or is a ``bool``).
-            ValueError: ``value < minimum``.
-        """
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"{name}: expected an int, got {type(value).__name__} {value!r}")
-        if minimum is not None and value < minimum:
-            raise ValueError(f"{name}: expected an int >= {minimum}, got {value!r}")
-        return value
+from marginnce_loss._validation import check_bool, check_choice, check_finite, check_int, check_positive
 
 
 def check_str(name: str, value: object) -> str:
