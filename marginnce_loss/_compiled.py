@@ -9,10 +9,12 @@
   around them are fused, forward and backward. A new batch size does not recompile.
 - ``"auto"``: ``"compiled"`` for CUDA tensors, ``"eager"`` otherwise (CPU compile time rarely pays
   for itself in a training loop; pass ``"compiled"`` to ask for it) -- except the max-MIL kernels
-  (:data:`CUDA_UNVERIFIED`), which stay eager on CUDA: on the one GPU check so far (an H200, torch
-  2.11) the compiled max-MIL loss returned the right value but all-zero gradients, and no GPU has
-  been available since to find the cause. An explicit ``backend="compiled"`` for them on CUDA runs
-  compiled and warns once per kernel; ``python -m benchmarks.device_check`` runs the CUDA test
+  (:data:`CUDA_UNVERIFIED`), which stay eager on CUDA. On an H200 with torch 2.11 the compiled max-MIL
+  loss first returned the right value with all-zero gradients; after the per-block sorted backward
+  (the current kernels) inductor fails to compile that backward (``InductorError: NotImplementedError:
+  View`` in its ``searchsorted`` lowering; ``benchmarks/results/device-check-cuda-nvidia-h200.md``).
+  An explicit ``backend="compiled"`` for them on CUDA runs compiled and warns once per kernel;
+  ``python -m benchmarks.device_check`` runs the CUDA test
   (``tests/test_fused.py::test_compiled_matches_eager_on_cuda``) that decides when to lift this.
 
 If compilation is unavailable (no working C++ compiler or Triton, an unsupported Python, ...) a
@@ -110,8 +112,9 @@ class CompiledKernel:
             self._warned_cuda = True
             warnings.warn(
                 f"marginnce_loss: backend='compiled' for {self.name} on CUDA is unverified: on an H200 with "
-                "torch 2.11 its gradients came out all zero; use backend='eager' (what 'auto' picks) unless "
-                "python -m benchmarks.device_check passes its CUDA tests on your machine",
+                "torch 2.11 its gradients came out all zero, then its backward failed to compile; use "
+                "backend='eager' (what 'auto' picks) unless python -m benchmarks.device_check passes its CUDA "
+                "tests on your machine",
                 RuntimeWarning,
                 stacklevel=4,
             )
