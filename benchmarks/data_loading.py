@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import statistics
 import sys
@@ -49,6 +48,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from .machine import device_name, write_results
 
 RESULTS = Path(__file__).resolve().parent / "results"
 FRAME_W, FRAME_H = 640, 360
@@ -269,8 +270,6 @@ def time_pipelines(pipelines: dict[str, Callable[[int], object]], n_items: int, 
 
 
 def cpu_name() -> str:
-    from .machine import device_name
-
     return device_name(torch.device("cpu"))
 
 
@@ -409,10 +408,7 @@ def _main(args: argparse.Namespace, argv: Sequence[str] | None, root: Path) -> d
         })
     result = {"meta": meta, "pipelines": rows, "outputs": outputs}
     report = markdown(meta, rows, outputs)
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.name or f"data-loading-{meta['device']}"
-    (args.out / f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
-    (args.out / f"{stem}.md").write_text(report)
+    write_results(args.out, args.name or f"data-loading-{meta['device']}", result, report)
     print(report)
     return result
 

@@ -76,6 +76,8 @@ from typing import Any
 
 import torch
 
+from .machine import device_name, write_results
+
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
 STEPS = ("embedded_data", "cuda_tests", "train_slice", "torchrun_ddp", "torchrun_train", "benchmarks_run")
@@ -744,8 +746,6 @@ def _run_worker(name: str, config_path: Path, result_path: Path) -> int:
 
 
 def device_meta(device: torch.device) -> dict[str, Any]:
-    from .machine import device_name
-
     meta: dict[str, Any] = {
         "device": device_name(device),
         "device_type": device.type,
@@ -923,9 +923,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         ran = any(r.name == "benchmarks_run" and r.results for r in records)
         bench_md = bench.read_text() if ran and bench.is_file() else None
         result = {"meta": meta, "steps": [asdict(r) for r in records]}
-        (args.out / f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
         report = markdown(meta, records, bench_md)
-        (args.out / f"{stem}.md").write_text(report)
+        write_results(args.out, stem, result, report)
         return report
 
     try:

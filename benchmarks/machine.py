@@ -1,15 +1,16 @@
-"""The machine a benchmark ran on, as a file-name slug (shared by :mod:`benchmarks.run`,
-:mod:`benchmarks.data_loading` and :mod:`benchmarks.device_check`)."""
+"""What the benchmarks share (:mod:`benchmarks.run`, :mod:`benchmarks.data_loading`,
+:mod:`benchmarks.device_check`): the machine as a file-name slug, and how results are written."""
 
 from __future__ import annotations
 
+import json
 import platform
 import re
 from pathlib import Path
 
 import torch
 
-__all__ = ["device_name"]
+__all__ = ["device_name", "write_results"]
 
 
 def device_name(device: torch.device) -> str:
@@ -28,3 +29,10 @@ def device_name(device: torch.device) -> str:
         raw = re.sub(r"\((R|TM|tm|r)\)|\bCPU\b|@.*$", " ", raw)
     slug = re.sub(r"[^a-z0-9]+", "-", raw.lower()).strip("-")
     return f"{device.type}-{slug}"
+
+
+def write_results(out: Path, stem: str, result: dict, report: str) -> None:
+    """``<out>/<stem>.json`` (every number) and ``<out>/<stem>.md`` (the tables); ``out`` is created."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
+    (out / f"{stem}.md").write_text(report)

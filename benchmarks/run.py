@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import statistics
 import sys
@@ -56,7 +55,7 @@ import marginnce_loss
 from marginnce_loss import LocalizationMarginNCE
 
 from . import upstream_style
-from .machine import device_name  # noqa: F401 (benchmarks.run.device_name keeps working)
+from .machine import device_name, write_results  # noqa: F401 (benchmarks.run.device_name keeps working)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MARGIN = -0.2
@@ -718,10 +717,7 @@ def _main(args: argparse.Namespace, argv: Sequence[str] | None) -> dict:
         quick = ["--clips", "16", "--rounds", "3"] if args.quick else []
         result["data_loading"] = data_loading.main(["--out", str(args.out)] + quick)["pipelines"]
     report = markdown(meta, rows, train, scale, prof)
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.name or (meta["device"] + ("-1thread" if meta["threads"] == 1 else ""))
-    (args.out / f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
-    (args.out / f"{stem}.md").write_text(report)
+    write_results(args.out, args.name or (meta["device"] + ("-1thread" if meta["threads"] == 1 else "")), result, report)
     print(report)
     return result
 
