@@ -195,7 +195,8 @@ def load_clip(frame_path: str | os.PathLike[str], audio_path: str | os.PathLike[
     """Decode a prepared clip's two files and apply the rule.
 
     Returns:
-        ``(image, samples, sample_rate)``: the frame converted to RGB, the audio float64
+        ``(image, samples, sample_rate)``: the frame as decoded (an accepted 8-bit mode; convert it with
+        ``baselines.data.frames._rgb_tensor``, which copies only when it is not RGB), the audio float64
         ``[n, channels]`` as decoded and its rate, for a clip without problems.
 
     Raises:
@@ -206,4 +207,4 @@ def load_clip(frame_path: str | os.PathLike[str], audio_path: str | os.PathLike[
     problems = clip_problems(image, (samples, rate))
     if problems:
         raise ClipRejected("; ".join(problems))
-    return image.convert("RGB"), samples, rate
+    return image, samples, rate

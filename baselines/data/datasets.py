@@ -45,7 +45,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .._checks import check_int
-from .acceptance import ClipRejected, clip_problems, decode_audio, decode_frame
+from .acceptance import ClipRejected, load_clip
 from .annotations import GT_FORMATS, GT_SIZE, gt_map, load_flickr_annotations, load_vggss_annotations
 from .audio import CLIP_SAMPLES, log_spectrogram, waveform_from_samples
 from .failures import DECODE_ERRORS, DataError, DataFailureTracker, FailedSample, _remove_owned_file
@@ -217,13 +217,8 @@ class AudioVisualDataset(Dataset):
         hit = self._cache.get(clip_id)
         if hit is not None:
             return hit
-        # the acceptance rule shared with prepare and --verify (acceptance.load_clip's steps, in its order;
-        # clip_problems decides), raising ClipRejected with their reason
-        image = decode_frame(self.image_path(clip_id))
-        samples, rate = decode_audio(self.audio_path(clip_id))
-        problems = clip_problems(image, (samples, rate))
-        if problems:
-            raise ClipRejected("; ".join(problems))
+        # the acceptance rule shared with prepare and --verify; raises ClipRejected with its reason
+        image, samples, _ = load_clip(self.image_path(clip_id), self.audio_path(clip_id))
         frame = resize_frame(_rgb_tensor(image), self.split, self.image_size)
         # waveform_from_samples clips and averages sample by sample and then takes the centered
         # CLIP_SAMPLES: taking them first (same start) gives the same waveform from 3 s instead of 10
