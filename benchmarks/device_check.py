@@ -54,6 +54,7 @@ from __future__ import annotations
 import argparse
 import collections
 import datetime
+import gc
 import json
 import math
 import os
@@ -708,6 +709,8 @@ def worker_ddp(cfg: dict[str, Any]) -> dict[str, Any] | None:
         mean = torch.tensor([float(values.mean())], dtype=torch.float64, device=device)
         dist.all_reduce(mean)
     finally:
+        net = step = None  # type: ignore[assignment]  # drop the references to the DDP wrapper
+        gc.collect()  # the DDP cycles go before the group (baselines.training.distributed.ProcessGroup.close)
         dist.destroy_process_group()
     if rank != 0:
         return None

@@ -8,6 +8,7 @@ DistributedDataParallel, so the gradients compared are the ones DDP leaves after
 
 from __future__ import annotations
 
+import gc
 import itertools
 import os
 from datetime import timedelta
@@ -160,6 +161,9 @@ def _worker(r: int, tmp: str) -> None:
 
         torch.save(out, os.path.join(tmp, f"rank{r}.pt"))
     finally:
+        # free the DDP wrappers' reference cycles while the group is destroyed, not at interpreter
+        # shutdown (which aborts the process; see baselines.training.distributed.ProcessGroup.close)
+        gc.collect()
         dist.destroy_process_group()
 
 

@@ -30,6 +30,7 @@ scaling) moves most elements by a good fraction of ``lr``. Every weight tensor h
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import socket
@@ -137,6 +138,7 @@ def _worker(r: int, tmp: str, port: int, fx: AVFixture, bad: AVFixture) -> None:
         result["broken"] = _catch(lambda: train(replace(_configs(bad)["ezvsl"], max_failures=1), tmp_path / "bad",
                                                 progress=False))
     finally:
+        gc.collect()  # as ProcessGroup.close does: the DDP cycles go before the group
         dist.destroy_process_group()
     torch.save(result, tmp_path / f"rank{r}.pt")
 
