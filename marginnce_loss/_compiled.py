@@ -11,8 +11,10 @@
   for itself in a training loop; pass ``"compiled"`` to ask for it) -- except the max-MIL kernels
   (:data:`CUDA_UNVERIFIED`), which stay eager on CUDA. On an H200 with torch 2.11 the compiled max-MIL
   loss first returned the right value with all-zero gradients; after the per-block sorted backward
-  (the current kernels) inductor fails to compile that backward (``InductorError: NotImplementedError:
-  View`` in its ``searchsorted`` lowering; ``benchmarks/results/device-check-cuda-nvidia-h200.md``).
+  inductor failed to compile that backward (``InductorError: NotImplementedError: View`` in its
+  ``searchsorted`` lowering; ``benchmarks/results/device-check-cuda-nvidia-h200.md``). The backward now
+  finds its bag offsets with a scatter and a prefix sum instead (no ``searchsorted``); that version has
+  not run on a GPU yet, so the guard stays until the device check passes.
   An explicit ``backend="compiled"`` for them on CUDA runs compiled and warns once per kernel;
   ``python -m benchmarks.device_check`` runs the CUDA test
   (``tests/test_fused.py::test_compiled_matches_eager_on_cuda``) that decides when to lift this.

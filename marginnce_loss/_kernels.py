@@ -364,7 +364,10 @@ def _max_backward_sparse(
         if grad_img is not None:
             positions, order = torch.sort(index[i0:i1], dim=1, stable=True)  # per image, by position
             keys = (positions + base).reshape(-1)  # bag (i, p) of each entry, non-decreasing
-            offsets = torch.searchsorted(keys, torch.arange(k * hw, device=keys.device, dtype=keys.dtype))
+            # bag q starts after the entries of bags < q: the exclusive prefix sum of the bag sizes
+            # (a static-shape scatter: inductor's searchsorted lowering fails on CUDA, torch 2.11)
+            sizes = torch.zeros(k * hw, device=keys.device, dtype=keys.dtype).index_add_(0, keys, torch.ones_like(keys))
+            offsets = sizes.cumsum(0) - sizes
             weights = g[i0:i1].gather(1, order).reshape(-1)
             # [k*HW, C]
             bags = nnf.embedding_bag(order.reshape(-1), aud, offsets, per_sample_weights=weights, mode="sum")
