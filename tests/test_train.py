@@ -31,6 +31,7 @@ from baselines.train import (  # noqa: E402
     load_checkpoint,
     train,
 )
+from baselines.training.config import AUTO_WORKERS, auto_workers  # noqa: E402
 
 from .fixtures import AVFixture, break_audio, break_frame, make_av_dataset, train_argv, train_config
 
@@ -235,7 +236,8 @@ def test_broken_clips_are_counted_and_stop_the_run_past_the_threshold(tmp_path: 
     ("weight_decay", -1e-4, ValueError, r"weight_decay: expected a finite float >= 0, got -0.0001"),
     ("margin", float("inf"), ValueError, r"margin: expected a finite float, got inf"),
     ("max_failures", 1.5, ValueError, r"max_failures: expected a fraction in \[0, 1\) or a count >= 0, got 1.5"),
-    ("workers", -1, ValueError, r"workers: expected an int >= 0, got -1"),
+    ("workers", -2, ValueError, r"workers: expected an int >= 0, or -1 \(auto\), got -2"),
+    ("workers", 1.0, TypeError, r"workers: expected an int, got float 1.0"),
     ("seed", -3, ValueError, r"seed: expected an int >= 0, got -3"),
     ("dim", 0, ValueError, r"dim: expected an int >= 1, got 0"),
     ("width", 1, ValueError, r"width: expected an int >= 2, got 1"),
@@ -268,6 +270,25 @@ def test_other_argument_errors(fx: AVFixture, tmp_path: Path) -> None:
     args = train_cli.parse_args(train_argv(fx, tmp_path, "--max-failures", "3"))
     assert args.max_failures == 3 and isinstance(args.max_failures, int)
     assert train_cli.parse_args(train_argv(fx, tmp_path, "--max-failures", "0.05")).max_failures == 0.05
+
+
+def test_workers_auto(fx: AVFixture, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--workers auto (the default, -1): 0 on CPU; on CUDA min(8, cores of this rank - 1)."""
+    assert TrainConfig().workers == AUTO_WORKERS == -1
+    assert train_cli.parse_args(train_argv(fx, tmp_path, "--workers", "auto")).workers == AUTO_WORKERS
+    assert train_cli.parse_args(train_argv(fx, tmp_path, "--workers", "3")).workers == 3
+    assert effective_config(train_config(fx, workers=AUTO_WORKERS))[0].workers == 0  # CPU
+    assert effective_config(train_config(fx, workers=5))[0].workers == 5  # a number is kept
+    cuda = replace(train_config(fx), device="cuda", workers=AUTO_WORKERS)
+    for cores, local_world, expected in ((16, None, 8), (16, "4", 3), (4, None, 3), (1, None, 0), (8, "8", 0)):
+        monkeypatch.setattr("os.sched_getaffinity", lambda pid, n=cores: set(range(n)), raising=False)
+        if local_world is None:
+            monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+        else:
+            monkeypatch.setenv("LOCAL_WORLD_SIZE", local_world)
+        assert auto_workers("cuda") == expected, (cores, local_world)
+        assert effective_config(cuda)[0].workers == expected
+    assert auto_workers("cpu") == 0
 
 
 # --------------------------------------------------------------------------- the global-batch sampler

@@ -21,7 +21,7 @@ from ..data.datasets import DataError
 from ..layout import AUDIO_DIR, FRAMES_DIR
 from ..models import BACKBONES, MODELS, NORMS, ModelConfig
 
-__all__ = ["TrainConfig", "ConfigError", "DEVICES", "ANNOTATION_FORMATS", "RESUME_INDEPENDENT", "RECORD_KEYS",
+__all__ = ["TrainConfig", "ConfigError", "AUTO_WORKERS", "auto_workers", "DEVICES", "ANNOTATION_FORMATS", "RESUME_INDEPENDENT", "RECORD_KEYS",
            "MODEL_FIELDS", "add_config_arguments", "add_data_arguments", "add_field_argument", "config_argv",
            "config_from_args", "check_config",
            "check_paths", "effective_config", "data_error", "fraction_or_count"]
@@ -48,6 +48,27 @@ DATA_FIELDS = ("train_root", "train_list", "test_root", "test_list", "annotation
 
 class ConfigError(UsageError, ValueError):
     """A config value that cannot run here (a ``ValueError`` to library callers; one line from the CLI)."""
+
+
+#: ``workers`` value (``--workers auto``) that :func:`effective_config` resolves with :func:`auto_workers`.
+AUTO_WORKERS = -1
+
+
+def auto_workers(device: str) -> int:
+    """DataLoader workers of ``--workers auto``: on CUDA ``min(8, c - 1)`` with ``c`` the CPU cores this
+    process may use divided by torchrun's ``LOCAL_WORLD_SIZE`` (the ranks sharing the machine), so the
+    GPU is fed while one core per rank stays with the training loop; on CPU 0 (the step's own
+    intra-op threads already use every core)."""
+    if device != "cuda":
+        return 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    per_rank = cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(0, min(8, per_rank - 1))
+
+
+def int_or_auto(text: str) -> int:
+    """``"auto"`` -> :data:`AUTO_WORKERS`, ``"3"`` -> 3 (the ``--workers`` parser)."""
+    return AUTO_WORKERS if text == "auto" else int(text)
 
 
 def fraction_or_count(text: str) -> float | int:
@@ -95,7 +116,9 @@ class TrainConfig:
     lr: float = _f(1e-4, "Adam learning rate", check="positive")
     weight_decay: float = _f(1e-4, "Adam weight decay", check="nonnegative")
     seed: int = _f(0, "run seed (initialisation, order, augmentation)", minimum=0)
-    workers: int = _f(0, "DataLoader worker processes", minimum=0)
+    workers: int = _f(-1, "DataLoader worker processes per rank; auto (or -1): min(8, this rank's CPU cores - 1) "
+                          "on CUDA, 0 on CPU (where the step itself uses every core)", minimum=-1,
+                      type=int_or_auto, metavar="N|auto")
     device: str = _f("cpu", "where to train", choices=DEVICES)
     amp: bool = _f(True, "no bfloat16 autocast on CUDA", flag="--no-amp")
     max_failures: float = _f(0.01, "stop when more clips of a split are broken or missing than this fraction "
@@ -262,6 +285,8 @@ def _check_fields(c: TrainConfig) -> None:
                 raise ValueError(f"max_failures: expected a fraction in [0, 1) or a count >= 0, got {v!r}")
         elif kind == "bool":
             check_bool(f.name, v)
+        elif f.name == "workers" and isinstance(v, int) and not isinstance(v, bool) and v < AUTO_WORKERS:
+            raise ValueError(f"workers: expected an int >= 0, or {AUTO_WORKERS} (auto), got {v}")
         elif kind == "int":
             check_int(f.name, v, meta.get("minimum"))
         elif kind == "float":
@@ -276,12 +301,15 @@ def _check_fields(c: TrainConfig) -> None:
 
 def effective_config(config: TrainConfig) -> tuple[TrainConfig, dict[str, Any]]:
     """``(config as it applies on config.device, {field: requested value} of what did not apply)``:
-    ``amp`` (bfloat16 autocast) is CUDA-only; ``sync_batchnorm`` is CUDA-only and needs ``norm="batch"``."""
+    ``amp`` (bfloat16 autocast) is CUDA-only; ``sync_batchnorm`` is CUDA-only and needs ``norm="batch"``;
+    ``workers=AUTO_WORKERS`` becomes :func:`auto_workers`'s count (a resolved value, not a refusal: not
+    listed in the second item)."""
     on_cuda = config.device == "cuda"
     applied = {"amp": config.amp and on_cuda,
                "sync_batchnorm": config.sync_batchnorm and on_cuda and config.norm == "batch"}
     not_applied = {k: getattr(config, k) for k, v in applied.items() if getattr(config, k) != v}
-    return replace(config, **applied), not_applied
+    workers = auto_workers(config.device) if config.workers == AUTO_WORKERS else config.workers
+    return replace(config, **applied, workers=workers), not_applied
 
 
 def check_paths(args: argparse.Namespace) -> None:
