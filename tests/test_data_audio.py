@@ -176,3 +176,52 @@ def test_load_spectrogram_pipeline_matches_scipy(tmp_path):
     start = (7 * FS - CLIP_SAMPLES) // 2
     ref = scipy_log_spec(pcm[start:start + CLIP_SAMPLES] / 32768.0)
     assert np.abs(spec[0].numpy() - ref).max() < 1e-4
+
+
+# --------------------------------------------------------------------------- the acceptance rule's windowed read
+
+
+@pytest.mark.parametrize("n", [FS, CLIP_SAMPLES - 1, CLIP_SAMPLES, CLIP_SAMPLES + 1, 10 * FS, 10 * FS + 7])
+@pytest.mark.parametrize("subtype", ["PCM_16", "PCM_24", "PCM_U8"])
+def test_windowed_read_equals_the_whole_read_cropped(tmp_path, n, subtype):
+    """An integer-PCM WAV read by window gives the centred samples of the whole read, bit for bit,
+    and the file's full length; the dataset's spectrogram is the same either way."""
+    from baselines.data.acceptance import decode_audio, decode_audio_window
+
+    pcm = np.random.default_rng(n).integers(-20000, 20000, size=n, dtype=np.int16)
+    path = _write(tmp_path / "a.wav", pcm, subtype=subtype)
+    whole, rate = decode_audio(path)
+    window, rate_w, total = decode_audio_window(path, CLIP_SAMPLES)
+    assert (rate_w, total) == (rate, n) and window.dtype == np.float64
+    start = (n - CLIP_SAMPLES) // 2 if n > CLIP_SAMPLES else 0
+    np.testing.assert_array_equal(window, whole[start:start + CLIP_SAMPLES])
+
+
+def test_windowed_read_gives_the_whole_reads_verdict(tmp_path):
+    """Too short, wrong rate, stereo: the same reasons as the whole read; a float file is read whole,
+    so a NaN outside the window still rejects it."""
+    from baselines.data.acceptance import ClipRejected, load_clip
+
+    frame = tmp_path / "f.png"
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(frame)
+    cases = {
+        "short": (np.zeros(FS // 2, dtype=np.int16), FS, "PCM_16"),
+        "rate": (np.zeros(3 * FS, dtype=np.int16), 22050, "PCM_16"),
+        "stereo": (np.zeros((10 * FS, 2), dtype=np.int16), FS, "PCM_16"),
+        "nan": (np.concatenate([np.full(FS, np.nan), np.zeros(9 * FS)]), FS, "FLOAT"),
+    }
+    for name, (data, rate, subtype) in cases.items():
+        path = tmp_path / f"{name}.wav"
+        sf.write(str(path), data, rate, subtype=subtype)
+        reasons = []
+        for window in (None, CLIP_SAMPLES):
+            with pytest.raises(ClipRejected) as info:
+                load_clip(frame, path, window=window)
+            reasons.append(info.value.reason)
+        assert reasons[0] == reasons[1], name
+    with pytest.raises(ClipRejected, match=r"non-finite audio: 16000 NaN, 0 \+Inf, 0 -Inf values, the first at 0.000 s"):
+        load_clip(frame, tmp_path / "nan.wav", window=CLIP_SAMPLES)
+    with pytest.raises(ClipRejected, match=r"too short: 0.500 s of audio"):
+        load_clip(frame, tmp_path / "short.wav", window=CLIP_SAMPLES)

@@ -218,10 +218,11 @@ class AudioVisualDataset(Dataset):
         if hit is not None:
             return hit
         # the acceptance rule shared with prepare and --verify; raises ClipRejected with its reason
-        image, samples, _ = load_clip(self.image_path(clip_id), self.audio_path(clip_id))
+        image, samples, _ = load_clip(self.image_path(clip_id), self.audio_path(clip_id), window=CLIP_SAMPLES)
         frame = resize_frame(_rgb_tensor(image), self.split, self.image_size)
         # waveform_from_samples clips and averages sample by sample and then takes the centered
         # CLIP_SAMPLES: taking them first (same start) gives the same waveform from 3 s instead of 10
+        # (load_clip already read only those from an integer-PCM WAV; other files are cropped here)
         n = samples.shape[0]
         if n > CLIP_SAMPLES:
             start = (n - CLIP_SAMPLES) // 2
