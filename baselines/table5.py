@@ -1,7 +1,7 @@
 """The paper's studies in one command: Table 5 (marginNCE on three baselines), Table 6 (margin sweep),
 Table 4 (heard / unheard classes), the noisy-correspondence study and Fig. 1-style figures.
 
-    python -m baselines.table5                       # Table 5 on the embedded data (5 seeds, 2,000 test clips)
+    python -m baselines.table5                       # Table 5 on the embedded data (4 seeds, 2,000 test clips)
     python -m baselines.table5 --preset smoke        # the same study in minutes (CI runs it)
     python -m baselines.table5 --preset full         # 10 seeds, all studies
     python -m baselines.table5 --studies table5 table6 table4 noise figures
