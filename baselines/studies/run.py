@@ -126,6 +126,7 @@ def run_studies(preset: str, out: Path, studies: Sequence[str], data: StudyData 
     else:
         train_kwargs = dict(REAL_TRAIN)
     train_kwargs.update(train_overrides or {})
+    noise_seeds = tuple(seeds) if seeds else (p.noise_seeds or p.seeds)
     seeds = tuple(seeds) if seeds else p.seeds
     if "noise" in studies and not embedded:
         raise ValueError("noise: the noisy-correspondence study runs on the embedded data only (it sets the "
@@ -137,7 +138,7 @@ def run_studies(preset: str, out: Path, studies: Sequence[str], data: StudyData 
     results: dict[str, Any] = {}
     t0 = time.time()
     jobs_list = [(runner, r) for r in plan_runs(studies, data, seeds)]
-    noise_plan = N.plan(runner, p, seeds) if "noise" in studies else None
+    noise_plan = N.plan(runner, p, noise_seeds) if "noise" in studies else None
     if noise_plan is not None:
         jobs_list += noise_plan.jobs
     jobs_list = list({(id(rn), spec): (rn, spec) for rn, spec in jobs_list}.values())
@@ -158,7 +159,7 @@ def run_studies(preset: str, out: Path, studies: Sequence[str], data: StudyData 
         results["table4"] = study_table4(runner, seeds, meta)
         print(Path(out / "table4.md").read_text())
     if noise_plan is not None:
-        results["noise"] = N.study_noise(runner, noise_plan, seeds, meta)
+        results["noise"] = N.study_noise(runner, noise_plan, noise_seeds, meta)
         print(Path(out / "noise.md").read_text())
     if "figures" in studies:
         if "table5" not in studies:
