@@ -225,3 +225,41 @@ def test_windowed_read_gives_the_whole_reads_verdict(tmp_path):
         load_clip(frame, tmp_path / "nan.wav", window=CLIP_SAMPLES)
     with pytest.raises(ClipRejected, match=r"too short: 0.500 s of audio"):
         load_clip(frame, tmp_path / "short.wav", window=CLIP_SAMPLES)
+
+
+def test_both_halves_broken_give_verifys_reason(tmp_path):
+    """A clip whose frame and audio are both bad: the loader's reason lists both halves, word for word
+    what ``prepare --verify`` prints (it stopped at the frame before)."""
+    from PIL import Image
+
+    from baselines.data.acceptance import ClipRejected, load_clip
+    from baselines.layout import audio_path, frame_path
+    from baselines.prepare.verify import verify_clip
+
+    cases = {
+        "garbage": (b"not an image", b"RIFF....WAVEfmt "),
+        "sixteen_bit": (None, b"\x00" * 100),
+    }
+    for clip_id, (frame_bytes, audio_bytes) in cases.items():
+        f, a = frame_path(tmp_path, clip_id), audio_path(tmp_path, clip_id)
+        f.parent.mkdir(parents=True, exist_ok=True)
+        a.parent.mkdir(parents=True, exist_ok=True)
+        if frame_bytes is None:  # a 16-bit greyscale PNG named .jpg: decodes, but the mode is refused
+            Image.fromarray(np.zeros((8, 8), dtype=np.uint16)).save(f, format="PNG")
+        else:
+            f.write_bytes(frame_bytes)
+        a.write_bytes(audio_bytes)
+        with pytest.raises(ClipRejected) as info:
+            load_clip(f, a, window=CLIP_SAMPLES)
+        problems = verify_clip(tmp_path, clip_id)
+        assert len(problems) == 2 and problems[1].startswith("audio does not decode: "), problems
+        assert info.value.reason == "; ".join(problems)
+
+
+@pytest.mark.parametrize("window, error", [(0, ValueError), (-1, ValueError), (48000.0, TypeError), (True, TypeError)])
+def test_window_is_checked(tmp_path, window, error):
+    from baselines.data.acceptance import load_clip
+
+    path = _write(tmp_path / "a.wav", np.zeros(10 * FS, dtype=np.int16))
+    with pytest.raises(error, match="window: expected an int"):
+        load_clip(tmp_path / "no-frame.jpg", path, window=window)

@@ -14,7 +14,8 @@ starting with its kind (``frame:``, ``audio:``, ``too short:``, ``non-finite aud
 
 * ``baselines.prepare`` on the frame and audio window it is about to write (nothing is written when
   it finds a problem), and on the finiteness of the whole decoded audio stream (``nonfinite_reason``);
-* ``prepare --verify`` (``verify_clip``) on the files of a prepared root, via ``load_clip``;
+* ``prepare --verify`` (``verify_clip``) on the files of a prepared root, via ``frame_part`` and
+  ``audio_part`` (the two halves of ``load_clip``);
 * ``AudioVisualDataset`` on every clip it loads, via ``load_clip``; a clip that breaks the rule becomes
   a ``FailedSample`` with the same reason ``--verify`` prints.
 
@@ -30,18 +31,22 @@ from pathlib import Path
 
 import numpy as np
 
+from .._checks import check_int
+
 __all__ = [
     "CHANNELS",
     "ClipRejected",
     "FRAME_MODES",
     "MIN_AUDIO_SECONDS",
     "SAMPLE_RATE",
+    "audio_part",
     "audio_problems",
     "clip_problems",
     "INTEGER_PCM_SUBTYPES",
     "decode_audio",
     "decode_audio_window",
     "decode_frame",
+    "frame_part",
     "frame_problems",
     "load_clip",
     "nonfinite_counts",
@@ -224,6 +229,33 @@ def decode_audio_window(path: str | os.PathLike[str], window: int | None) -> tup
     return data, int(rate), int(data.shape[0])
 
 
+def frame_part(path: str | os.PathLike[str]):
+    """``(image, problems)`` of a frame file: the decoded ``PIL.Image`` and :func:`frame_problems`, or
+    ``(None, ["frame does not decode: ..."])``. The frame half of :func:`load_clip` and ``--verify``."""
+    try:
+        image = decode_frame(Path(path))
+    except ClipRejected as error:
+        return None, [error.reason]
+    return image, frame_problems(image)
+
+
+def audio_part(path: str | os.PathLike[str], window: int | None = None):
+    """``(samples, sample_rate, problems)`` of an audio file (:func:`decode_audio_window`, then
+    :func:`audio_problems` on the file's length), or ``(None, 0, ["audio does not decode: ..."])``.
+    The audio half of :func:`load_clip` and ``--verify``.
+
+    Raises:
+        TypeError, ValueError: ``window`` is not ``None`` or an int >= 1.
+    """
+    if window is not None:
+        check_int("window", window, 1)
+    try:
+        samples, rate, n = decode_audio_window(Path(path), window)
+    except ClipRejected as error:
+        return None, 0, [error.reason]
+    return samples, rate, audio_problems(samples, rate, n)
+
+
 def load_clip(frame_path: str | os.PathLike[str], audio_path: str | os.PathLike[str], window: int | None = None):
     """Decode a prepared clip's two files and apply the rule.
 
@@ -238,11 +270,14 @@ def load_clip(frame_path: str | os.PathLike[str], audio_path: str | os.PathLike[
         of a shorter file) and its rate, for a clip without problems.
 
     Raises:
-        ClipRejected: the problems of ``clip_problems`` (or a decode failure), joined by ``"; "``.
+        ClipRejected: every problem of the frame half, then of the audio half (:func:`frame_part`,
+            :func:`audio_part`: decode failures or ``clip_problems``), joined by ``"; "`` -- the
+            reason ``prepare --verify`` prints.
+        TypeError, ValueError: ``window`` is not ``None`` or an int >= 1.
     """
-    image = decode_frame(Path(frame_path))
-    samples, rate, n = decode_audio_window(Path(audio_path), window)
-    problems = frame_problems(image) + audio_problems(samples, rate, n)
+    image, frame_problems_ = frame_part(frame_path)
+    samples, rate, audio_problems_ = audio_part(audio_path, window)
+    problems = frame_problems_ + audio_problems_
     if problems:
         raise ClipRejected("; ".join(problems))
     return image, samples, rate
