@@ -55,9 +55,11 @@ from .studies.tables import (
     write_study,
 )
 from .training.config import (
+    AUTO_WORKERS,
     TrainConfig,
     add_data_arguments,
     add_field_argument,
+    auto_workers,
     check_config,
     check_paths,
     data_error,
@@ -86,7 +88,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--studies", nargs="+", choices=STUDIES, default=None, help="which studies (None: the preset's)")
     p.add_argument("--seeds", nargs="+", type=int, default=None, help="override the preset's seeds")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to train and evaluate")
-    p.add_argument("--workers", type=int, default=0, help="DataLoader workers per run")
+    add_field_argument(p, "workers", default=0, help="DataLoader workers per run (auto or -1: as baselines.train "
+                                                     "resolves it; 0 on CPU)")
     p.add_argument("--jobs", type=int, default=None,
                    help="training runs at a time on CPU (None: the number of CPU cores, at most 2)")
     p.add_argument("--noise-rates", nargs="+", type=float, default=None,
@@ -106,11 +109,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def _overrides(args: argparse.Namespace, real: bool, preset: StudyPreset) -> dict[str, Any]:
-    """The given overrides, checked once here (as every run's TrainConfig would check them)."""
+    """The given overrides, checked once here, before any run starts (as every run's TrainConfig would
+    check them), together with ``--workers`` and each of ``--seeds``."""
     given = {k: getattr(args, k) for k in TRAIN_OVERRIDES}
     overrides = {k: v for k, v in given.items() if v is not None and v is not False}  # None / False: not given
-    base = dict(REAL_TRAIN if real else preset.train, **overrides)
-    check_config(replace(TrainConfig(train_root="-", train_list="-"), **base))
+    base = replace(TrainConfig(train_root="-", train_list="-"), **dict(REAL_TRAIN if real else preset.train,
+                                                                       **overrides), workers=args.workers)
+    for seed in args.seeds or (base.seed,):
+        check_config(replace(base, seed=seed))
     return overrides
 
 
@@ -127,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     data = None
     if any(real):
         if not all(real):
-            raise UsageError("table5: real data needs all of --train-root --train-list --test-root --test-list "
+            raise UsageError("real data needs all of --train-root --train-list --test-root --test-list "
                              "--annotations", "give the five paths, or none for the embedded data")
         check_paths(args)  # before any run trains: a wrong test path must not wait for the training to end
         for option in ("heard_train_list", "heard_test_list", "unheard_test_list"):
@@ -140,20 +146,23 @@ def main(argv: Sequence[str] | None = None) -> int:
                          source=f"real:{args.train_list} -> {args.test_list}")
     overrides = _overrides(args, data is not None, PRESETS[args.preset])
     studies = tuple(args.studies) if args.studies else PRESETS[args.preset].studies
+    if args.jobs is not None and args.jobs < 1:
+        raise UsageError(f"--jobs expects an int >= 1 (training runs at a time), got {args.jobs}")
     jobs = args.jobs if args.jobs is not None else max(1, min(2, os.cpu_count() or 1))
+    workers = auto_workers(args.device) if args.workers == AUTO_WORKERS else args.workers
     if args.noise_rates is not None and any(not (0.0 <= v < 1.0) for v in args.noise_rates):
-        raise UsageError(f"table5: --noise-rates expects rates in [0, 1), got {args.noise_rates}")
+        raise UsageError(f"--noise-rates expects rates in [0, 1), got {args.noise_rates}")
     if args.noise_margins is not None and 0.0 not in args.noise_margins:
-        raise UsageError(f"table5: --noise-margins must include 0 (every effect is against m = 0), "
+        raise UsageError(f"--noise-margins must include 0 (every effect is against m = 0), "
                          f"got {args.noise_margins}")
     if "noise" in studies and data is not None:
-        raise UsageError("table5: the noise study runs on the embedded data only (it sets the faulty-positive rate "
+        raise UsageError("the noise study runs on the embedded data only (it sets the faulty-positive rate "
                          "of the training split)", "drop --studies noise, or the real-data paths")
     noise = {k: tuple(v) for k, v in (("noise_rates", args.noise_rates), ("noise_margins", args.noise_margins))
              if v is not None}
     out = Path(args.out) if args.out else Path("runs") / "studies" / args.preset
     try:
-        run_studies(args.preset, out, studies, data, args.seeds, args.device, args.workers, args.progress,
+        run_studies(args.preset, out, studies, data, args.seeds, args.device, workers, args.progress,
                     overrides, jobs, noise)
     except DataError as e:  # raised in a worker process too: the main process shows it once, as one line
         raise data_error(e) from None

@@ -289,6 +289,28 @@ def test_table5_checks_real_data_paths_before_any_run(fx: AVFixture, tmp_path: P
     _one_error_line(err, "--heard-train-list: no such file")
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["--jobs", "0"], "--jobs expects an int >= 1 (training runs at a time), got 0"),
+    (["--workers", "-2"], "workers: expected an int >= 0, or -1 (auto), got -2"),
+    (["--seeds", "0", "-1"], "seed: expected an int >= 0, got -1"),
+])
+def test_table5_checks_its_own_arguments_before_any_run(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                        argv: list[str], message: str) -> None:
+    from baselines import table5
+
+    code, out, err = _run(table5.main, ["--preset", "smoke", "--out", str(tmp_path / "out"), *argv], capsys)
+    assert code == 1
+    _one_error_line(err, message)
+    assert "training runs to do" not in out and not (tmp_path / "out").exists()
+
+
+def test_table5_workers_accepts_auto() -> None:
+    from baselines import table5
+
+    assert table5.parse_args(["--workers", "auto"]).workers == -1
+    assert table5.parse_args([]).workers == 0
+
+
 def test_prepare_write_clean_into_a_missing_folder(fx: AVFixture, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     from baselines.prepare import cli as prepare_cli
 
