@@ -263,3 +263,10 @@ def test_window_is_checked(tmp_path, window, error):
     path = _write(tmp_path / "a.wav", np.zeros(10 * FS, dtype=np.int16))
     with pytest.raises(error, match="window: expected an int"):
         load_clip(tmp_path / "no-frame.jpg", path, window=window)
+
+
+def test_too_short_reason_never_reads_as_the_minimum():
+    from baselines.data.acceptance import too_short_reason
+
+    assert too_short_reason(8000, FS) == "too short: 0.500 s of audio, the minimum is 1 s"
+    assert too_short_reason(FS - 1, FS) == "too short: 0.999938 s of audio, the minimum is 1 s"

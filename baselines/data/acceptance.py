@@ -77,7 +77,11 @@ class ClipRejected(ValueError):
 
 def too_short_reason(num_samples: int, sample_rate: int) -> str:
     """``"too short: 0.500 s of audio, the minimum is 1 s"`` for ``num_samples`` at ``sample_rate`` Hz."""
-    return f"too short: {num_samples / sample_rate:.3f} s of audio, the minimum is {MIN_AUDIO_SECONDS:g} s"
+    seconds = num_samples / sample_rate
+    shown = f"{seconds:.3f}"
+    if float(shown) >= MIN_AUDIO_SECONDS:  # 15999 samples at 16 kHz: "1.000 s" would hide why
+        shown = f"{seconds:.6f}"
+    return f"too short: {shown} s of audio, the minimum is {MIN_AUDIO_SECONDS:g} s"
 
 
 def nonfinite_counts(samples: np.ndarray) -> tuple[int, int, int, int | None]:
