@@ -35,6 +35,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     "cosine": {"lr_schedule": "cosine", "warmup_steps": 31},  # + 1 epoch warm-up, cosine decay to 0
     "cosine20": {"lr_schedule": "cosine", "warmup_steps": 31, "epochs": 20},
     "cosine-lr5e-4": {"lr_schedule": "cosine", "warmup_steps": 31, "lr": 5e-4},  # half the peak lr
+    "cosine-group": {"lr_schedule": "cosine", "warmup_steps": 31, "norm": "group"},  # batch-independent norm
 }
 
 
