@@ -220,17 +220,16 @@ def decode_audio_window(path: str | os.PathLike[str], window: int | None) -> tup
     import soundfile as sf
 
     try:
-        if window is not None:
-            info = sf.info(str(path))
-            if info.format == "WAV" and info.subtype in INTEGER_PCM_SUBTYPES:
-                n = int(info.frames)
-                start = (n - window) // 2 if n > window else 0
-                data, rate = sf.read(str(path), start=start, frames=min(window, n), dtype="float64", always_2d=True)
-                return data, int(rate), n
-        data, rate = sf.read(str(path), dtype="float64", always_2d=True)
+        with sf.SoundFile(str(path)) as f:  # one open: the header decides, then one read
+            n = int(f.frames)
+            if window is not None and n > window and f.format == "WAV" and f.subtype in INTEGER_PCM_SUBTYPES:
+                f.seek((n - window) // 2)
+                return f.read(window, dtype="float64", always_2d=True), int(f.samplerate), n
+            data = f.read(dtype="float64", always_2d=True)
+            rate = int(f.samplerate)
     except Exception as error:  # LibsndfileError, RuntimeError, OSError ...
         raise ClipRejected(f"audio does not decode: {type(error).__name__}: {error}") from error
-    return data, int(rate), int(data.shape[0])
+    return data, rate, int(data.shape[0])
 
 
 def frame_part(path: str | os.PathLike[str]):
