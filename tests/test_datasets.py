@@ -28,6 +28,7 @@ from baselines.data import (  # noqa: E402
     load_annotations,
     load_image,
     load_spectrogram,
+    normalize_frames,
     resize_frame,
 )
 from baselines.data.datasets import derive_seed  # noqa: E402
@@ -111,6 +112,30 @@ def test_train_transform_is_random_crop_of_resize_246(tmp_path):
     torch.manual_seed(3)
     with Image.open(root / "frames" / f"{ids[0]}.jpg") as im:
         assert torch.equal(image_transform("train")(im.convert("RGB")), d)
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_uint8_frames_collate_to_the_same_images(tmp_path, split):
+    """normalize=False: items carry the uint8 crop; collate_batch's batch normalisation gives the bits
+    of the per-clip normalisation (the trainer and evaluator read their splits this way)."""
+    root, ids = _make_root(tmp_path, n=4)
+    per_clip = AudioVisualDataset(root, ids, split=split)
+    batched = AudioVisualDataset(root, ids, split=split, normalize=False)
+    for ds in (per_clip, batched):
+        ds.set_epoch(2, seed=5)
+    item = batched[1]
+    assert "image" not in item and item["frame"].dtype == torch.uint8 and item["frame"].shape == (3, 224, 224)
+    a = collate_batch([per_clip[i] for i in range(4)])
+    b = collate_batch([batched[i] for i in range(4)])
+    assert set(a) == set(b) and "frame" not in b
+    assert torch.equal(a["image"], b["image"]) and torch.equal(a["spectrogram"], b["spectrogram"])
+    assert torch.equal(normalize_frames(item["frame"]), per_clip[1]["image"])
+    with pytest.raises(ValueError, match="both 'image' and 'frame'"):
+        collate_batch([{**item, "image": per_clip[1]["image"]}])
+    with pytest.raises(ValueError, match=r"frames: expected uint8 \[3, H, W\] or \[B, 3, H, W\], got torch.float32"):
+        normalize_frames(per_clip[1]["image"])
+    with pytest.raises(TypeError, match="normalize must be a bool, got int"):
+        AudioVisualDataset(root, ids, split=split, normalize=0)
 
 
 def test_set_epoch_draws_depend_on_seed_epoch_and_clip_only(tmp_path):

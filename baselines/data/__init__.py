@@ -31,10 +31,12 @@ from .datasets import (
     FailedSample,
     augment_frame,
     collate_batch,
+    crop_and_flip,
     derive_seed,
     image_transform,
     load_annotations,
     load_image,
+    normalize_frames,
     resize_frame,
 )
 
@@ -68,6 +70,8 @@ __all__ = [
     "image_transform",
     "resize_frame",
     "augment_frame",
+    "crop_and_flip",
+    "normalize_frames",
     "derive_seed",
     "load_image",
 ]

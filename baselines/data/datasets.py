@@ -6,6 +6,11 @@ Layout: ``<root>/frames/<id>.jpg`` (the clip's center frame) and
     {"image": float32 [3, 224, 224], "spectrogram": float32 [1, 257, 200], "id": str,
      "gt_map": float32 [224, 224]}      # only when annotations are given
 
+With ``normalize=False`` an item carries ``"frame"``, the uint8 ``[3, 224, 224]`` crop, instead of
+``"image"``, and ``collate_batch`` normalises the stacked batch into ``"image"`` (the same float32
+values: one conversion of a uint8 batch instead of one float copy per clip and a float stack; the
+trainer and the evaluator read their splits this way).
+
 Broken data is never replaced by another clip (upstream EZ-VSL silently returns
 a random other clip). Instead:
 
@@ -54,9 +59,11 @@ from .frames import (
     IMAGENET_STD,
     _rgb_tensor,
     augment_frame,
+    crop_and_flip,
     image_transform,
     load_frame,
     load_image,
+    normalize_frames,
     resize_frame,
     resized_size,
 )
@@ -72,6 +79,8 @@ __all__ = [
     "image_transform",
     "resize_frame",
     "augment_frame",
+    "crop_and_flip",
+    "normalize_frames",
     "load_image",
     "load_frame",
     "resized_size",
@@ -93,6 +102,8 @@ class AudioVisualDataset(Dataset):
             ``"gt_map"``. A clip without an annotation counts as missing.
         annotation_format: ``"vggss"`` or ``"flickr"`` (how ``gt_map`` reads the boxes).
         image_size: side of the network input (224).
+        normalize: ``True``: items carry the normalised float32 ``"image"``; ``False``: the uint8
+            ``"frame"`` crop, which ``collate_batch`` normalises a batch at a time (same values).
         max_failures: allowed missing/broken clips, a fraction of ``len(ids)``
             (float in [0, 1)) or an absolute count (int).
         check_files: scan for missing files at construction (one ``stat`` per file).
@@ -123,8 +134,11 @@ class AudioVisualDataset(Dataset):
         check_files: bool = True,
         cache: bool = False,
         failure_log: str | Path | None = None,
+        normalize: bool = True,
     ) -> None:
         super().__init__()
+        if not isinstance(normalize, bool):
+            raise TypeError(f"normalize must be a bool, got {type(normalize).__name__}")
         if split not in ("train", "test"):
             raise ValueError(f"split must be 'train' or 'test', got {split!r}")
         if annotation_format not in GT_FORMATS:
@@ -152,6 +166,7 @@ class AudioVisualDataset(Dataset):
         self.annotations = annotations
         self.annotation_format = annotation_format
         self.image_size = image_size
+        self.normalize = normalize
         self.all_ids = ids
         self.cache = cache
         self._epoch_seed: tuple[int, int] | None = None  # (seed, epoch) after set_epoch
@@ -252,8 +267,12 @@ class AudioVisualDataset(Dataset):
         clip_id = self.ids[index]
         frame, spectrogram = self._decoded(clip_id)
         generator = self.generator(clip_id) if self.split == "train" else None
-        image = augment_frame(frame, self.split, self.image_size, generator)
-        item: dict[str, Any] = {"image": image, "spectrogram": spectrogram, "id": clip_id}
+        crop = crop_and_flip(frame, self.split, self.image_size, generator)
+        item: dict[str, Any] = {"spectrogram": spectrogram, "id": clip_id}
+        if self.normalize:
+            item["image"] = normalize_frames(crop)
+        else:
+            item["frame"] = crop
         if self.annotations is not None:
             item["gt_map"] = self.gt_map(clip_id)
         return item
@@ -302,7 +321,8 @@ def collate_batch(items: Sequence[dict[str, Any] | FailedSample]) -> dict[str, A
 
     Returns ``{"image": [B, 3, H, W], "spectrogram": [B, 1, 257, 200], "id": [B ids],
     ("gt_map": [B, 224, 224],) "failures": [FailedSample, ...]}`` with ``B >= 1`` the
-    number of good items, or ``None`` when every item failed. The failures are
+    number of good items, or ``None`` when every item failed. Items with a uint8 ``"frame"``
+    (``AudioVisualDataset(normalize=False)``) give ``"image" = normalize_frames(stack(frames))``. The failures are
     already in the dataset's tracker (``__getitem__`` records them, across
     processes); ``batch["failures"]`` is for logging.
     """
@@ -315,7 +335,11 @@ def collate_batch(items: Sequence[dict[str, Any] | FailedSample]) -> dict[str, A
     for it in good[1:]:
         if set(it) != keys:
             raise ValueError(f"items have different keys: {sorted(keys)} vs {sorted(it)}")
-    for key in sorted(keys - {"id"}):
+    for key in sorted(keys - {"id", "frame"}):
         batch[key] = torch.stack([it[key] for it in good])
+    if "frame" in keys:
+        if "image" in keys:
+            raise ValueError("items carry both 'image' and 'frame'; expected one of them")
+        batch["image"] = normalize_frames(torch.stack([it["frame"] for it in good]))
     return batch
 

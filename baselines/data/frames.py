@@ -102,10 +102,24 @@ def augment_frame(
 ) -> torch.Tensor:
     """The random part (train): a ``size x size`` crop at a uniform position and a horizontal flip with
     probability 1/2, as ``RandomCrop`` and ``RandomHorizontalFlip`` draw them; then ``/ 255`` and
-    ImageNet normalisation. ``frame`` is a uint8 ``[3, h, w]`` from :func:`resize_frame`.
+    ImageNet normalisation. ``frame`` is a uint8 ``[3, h, w]`` from :func:`resize_frame`; returns float32
+    ``[3, size, size]``: ``normalize_frames(crop_and_flip(frame, split, image_size, generator))``.
 
     The three draws (top, left, flip) come from ``generator`` (a CPU ``torch.Generator``), or from
     torch's global RNG when it is ``None``. The test split draws nothing."""
+    return normalize_frames(crop_and_flip(frame, split, image_size, generator))
+
+
+def crop_and_flip(
+    frame: torch.Tensor, split: str, image_size: int = 224, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """The draws of :func:`augment_frame` without the normalisation: the uint8 ``[3, size, size]`` crop
+    (train; flipped with probability 1/2) or ``frame`` itself (test). A view when not flipped.
+
+    Raises:
+        ValueError: ``split`` is not ``"train"`` / ``"test"``; a train frame smaller than the crop.
+        TypeError: ``generator`` is not a ``torch.Generator`` or ``None``.
+    """
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     if generator is not None and not isinstance(generator, torch.Generator):
@@ -119,8 +133,27 @@ def augment_frame(
         frame = frame[:, top:top + image_size, left:left + image_size]
         if torch.rand(1, generator=generator).item() < 0.5:
             frame = frame.flip(-1)
-    # (x / 255 - mean) / std in place on the crop's float copy (the same float32 ops, one allocation)
-    return frame.to(torch.float32).div_(255.0).sub_(_MEAN).div_(_STD)
+    return frame
+
+
+def normalize_frames(frames: torch.Tensor) -> torch.Tensor:
+    """``(x / 255 - mean) / std`` with the ImageNet mean and std, as ``ToTensor`` + ``Normalize`` compute it.
+
+    Args:
+        frames: uint8 ``[3, H, W]`` or ``[B, 3, H, W]``.
+
+    Returns:
+        float32 of the same shape (a new tensor). The float32 ops are the same element by element
+        whatever the batch size, so normalising a stacked batch gives the bits of normalising each
+        frame (``collate_batch`` normalises a batch at once: one conversion instead of ``B``).
+
+    Raises:
+        ValueError: ``frames`` is not uint8 with 3 channels in dimension -3.
+    """
+    if frames.dtype != torch.uint8 or frames.dim() not in (3, 4) or frames.shape[-3] != 3:
+        raise ValueError(f"frames: expected uint8 [3, H, W] or [B, 3, H, W], got {frames.dtype} {tuple(frames.shape)}")
+    # in place on the float copy (the same float32 ops, one allocation)
+    return frames.to(torch.float32).div_(255.0).sub_(_MEAN).div_(_STD)
 
 
 def load_image(path: str | Path):

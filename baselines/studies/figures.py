@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..data import load_annotations
+from ..data import collate_batch, load_annotations
 from ..data.frames import IMAGENET_MEAN, IMAGENET_STD
 from ..evaluation import ciou_per_sample, median_threshold_mask, normalize_map, upsample_map
 from ..io import atomic_write
@@ -122,14 +122,12 @@ def study_figures(runner: Any, seed: int, meta: dict[str, Any]) -> Path:
     order = np.argsort(np.asarray(ref["ciou"]), kind="stable")
     picks = [ref["id"][order[min(len(order) - 1, int(q * len(order)))]] for q in FIGURE1_QUANTILES]
     pos = {c: k for k, c in enumerate(test_set.ids)}
-    items = [test_set[pos[c]] for c in picks]
-    image = torch.stack([it["image"] for it in items])
-    spec = torch.stack([it["spectrogram"] for it in items])
-    gt = torch.stack([torch.as_tensor(it["gt_map"]) for it in items])
+    batch = collate_batch([test_set[pos[c]] for c in picks])
+    image, spec, gt = batch["image"], batch["spectrogram"], batch["gt_map"]
     boxes = load_annotations(runner.data.annotations, runner.data.annotation_format, picks)
     mean = torch.tensor(IMAGENET_MEAN)[:, None, None]
     std = torch.tensor(IMAGENET_STD)[:, None, None]
-    shown = [(it["image"] * std + mean).clamp(0, 1).permute(1, 2, 0).numpy() for it in items]
+    shown = [(x * std + mean).clamp(0, 1).permute(1, 2, 0).numpy() for x in image]
     columns = [("frame + ground truth", None)] + [(f"{METHOD_NAMES[m]}\nm = {mg:+.1f}", (m, mg)) for m, mg in TABLE5_ROWS]
     maps, masks, ious = {}, {}, {}
     for _, key in columns[1:]:
@@ -141,7 +139,7 @@ def study_figures(runner: Any, seed: int, meta: dict[str, Any]) -> Path:
         maps[key] = normalize_map(raw).numpy()
         masks[key] = median_threshold_mask(raw).numpy()
         ious[key] = ciou_per_sample(raw, gt).numpy()
-    fig, axes = plt.subplots(len(items), len(columns), figsize=(2.3 * len(columns) + 0.8, 2.5 * len(items)),
+    fig, axes = plt.subplots(len(picks), len(columns), figsize=(2.3 * len(columns) + 0.8, 2.5 * len(picks)),
                              squeeze=False)
     im = None
     for r, clip in enumerate(picks):

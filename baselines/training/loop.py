@@ -69,17 +69,18 @@ def build_train_model(config: TrainConfig, distributed: bool = False,
 
 
 def build_train_set(c: TrainConfig) -> Dataset:
+    """The training split; items carry uint8 frames that ``collate_batch`` normalises a batch at a time."""
     return AudioVisualDataset(c.train_root, load_id_list(c.train_list), split="train",
-                              max_failures=c.max_failures, cache=c.cache)
+                              max_failures=c.max_failures, cache=c.cache, normalize=False)
 
 
 def build_test_set(root: str, test_list: str, annotations: str, annotation_format: str = "vggss",
                    max_failures: float = 0.01, cache: bool = False) -> Dataset:
-    """The annotated test split the evaluator reads."""
+    """The annotated test split the evaluator reads (uint8 frames, normalised by ``collate_batch``)."""
     ids = load_id_list(test_list)
     boxes = load_annotations(annotations, annotation_format, ids)
     return AudioVisualDataset(root, ids, split="test", annotations=boxes, annotation_format=annotation_format,
-                              max_failures=max_failures, cache=cache)
+                              max_failures=max_failures, cache=cache, normalize=False)
 
 
 def _restore(config: TrainConfig, ckpt_path: Path) -> dict[str, Any]:
