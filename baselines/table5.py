@@ -1,21 +1,23 @@
 """The paper's studies in one command: Table 5 (marginNCE on three baselines), Table 6 (margin sweep),
 Table 4 (heard / unheard classes), the noisy-correspondence study and Fig. 1-style figures.
 
-    python -m baselines.table5                       # Table 5 on the embedded data (4 seeds, 2,000 test clips)
+    python -m baselines.table5                       # Table 5 on the embedded data (Ours 9 seeds, LVS / EZ-VSL 2; 2,000 test clips)
     python -m baselines.table5 --preset smoke        # the same study in minutes (CI runs it)
-    python -m baselines.table5 --preset full         # 10 seeds, all studies
+    python -m baselines.table5 --preset full         # Table 5 with Ours at 30 seeds, the others at 10; all studies
     python -m baselines.table5 --studies table5 table6 table4 noise figures
     python -m baselines.table5 --train-root data/vggsound --train-list vggss_144k.txt \
         --test-root data/vggss --test-list vggss_test.csv --annotations vggss.json --seeds 0   # the paper's protocol
     python -m baselines.table5 ... --seeds 0 --epochs 1 --limit-steps 2 --batch-size 8 --backbone small  # a smoke run
 
 Writes ``<out>/table5.json`` (``{"rows": [...], "n_test", "excluded": [{"id", "reason"}], ...}``, each row
-with ``method``, ``margin``, ``n``, ``ciou``, ``auc``, ``mean_ciou`` (mean over seeds, ``*_std``),
+with ``method``, ``margin``, ``n``, ``n_seeds``, ``per_seed``, ``ciou``, ``auc``, ``mean_ciou`` (mean over seeds, ``*_std``),
 ``paper_ciou``, ``paper_auc`` and, when its margin differs from its method's m = 0 row, ``delta_ciou``,
 ``delta_auc``, ``delta_mean_ciou`` with ``delta_*_ci95`` ``[lo, hi]`` (95% paired bootstrap over seeds,
 then clips: :mod:`baselines.studies.stats`) and ``resolved``) and ``<out>/table5.md`` (likewise
 ``table6``, ``table4``, ``noise``, and the PNG figures). ``<out>`` defaults to ``runs/studies/<preset>``;
-the committed results live in ``results/`` and are rewritten only by an explicit ``--out``. Every row of
+the committed results live in ``results/`` and are rewritten only by an explicit ``--out``. A preset can give
+one method more seeds in Table 5 than the others (``StudyPreset.method_seeds``; the JSON's ``seeds_by_method``);
+``--seeds`` sets every method's. Every row of
 a table is scored on one identical set of clips (clips some run could not score are excluded from every
 row and listed with their reason), including two rows computed on those clips: ``center prior`` (a fixed
 centred Gaussian map) and ``ceiling`` (the best any map can score under the protocol). Finished runs are
@@ -86,7 +88,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="output folder (None: runs/studies/<preset>; the committed results live in results/ "
                         "and are only rewritten by an explicit --out results/<preset>)")
     p.add_argument("--studies", nargs="+", choices=STUDIES, default=None, help="which studies (None: the preset's)")
-    p.add_argument("--seeds", nargs="+", type=int, default=None, help="override the preset's seeds")
+    p.add_argument("--seeds", nargs="+", type=int, default=None, help="override the preset's seeds (every method's, in every study)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to train and evaluate")
     add_field_argument(p, "workers", default=0, help="DataLoader workers per run (auto or -1: as baselines.train "
                                                      "resolves it; 0 on CPU)")

@@ -19,6 +19,8 @@ from baselines import table5 as T5
 from baselines.cli import UsageError
 from baselines.evaluation import summarize_cious
 from baselines.studies.figures import plot_study_curves
+from baselines.studies.presets import PRESETS, all_seeds, seeds_of
+from baselines.studies.runner import figure_seed
 from baselines.studies.stats import (
     common_clips,
     flat_paired_interval,
@@ -26,6 +28,7 @@ from baselines.studies.stats import (
     paired_effects,
     per_clip_values,
 )
+from baselines.studies.tables import seeds_text
 from baselines.table5 import PAPER, StudyData, _add_margin_effects, markdown_table, plan_runs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -181,6 +184,32 @@ def test_plan_runs_shares_runs_between_studies():
     assert len(heard) == 2 * 5 and all(r[4] == ("ht.csv", "ut.csv") and r[5] == "heard_" for r in heard)
 
 
+def test_table5_seeds_per_method():
+    """The reference model can run more seeds in Table 5 than the baselines; Tables 6 and 4 keep ``seeds``."""
+    data = StudyData("r", "train.txt", "r", "test.csv", "a.json", heard_train_list="h.txt",
+                     heard_test_list="ht.csv", unheard_test_list="ut.csv")
+    plan = {"lvs": (0, 1), "ezvsl": (0, 1), "reference": (0, 1, 2, 3)}
+    runs = plan_runs(["table5", "table6", "table4"], data, (0, 1), plan)
+    seeds5 = {(m, mg): sorted(s for mm, gg, s, tl, *_ in runs if (mm, gg) == (m, mg) and tl == "train.txt")
+              for m, mg in PAPER["table5"]}
+    assert seeds5[("lvs", -0.3)] == [0, 1] and seeds5[("ezvsl", 0.0)] == [0, 1]
+    assert seeds5[("reference", 0.0)] == seeds5[("reference", -0.2)] == [0, 1, 2, 3]
+    assert sorted(s for m, mg, s, tl, *_ in runs if (m, mg) == ("reference", -0.1)) == [0, 1]  # Table 6
+    assert sorted(s for m, mg, s, tl, *_ in runs if tl == "h.txt" and m == "reference" and mg == 0.0) == [0, 1]
+    # figures alone: one run per Table 5 row at the first seed every method ran
+    figs = plan_runs(["figures"], data, (0, 1), {"lvs": (3, 4), "ezvsl": (4, 3), "reference": (2, 3, 4)})
+    assert {r[2] for r in figs} == {3} and len(figs) == len(PAPER["table5"])
+    assert figure_seed({"lvs": (3, 4), "ezvsl": (4, 3), "reference": (2, 3, 4)}) == 3
+    with pytest.raises(ValueError, match="expected a seed that every Table 5 method runs"):
+        figure_seed({"lvs": (0,), "ezvsl": (1,), "reference": (2,)})
+    assert seeds_of(plan, "reference") == (0, 1, 2, 3) and seeds_of((5, 6), "lvs") == (5, 6)
+    assert all_seeds(plan) == (0, 1, 2, 3)
+    assert seeds_text((0, 1)) == "seeds [0, 1]"
+    assert seeds_text({"lvs": [0, 1], "reference": [0, 1]}) == "seeds [0, 1]"
+    assert seeds_text(plan) == "seeds: LVS, EZ-VSL (w/o OGL) [0, 1]; Ours [0, 1, 2, 3]"
+    assert PRESETS["default"].seed_plan(("lvs", "reference")) == {"lvs": (0, 1), "reference": tuple(range(9))}
+
+
 def test_real_data_needs_every_path(tmp_path):
     with pytest.raises(UsageError, match="real data needs all of"):
         T5.main(["--train-root", str(tmp_path), "--out", str(tmp_path)])
@@ -233,7 +262,21 @@ def test_pairing_narrows_the_interval():
     w_unpaired = unpaired["delta_mean_ciou_ci95"][1] - unpaired["delta_mean_ciou_ci95"][0]
     assert paired["delta_mean_ciou_ci95"][0] < 2.0 < paired["delta_mean_ciou_ci95"][1]
     assert paired["resolved"] and w < 0.25 * w_unpaired
-    assert paired["n_seeds_paired"] == 1
+    assert paired["n_seeds_paired"] == 1 and not paired["few_seeds"]
+
+
+@pytest.mark.parametrize("n_seeds, few", [(1, False), (2, True), (4, True), (5, False)])
+def test_few_seeds_are_flagged(n_seeds, few):
+    """2-4 seeds: the seed level of the interval is too narrow to trust; the row says so (JSON and †)."""
+    rng = np.random.default_rng(n_seeds)
+    base = {k: rng.random((n_seeds, 50)) for k in ("ciou", "auc", "mean_ciou")}
+    treated = {k: v + 1.0 for k, v in base.items()}
+    effects = paired_effects(treated, base, n_resamples=200)
+    assert effects["few_seeds"] is few and effects["resolved"]
+    row = {"method": "m", "margin": -0.2, "n_seeds": n_seeds, "n": 50, "ciou": 1.0, "ciou_std": 0.0, "auc": 1.0,
+           "auc_std": 0.0, "mean_ciou": 1.0, "paper_ciou": None, "paper_auc": None, **effects}
+    line = [x for x in markdown_table("t", [row], "note").splitlines() if x.startswith("| m |")][0]
+    assert ("| yes† |" in line) is few and ("| yes |" in line) is not few
 
 
 def test_seed_level_is_resampled():

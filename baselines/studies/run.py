@@ -16,14 +16,15 @@ import torch
 from . import noise as N
 from .figures import plot_margin_sweep, plot_study_curves, study_figures
 from .paper import METHOD_NAMES, PAPER, TABLE4_RUNS, TABLE5_ROWS, TABLE6_ROWS
-from .presets import PRESETS, REAL_TRAIN, StudyData, embedded_data
-from .runner import Runner, execute_jobs, plan_runs, run_name
+from .presets import PRESETS, REAL_TRAIN, SeedPlan, StudyData, all_seeds, embedded_data, seeds_of
+from .runner import Runner, execute_jobs, figure_seed, plan_runs, run_name
 from .tables import (
     add_margin_effects,
     bound_table_rows,
     markdown_table,
     model_table,
     same_clips,
+    seeds_text,
     study_note,
     table_row,
     write_study,
@@ -39,10 +40,16 @@ TABLES: dict[str, tuple[str, list[tuple[str, float]], str | None, bool]] = {
 }
 
 
-def study_table(name: str, runner: Runner, seeds: Sequence[int], meta: dict[str, Any]) -> dict[str, Any]:
+def _seed_fields(seeds: SeedPlan, models: Sequence[str]) -> dict[str, Any]:
+    """``seeds`` (every seed, sorted) and ``seeds_by_method`` of a study's payload."""
+    return {"seeds": list(all_seeds({m: seeds_of(seeds, m) for m in models})),
+            "seeds_by_method": {m: list(seeds_of(seeds, m)) for m in models}}
+
+
+def study_table(name: str, runner: Runner, seeds: SeedPlan, meta: dict[str, Any]) -> dict[str, Any]:
     """Table 5 or Table 6 (``name``): its rows on one identical clip set, each margin's Δ against its
     method's m = 0 row, the center-prior and ceiling rows; writes ``<name>.json`` / ``.md`` (and for
-    Table 6 ``table6.png``).
+    Table 6 ``table6.png``). ``seeds``: one sequence for every method, or each method's own.
 
     Raises:
         KeyError: ``name`` is not one of :data:`TABLES`.
@@ -50,24 +57,25 @@ def study_table(name: str, runner: Runner, seeds: Sequence[int], meta: dict[str,
     title, table_rows, label, sweep = TABLES[name]
     specs = [(m, label or METHOD_NAMES[m], mg, PAPER[name][(m, mg)], {}) for m, mg in table_rows]
     rows, ids, excluded = model_table(runner, specs, seeds, runner.data.train_list, runner.data.test_list)
-    payload = dict(meta, study=name, seeds=list(seeds), rows=rows, n_test=len(ids), excluded=excluded)
+    payload = dict(meta, study=name, **_seed_fields(seeds, list(dict.fromkeys(m for m, _ in table_rows))), rows=rows,
+                   n_test=len(ids), excluded=excluded)
     write_study(runner.out, name, payload, markdown_table(title, rows, study_note(payload)))
     if sweep:
         plot_margin_sweep(rows, runner.out / f"{name}.png")
     return payload
 
 
-def study_table5(runner: Runner, seeds: Sequence[int], meta: dict[str, Any]) -> dict[str, Any]:
+def study_table5(runner: Runner, seeds: SeedPlan, meta: dict[str, Any]) -> dict[str, Any]:
     """:func:`study_table` for Table 5."""
     return study_table("table5", runner, seeds, meta)
 
 
-def study_table6(runner: Runner, seeds: Sequence[int], meta: dict[str, Any]) -> dict[str, Any]:
+def study_table6(runner: Runner, seeds: SeedPlan, meta: dict[str, Any]) -> dict[str, Any]:
     """:func:`study_table` for Table 6."""
     return study_table("table6", runner, seeds, meta)
 
 
-def study_table4(runner: Runner, seeds: Sequence[int], meta: dict[str, Any]) -> dict[str, Any]:
+def study_table4(runner: Runner, seeds: SeedPlan, meta: dict[str, Any]) -> dict[str, Any]:
     """Table 4 (open set): trained on the heard classes, scored on heard and unheard test clips.
 
     Raises:
@@ -78,33 +86,36 @@ def study_table4(runner: Runner, seeds: Sequence[int], meta: dict[str, Any]) -> 
         raise ValueError("table4: expected --heard-train-list, --heard-test-list and --unheard-test-list with real data")
     tests = {"heard": d.heard_test_list, "unheard": d.unheard_test_list}
     for model, margin in TABLE4_RUNS:  # one training run, evaluated on both splits
-        for s in seeds:
+        for s in seeds_of(seeds, model):
             runner.run(model, margin, s, d.heard_train_list, list(tests.values()), tag="heard_")
     rows: list[dict[str, Any]] = []
     n_test, excluded = {}, {}
     for split, test in tests.items():
-        evals = [[runner.run(m, mg, s, d.heard_train_list, list(tests.values()), tag="heard_")[test] for s in seeds]
-                 for m, mg in TABLE4_RUNS]
+        evals = [[runner.run(m, mg, s, d.heard_train_list, list(tests.values()), tag="heard_")[test]
+                  for s in seeds_of(seeds, m)] for m, mg in TABLE4_RUNS]
         ids, excluded[split] = same_clips(runner, test, [e for row in evals for e in row])
-        split_rows = [table_row(METHOD_NAMES[m], mg, ev, PAPER["table4"][(split, m, mg)], seeds, ids,
+        split_rows = [table_row(METHOD_NAMES[m], mg, ev, PAPER["table4"][(split, m, mg)], seeds_of(seeds, m), ids,
                                 method_key=f"{split}:{m}", split=split) for (m, mg), ev in zip(TABLE4_RUNS, evals)]
         add_margin_effects(split_rows, evals, ids)
         rows += split_rows + bound_table_rows(runner.bound_rows(test), ids, split=split)
         n_test[split] = len(ids)
-    payload = dict(meta, study="table4", seeds=list(seeds), rows=rows, n_test=n_test, excluded=excluded)
-    note = (f"Data: {d.source}; trained on the heard classes only; seeds {list(seeds)}; test clips n = {n_test}. "
+    fields = _seed_fields(seeds, list(dict.fromkeys(m for m, _ in TABLE4_RUNS)))
+    payload = dict(meta, study="table4", **fields, rows=rows, n_test=n_test, excluded=excluded)
+    note = (f"Data: {d.source}; trained on the heard classes only; {seeds_text(fields['seeds_by_method'])}; "
+            f"test clips n = {n_test}. "
             "Heard: test clips of training classes; unheard: of classes never seen in training.")
     write_study(runner.out, "table4", payload,
                 markdown_table("Table 4: open-set (heard / unheard classes)", rows, note, split_column=True))
     return payload
 
 
-def study_curves(runner: Runner, seeds: Sequence[int]) -> Path:
+def study_curves(runner: Runner, seeds: SeedPlan) -> Path:
     """``<out>/curves.png``: the training loss per epoch of every Table 5 run (a line per run, coloured
     by method), read from the runs' ``metrics.jsonl``."""
-    runs = [(m, mg, s, runner.out / "runs" / run_name(m, mg, s)) for m, mg in TABLE5_ROWS for s in seeds]
+    runs = [(m, mg, s, runner.out / "runs" / run_name(m, mg, s)) for m, mg in TABLE5_ROWS for s in seeds_of(seeds, m)]
     path = runner.out / "curves.png"
-    plot_study_curves(runs, path, title=f"Table 5 runs: training loss per epoch (seeds {list(seeds)})")
+    plan = {m: seeds_of(seeds, m) for m, _ in TABLE5_ROWS}
+    plot_study_curves(runs, path, title=f"Table 5 runs: training loss per epoch ({seeds_text(plan)})")
     return path
 
 
@@ -127,6 +138,8 @@ def run_studies(preset: str, out: Path, studies: Sequence[str], data: StudyData 
         train_kwargs = dict(REAL_TRAIN)
     train_kwargs.update(train_overrides or {})
     noise_seeds = tuple(seeds) if seeds else (p.noise_seeds or p.seeds)
+    # each method's seeds in Table 5 (--seeds: the same for all); Tables 6 and 4 use `seeds`
+    plan = {m: tuple(seeds) for m in METHOD_NAMES} if seeds else p.seed_plan(tuple(METHOD_NAMES))
     seeds = tuple(seeds) if seeds else p.seeds
     if "noise" in studies and not embedded:
         raise ValueError("noise: the noisy-correspondence study runs on the embedded data only (it sets the "
@@ -137,7 +150,7 @@ def run_studies(preset: str, out: Path, studies: Sequence[str], data: StudyData 
             "overrides": dict(train_overrides or {}), "torch": torch.__version__}
     results: dict[str, Any] = {}
     t0 = time.time()
-    jobs_list = [(runner, r) for r in plan_runs(studies, data, seeds)]
+    jobs_list = [(runner, r) for r in plan_runs(studies, data, seeds, plan)]
     noise_plan = N.plan(runner, p, noise_seeds) if "noise" in studies else None
     if noise_plan is not None:
         jobs_list += noise_plan.jobs
@@ -151,10 +164,10 @@ def run_studies(preset: str, out: Path, studies: Sequence[str], data: StudyData 
                        "runs_without_cpu_time": sum("cpu" not in rn.run(*r)["_seconds"] for rn, r in jobs_list)}
     for name in ("table5", "table6"):
         if name in studies:
-            results[name] = study_table(name, runner, seeds, meta)
+            results[name] = study_table(name, runner, plan if name == "table5" else seeds, meta)
             print(markdown_table(name.replace("table", "Table "), results[name]["rows"], study_note(results[name])))
     if "table5" in studies:
-        print(f"figure: {study_curves(runner, seeds)}")
+        print(f"figure: {study_curves(runner, plan)}")
     if "table4" in studies:
         results["table4"] = study_table4(runner, seeds, meta)
         print(Path(out / "table4.md").read_text())
@@ -163,7 +176,7 @@ def run_studies(preset: str, out: Path, studies: Sequence[str], data: StudyData 
         print(Path(out / "noise.md").read_text())
     if "figures" in studies:
         if "table5" not in studies:
-            study_table5(runner, seeds[:1], meta)
-        print(f"figure: {study_figures(runner, seeds[0], meta)}")
+            study_table5(runner, (figure_seed(plan),), meta)
+        print(f"figure: {study_figures(runner, figure_seed(plan), meta)}")
     print(f"done in {time.time() - t0:.0f} s; results in {out}/")
     return results

@@ -23,9 +23,9 @@ from ..training.checkpoint import load_model
 from ..training.config import TrainConfig
 from ..training.loop import build_test_set, build_train_set, train
 from .paper import TABLE4_RUNS, TABLE5_ROWS, TABLE6_ROWS
-from .presets import StudyData
+from .presets import SeedPlan, StudyData, seeds_of
 
-__all__ = ["Runner", "RunSpec", "run_name", "plan_runs", "execute_runs", "execute_jobs"]
+__all__ = ["Runner", "RunSpec", "run_name", "plan_runs", "figure_seed", "execute_runs", "execute_jobs"]
 
 
 def run_name(model: str, margin: float, seed: int, tag: str = "") -> str:
@@ -116,13 +116,27 @@ class Runner:
 RunSpec = tuple[str, float, int, str, tuple[str, ...], str]  # model, margin, seed, train list, test lists, tag
 
 
-def plan_runs(studies: Sequence[str], data: StudyData, seeds: Sequence[int]) -> list[RunSpec]:
-    """Every training run the requested studies need, once each (Table 6 shares rows with Table 5)."""
+def figure_seed(seeds: SeedPlan) -> int:
+    """The seed Figure 1 shows: the first seed of the reference model that every Table 5 method ran."""
+    own = {m: seeds_of(seeds, m) for m, _ in TABLE5_ROWS}
+    common = [s for s in own["reference"] if all(s in v for v in own.values())]
+    if not common:
+        raise ValueError(f"figures: expected a seed that every Table 5 method runs, got {own}")
+    return common[0]
+
+
+def plan_runs(studies: Sequence[str], data: StudyData, seeds: Sequence[int],
+              table5_seeds: SeedPlan | None = None) -> list[RunSpec]:
+    """Every training run the requested studies need, once each (Table 6 shares rows with Table 5).
+    ``table5_seeds``: Table 5's seeds, one sequence or each method's own (:data:`~.presets.SeedPlan`;
+    ``None``: ``seeds``)."""
     runs: list[RunSpec] = []
     test = (data.test_list,)
-    if "table5" in studies or "figures" in studies:
-        runs += [(m, mg, s, data.train_list, test, "") for m, mg in TABLE5_ROWS
-                 for s in (seeds if "table5" in studies else seeds[:1])]
+    plan5 = seeds if table5_seeds is None else table5_seeds
+    if "table5" in studies:
+        runs += [(m, mg, s, data.train_list, test, "") for m, mg in TABLE5_ROWS for s in seeds_of(plan5, m)]
+    elif "figures" in studies:
+        runs += [(m, mg, figure_seed(plan5), data.train_list, test, "") for m, mg in TABLE5_ROWS]
     if "table6" in studies:
         runs += [(m, mg, s, data.train_list, test, "") for m, mg in TABLE6_ROWS for s in seeds]
     if "table4" in studies:

@@ -35,11 +35,13 @@ import numpy as np
 
 from ..evaluation import AUC_THRESHOLDS
 
-__all__ = ["METRICS", "per_clip_values", "flat_paired_interval", "hierarchical_interval", "paired_effects",
+__all__ = ["METRICS", "FEW_SEEDS", "per_clip_values", "flat_paired_interval", "hierarchical_interval", "paired_effects",
            "N_RESAMPLES"]
 
 METRICS: tuple[str, ...] = ("ciou", "auc", "mean_ciou")
 N_RESAMPLES = 4000
+#: below this many seeds (and above one) an interval's seed level rests on too few values: ``few_seeds``
+FEW_SEEDS = 5
 
 
 def per_clip_values(cious: Sequence[float] | np.ndarray) -> dict[str, np.ndarray]:
@@ -122,7 +124,9 @@ def paired_effects(treated: Mapping[str, np.ndarray], base: Mapping[str, np.ndar
     of both, column ``k`` = clip ``k`` of both).
 
     Returns ``{"delta_ciou", "delta_auc", "delta_mean_ciou"}`` (points), the ``..._ci95`` ``[lo, hi]``
-    and ``"resolved"``: the cIoU interval excludes 0. One seed uses scipy's paired bootstrap, several
+    and ``"resolved"``: the cIoU interval excludes 0; ``"n_seeds_paired"``; ``"few_seeds"``: 2 to
+    ``FEW_SEEDS - 1`` seeds, whose seed level is too narrow to trust (a bootstrap over ``S`` values has
+    variance factor ``(S - 1) / S``, half with 2 seeds). One seed uses scipy's paired bootstrap, several
     the seeds-then-clips resampler, with the same draws for the three metrics.
 
     Raises:
@@ -142,7 +146,8 @@ def paired_effects(treated: Mapping[str, np.ndarray], base: Mapping[str, np.ndar
         out[f"delta_{key}_ci95"] = [round(lo, 2), round(hi, 2)]
     lo, hi = out["delta_ciou_ci95"]
     out["resolved"] = bool(lo > 0 or hi < 0)
-    out["n_seeds_paired"] = int(np.asarray(treated["ciou"]).shape[0])
+    out["n_seeds_paired"] = n_seeds = int(np.asarray(treated["ciou"]).shape[0])
+    out["few_seeds"] = 1 < n_seeds < FEW_SEEDS
     return out
 
 

@@ -13,10 +13,12 @@ from typing import Any
 
 from ..evaluation import summarize_cious
 from ..io import atomic_write_text
+from .paper import METHOD_NAMES
+from .presets import SeedPlan, all_seeds, seeds_of
 from .runner import Runner
 from .stats import common_clips, paired_effects, stack_per_clip
 
-__all__ = ["DELTA_NOTE", "table_row", "bound_table_rows", "add_margin_effects", "markdown_table", "write_study",
+__all__ = ["DELTA_NOTE", "seeds_text", "table_row", "bound_table_rows", "add_margin_effects", "markdown_table", "write_study",
            "study_note", "same_clips", "model_table"]
 
 
@@ -92,10 +94,12 @@ def _fmt_delta(r: dict[str, Any], key: str) -> str:
     return f"{r[f'delta_{key}']:+.2f} [{lo:+.2f}, {hi:+.2f}]"
 
 
-DELTA_NOTE = ("Δ [lo, hi]: the row minus the same method's m = 0 row (cIoU / AUC points), both scored on the same "
+DELTA_NOTE = ("seeds: training runs averaged in the row; n: test clips. Δ [lo, hi]: the row minus the same method's m = 0 row (cIoU / AUC points), both scored on the same "
               "test clips and trained with the same seeds (same initialisation and data order), with its 95% "
               "paired-bootstrap interval: seeds resampled, then clips (one draw of clips for every drawn seed); "
               "with one seed, clips only (scipy.stats.bootstrap, paired). resolved: the cIoU interval excludes 0. "
+              "† 2-4 seeds: the seed level of the interval rests on that many values and comes out too narrow (a "
+              "bootstrap over S values has variance factor (S - 1) / S, half with 2 seeds): a pointer, not a finding. "
               "paper Δ: the same difference in the paper's table. ± is the standard deviation over seeds.")
 
 
@@ -105,7 +109,7 @@ def markdown_table(title: str, rows: list[dict[str, Any]], note: str, split_colu
     ``(header, row key)`` of one more leading column (e.g. the faulty-positive rate)."""
     head = ["split"] if split_column else []
     head += [extra_column[0]] if extra_column else []
-    head += ["method", "margin", "n", "cIoU", "AUC", "mean cIoU", "Δ cIoU [95% CI]", "Δ AUC [95% CI]", "resolved",
+    head += ["method", "margin", "seeds", "n", "cIoU", "AUC", "mean cIoU", "Δ cIoU [95% CI]", "Δ AUC [95% CI]", "resolved",
              "paper cIoU", "paper AUC", "paper Δ cIoU"]
     lines = [f"## {title}", "", note, "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
@@ -113,10 +117,11 @@ def markdown_table(title: str, rows: list[dict[str, Any]], note: str, split_colu
         m = "-" if r["margin"] is None else f"{r['margin']:+.1f}"
         cells = [r["split"]] if split_column else []
         cells += [str(r.get(extra_column[1], "")) if r.get(extra_column[1]) is not None else "-"] if extra_column else []
-        cells += [r["method"], m, str(r.get("n", r.get("n_test", ""))), _fmt(r["ciou"], r["ciou_std"], n),
+        cells += [r["method"], m, str(n) if n else "-", str(r.get("n", r.get("n_test", ""))),
+                  _fmt(r["ciou"], r["ciou_std"], n),
                   _fmt(r["auc"], r["auc_std"], n), _fmt(r["mean_ciou"], r.get("mean_ciou_std", 0.0), n),
                   _fmt_delta(r, "ciou"), _fmt_delta(r, "auc"),
-                  "" if "resolved" not in r else ("yes" if r["resolved"] else "no"),
+                  "" if "resolved" not in r else ("yes" if r["resolved"] else "no") + ("†" if r.get("few_seeds") else ""),
                   "-" if r["paper_ciou"] is None else f"{r['paper_ciou']:.2f}",
                   "-" if r["paper_auc"] is None else f"{r['paper_auc']:.2f}",
                   f"{r['paper_delta_ciou']:+.2f}" if "paper_delta_ciou" in r else ""]
@@ -129,9 +134,24 @@ def write_study(out: Path, name: str, payload: dict[str, Any], md: str) -> None:
     atomic_write_text(md, out / f"{name}.md")
 
 
+def seeds_text(seeds: SeedPlan, models: Sequence[str] = tuple(METHOD_NAMES)) -> str:
+    """``"seeds [0, 1, 2]"``, or with per-method seeds ``"seeds: LVS, EZ-VSL (w/o OGL) [0, 1, 2]; Ours [0, 1, 2, 3]"``."""
+    def fmt(v: Sequence[int]) -> str:
+        return str(list(v))
+
+    if not isinstance(seeds, dict) or len({tuple(seeds_of(seeds, m)) for m in models if m in seeds}) <= 1:
+        return f"seeds {fmt(all_seeds(seeds))}"
+    groups: dict[tuple[int, ...], list[str]] = {}
+    for m in models:
+        if m in seeds:
+            groups.setdefault(seeds_of(seeds, m), []).append(METHOD_NAMES.get(m, m))
+    return "seeds: " + "; ".join(f"{', '.join(names)} {fmt(v)}" for v, names in groups.items())
+
+
 def study_note(payload: dict[str, Any]) -> str:
     excluded = len(payload.get("excluded", []))
-    return (f"Data: {payload['data']['source']}; seeds {list(payload['seeds'])}; test clips n = {payload['n_test']} "
+    plan = payload.get("seeds_by_method") or payload["seeds"]
+    return (f"Data: {payload['data']['source']}; {seeds_text(plan)}; test clips n = {payload['n_test']} "
             f"(every row on the same clips; {excluded} excluded, listed in the JSON). "
             f"Ours = cIoU (AP50) / AUC / mean cIoU in percent (mean ± std over seeds); paper = VGGSound-144K -> VGG-SS.")
 
@@ -148,14 +168,15 @@ def same_clips(runner: Runner, test: str, evals: list[dict[str, Any]]) -> tuple[
 
 
 def model_table(runner: Runner, specs: Sequence[tuple[str, str, float, tuple[float, float] | None, dict[str, Any]]],
-                 seeds: Sequence[int], train_list: str, test: str, tag: str = "",
+                 seeds: SeedPlan, train_list: str, test: str, tag: str = "",
                  group: str = "method_key") -> tuple[list[dict[str, Any]], list[str], list[dict[str, str]]]:
     """Rows of ``specs`` = ``(model, label, margin, paper, extra)`` on one identical clip set, their Δ
-    against m = 0, then the centre-prior and ceiling rows; also the clip ids and the excluded clips."""
-    evals = [[runner.run(model, margin, s, train_list, [test], tag)[test] for s in seeds]
+    against m = 0, then the centre-prior and ceiling rows; also the clip ids and the excluded clips.
+    ``seeds``: one sequence for every row, or each model's own (:data:`~.presets.SeedPlan`)."""
+    evals = [[runner.run(model, margin, s, train_list, [test], tag)[test] for s in seeds_of(seeds, model)]
              for model, _, margin, _, _ in specs]
     ids, excluded = same_clips(runner, test, [e for row in evals for e in row])
-    rows = [table_row(label, margin, ev, paper, seeds, ids, **dict({"method_key": model}, **extra))
+    rows = [table_row(label, margin, ev, paper, seeds_of(seeds, model), ids, **dict({"method_key": model}, **extra))
             for (model, label, margin, paper, extra), ev in zip(specs, evals)]
     add_margin_effects(rows, evals, ids, group)
     return rows + bound_table_rows(runner.bound_rows(test), ids), ids, excluded
