@@ -119,6 +119,9 @@ def _overrides(args: argparse.Namespace, real: bool, preset: StudyPreset) -> dic
                                                                        **overrides), workers=args.workers)
     for seed in args.seeds or (base.seed,):
         check_config(replace(base, seed=seed))
+    if args.seeds and len(set(args.seeds)) != len(args.seeds):
+        dups = sorted({s for s in args.seeds if args.seeds.count(s) > 1})
+        raise UsageError(f"--seeds expects distinct seeds, got {args.seeds} (repeated: {dups})")
     return overrides
 
 

@@ -19,7 +19,7 @@ from baselines import table5 as T5
 from baselines.cli import UsageError
 from baselines.evaluation import summarize_cious
 from baselines.studies.figures import plot_study_curves
-from baselines.studies.presets import PRESETS, all_seeds, seeds_of
+from baselines.studies.presets import PRESETS, StudyPreset, all_seeds, seeds_of
 from baselines.studies.runner import figure_seed
 from baselines.studies.stats import (
     common_clips,
@@ -208,6 +208,14 @@ def test_table5_seeds_per_method():
     assert seeds_text({"lvs": [0, 1], "reference": [0, 1]}) == "seeds [0, 1]"
     assert seeds_text(plan) == "seeds: LVS, EZ-VSL (w/o OGL) [0, 1]; Ours [0, 1, 2, 3]"
     assert PRESETS["default"].seed_plan(("lvs", "reference")) == {"lvs": (0, 1), "reference": tuple(range(9))}
+
+
+def test_seed_plans_are_checked_before_training(tmp_path):
+    with pytest.raises(ValueError, match=r"method_seeds: expected keys among \['ezvsl', 'lvs', 'reference'\], got \['ours'\]"):
+        StudyPreset("default", (0,), ("table5",), method_seeds={"ours": (0, 1)})
+    with pytest.raises(UsageError, match=r"--seeds expects distinct seeds, got \[0, 1, 0\] \(repeated: \[0\]\)"):
+        T5.main(["--seeds", "0", "1", "0", "--out", str(tmp_path)])
+    assert not (tmp_path / "runs").exists()
 
 
 def test_real_data_needs_every_path(tmp_path):

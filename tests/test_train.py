@@ -378,6 +378,10 @@ class _Poisoned(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int):
         item = self.base[i]
+        if isinstance(item, dict) and "frame" in item:  # the trainer's uint8 frames: normalise here, to poison
+            from baselines.data import normalize_frames
+
+            item = {**{k: v for k, v in item.items() if k != "frame"}, "image": normalize_frames(item["frame"])}
         if isinstance(item, dict) and item["id"] == self.clip_id and self.epoch >= self.from_epoch:
             item = {**item, "image": torch.full_like(item["image"], float("nan"))}
         return item

@@ -123,6 +123,8 @@ def study_figures(runner: Any, seed: int, meta: dict[str, Any]) -> Path:
     picks = [ref["id"][order[min(len(order) - 1, int(q * len(order)))]] for q in FIGURE1_QUANTILES]
     pos = {c: k for k, c in enumerate(test_set.ids)}
     batch = collate_batch([test_set[pos[c]] for c in picks])
+    if batch is None or batch["id"] != picks:  # every run scored these clips, so they decode
+        raise RuntimeError(f"figures: clips {picks} no longer decode ({[] if batch is None else batch['failures']})")
     image, spec, gt = batch["image"], batch["spectrogram"], batch["gt_map"]
     boxes = load_annotations(runner.data.annotations, runner.data.annotation_format, picks)
     mean = torch.tensor(IMAGENET_MEAN)[:, None, None]

@@ -150,6 +150,8 @@ def run_studies(preset: str, out: Path, studies: Sequence[str], data: StudyData 
             "overrides": dict(train_overrides or {}), "torch": torch.__version__}
     results: dict[str, Any] = {}
     t0 = time.time()
+    if "figures" in studies:
+        figure_seed(plan)  # a seed every Table 5 method runs: checked before any training
     jobs_list = [(runner, r) for r in plan_runs(studies, data, seeds, plan)]
     noise_plan = N.plan(runner, p, noise_seeds) if "noise" in studies else None
     if noise_plan is not None:

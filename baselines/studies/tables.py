@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import statistics
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -139,7 +139,7 @@ def seeds_text(seeds: SeedPlan, models: Sequence[str] = tuple(METHOD_NAMES)) -> 
     def fmt(v: Sequence[int]) -> str:
         return str(list(v))
 
-    if not isinstance(seeds, dict) or len({tuple(seeds_of(seeds, m)) for m in models if m in seeds}) <= 1:
+    if not isinstance(seeds, Mapping) or len({seeds_of(seeds, m) for m in models if m in seeds}) <= 1:
         return f"seeds {fmt(all_seeds(seeds))}"
     groups: dict[tuple[int, ...], list[str]] = {}
     for m in models:
