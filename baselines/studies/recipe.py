@@ -34,7 +34,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     "constant": {},  # Adam 1e-3, constant, 10 epochs (the recipe before this measurement)
     "cosine": {"lr_schedule": "cosine", "warmup_steps": 31},  # + 1 epoch warm-up, cosine decay to 0
     "cosine20": {"lr_schedule": "cosine", "warmup_steps": 31, "epochs": 20},
-    "cosine5": {"lr_schedule": "cosine", "warmup_steps": 31, "epochs": 5},  # half the cost
+    "cosine5": {"lr_schedule": "cosine", "warmup_steps": 31, "epochs": 5},  # half the steps
     "cosine-lr5e-4": {"lr_schedule": "cosine", "warmup_steps": 31, "lr": 5e-4},  # half the peak lr
     "cosine-group": {"lr_schedule": "cosine", "warmup_steps": 31, "norm": "group"},  # batch-independent norm
     # more training clips for about the same steps (each clip seen fewer times): 4,000 x 5 epochs, 8,000 x 3

@@ -16,7 +16,7 @@ from ..io import atomic_write_text
 from .paper import METHOD_NAMES
 from .presets import SeedPlan, all_seeds, seeds_of
 from .runner import Runner
-from .stats import common_clips, paired_effects, stack_per_clip
+from .stats import FEW_SEEDS, common_clips, paired_effects, stack_per_clip
 
 __all__ = ["DELTA_NOTE", "seeds_text", "table_row", "bound_table_rows", "add_margin_effects", "markdown_table", "write_study",
            "study_note", "same_clips", "model_table"]
@@ -98,7 +98,7 @@ DELTA_NOTE = ("seeds: training runs averaged in the row; n: test clips. Δ [lo, 
               "test clips and trained with the same seeds (same initialisation and data order), with its 95% "
               "paired-bootstrap interval: seeds resampled, then clips (one draw of clips for every drawn seed); "
               "with one seed, clips only (scipy.stats.bootstrap, paired). resolved: the cIoU interval excludes 0. "
-              "† 2-4 seeds: the seed level of the interval rests on that many values and comes out too narrow (a "
+              f"† 2-{FEW_SEEDS - 1} seeds: the seed level of the interval rests on that many values and comes out too narrow (a "
               "bootstrap over S values has variance factor (S - 1) / S, half with 2 seeds): a pointer, not a finding. "
               "paper Δ: the same difference in the paper's table. ± is the standard deviation over seeds.")
 
@@ -136,16 +136,13 @@ def write_study(out: Path, name: str, payload: dict[str, Any], md: str) -> None:
 
 def seeds_text(seeds: SeedPlan, models: Sequence[str] = tuple(METHOD_NAMES)) -> str:
     """``"seeds [0, 1, 2]"``, or with per-method seeds ``"seeds: LVS, EZ-VSL (w/o OGL) [0, 1, 2]; Ours [0, 1, 2, 3]"``."""
-    def fmt(v: Sequence[int]) -> str:
-        return str(list(v))
-
     if not isinstance(seeds, Mapping) or len({seeds_of(seeds, m) for m in models if m in seeds}) <= 1:
-        return f"seeds {fmt(all_seeds(seeds))}"
+        return f"seeds {list(all_seeds(seeds))}"
     groups: dict[tuple[int, ...], list[str]] = {}
     for m in models:
         if m in seeds:
             groups.setdefault(seeds_of(seeds, m), []).append(METHOD_NAMES.get(m, m))
-    return "seeds: " + "; ".join(f"{', '.join(names)} {fmt(v)}" for v, names in groups.items())
+    return "seeds: " + "; ".join(f"{', '.join(names)} {list(v)}" for v, names in groups.items())
 
 
 def study_note(payload: dict[str, Any]) -> str:
