@@ -92,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     annotation_format = args.annotation_format or config.annotation_format
     prior = ObjectPrior(imagenet_resnet18(args.visual_weights)).to(device).eval() if args.ogl else None
     try:
-        test_set = build_test_set(test_root, test_list, annotations, annotation_format)
+        test_set = build_test_set(test_root, test_list, annotations, annotation_format, image_size=config.image_size)
         scored = evaluate_model(model, test_set, device, args.batch_size, args.workers, True, prior)
     except DataError as e:
         raise data_error(e) from e

@@ -1,8 +1,8 @@
 """The three baselines of the paper's Table 5 as trainable models (the paper: Sec. 2, eqs. 1-3; Sec. 3.2).
 
-Every model maps ``(image [B, 3, 224, 224], spectrogram [B, 1, 257, 200])`` to L2-normalised
-features ``img [B, C, h, w]`` and ``aud [B, C]``; the loss and the localisation map come from
-:mod:`marginnce_loss` (no formula is re-derived here):
+Every model maps ``(image [B, 3, S, S], spectrogram [B, 1, 257, 200])`` (``S = image_size``, 224
+under the paper's protocol) to L2-normalised features ``img [B, C, 7, 7]`` and ``aud [B, C]``; the
+loss and the localisation map come from :mod:`marginnce_loss` (no formula is re-derived here):
 
 - ``lvs``: ResNet-18 for both modalities, audio map global-max-pooled, no projection; loss =
   cross-entropy against column 0 of :func:`marginnce_loss.adapters.lvs.lvs_logits`
@@ -14,9 +14,15 @@ features ``img [B, C, h, w]`` and ``aud [B, C]``; the loss and the localisation 
   tau 0.07, epsilon 0.65, beta 0.03.
 
 Backbones: ``resnet18`` (torchvision; random init unless ``pretrained=True``, which loads the
-ImageNet weights into the visual encoder, see :func:`imagenet_resnet18_state`) or ``small``, a
-compact convolutional encoder with the same output geometry (stride 32: 224 -> 7 x 7) for CPU-sized
-runs.
+ImageNet weights into the visual encoder, see :func:`imagenet_resnet18_state`), or one of two
+compact convolutional encoders with the same output geometry (stride 32: 224 -> 7 x 7) for CPU-sized
+runs: ``small`` (a 4 x 4 patchify stem, then three stride-2 stages) and ``patch8`` (an 8 x 8 patchify
+stem, then two stride-2 stages: one stage fewer at the highest resolution). The compact encoders keep
+their weights and activations channels-last, the layout oneDNN's CPU convolutions run in without
+reordering (the same numbers up to float rounding; ``python -m benchmarks.study_runs`` times study
+runs both ways). With ``image_size=112`` a compact encoder's image
+stem halves its stride (16 instead of 32), so the maps stay 7 x 7; the evaluation upsamples them to
+the protocol's 224 x 224 either way (:func:`baselines.evaluation.upsample_map`).
 
 ImageNet weights without a network: ``visual_weights`` (``--visual-weights PATH``) names a file
 holding torchvision's ResNet-18 state dict (``torch.save(resnet18(...).state_dict(), PATH)``, e.g. a
@@ -56,7 +62,9 @@ __all__ = ["MODELS", "BACKBONES", "NORMS", "ModelConfig", "AudioVisualModel", "b
            "WeightsUnavailableError", "imagenet_resnet18", "imagenet_resnet18_state", "torchvision_cache_path"]
 
 MODELS = ("lvs", "ezvsl", "reference")
-BACKBONES = ("resnet18", "small")
+#: network input sides: 224 (the protocol; every backbone) and 112 (the compact backbones, at output stride 16)
+IMAGE_SIZES = (224, 112)
+BACKBONES = ("resnet18", "small", "patch8")
 NORMS = ("batch", "group")
 # the contrastive temperature of each method (LVS: Chen et al. 2021; EZ-VSL: Mo & Morgado 2022; ours: Sec. 2)
 TAU = {"lvs": 0.07, "ezvsl": 0.03, "reference": 0.07}
@@ -75,10 +83,11 @@ class ModelConfig:
     epsilon: float = 0.65
     epsilon2: float = 0.4
     beta: float = 0.03
-    width: int = 64  # channel width of the ``small`` backbone's first stage
+    width: int = 64  # channel width of the ``small`` / ``patch8`` backbone's first stage
     gather_distributed: bool = False  # global-batch negatives under DDP (ezvsl, reference; LVS stays local)
     norm: str = "batch"  # "batch" | "group" (batch-independent; see the module docstring)
     visual_weights: str = ""  # pretrained: a local ImageNet ResNet-18 state dict ("" = torchvision's cache)
+    image_size: int = 224  # the image input's side (IMAGE_SIZES); 112: compact backbones only
 
     def __post_init__(self) -> None:
         """The model's settings are checked here, once (``TrainConfig`` delegates its model fields here).
@@ -99,6 +108,12 @@ class ModelConfig:
             check_finite(name, getattr(self, name))
         check_positive("beta", self.beta)
         check_str("visual_weights", self.visual_weights)
+        check_int("image_size", self.image_size)
+        if self.image_size not in IMAGE_SIZES:
+            raise ValueError(f"image_size: expected one of {IMAGE_SIZES}, got {self.image_size}")
+        if self.image_size != 224 and self.backbone not in _COMPACT:
+            raise ValueError(f"image_size: expected 224 with backbone {self.backbone!r} (112 needs a compact backbone: "
+                             f"{tuple(_COMPACT)}), got {self.image_size}")
         if self.pretrained and self.backbone != "resnet18":
             raise ValueError(f"pretrained: ImageNet weights exist for backbone 'resnet18' only, got backbone {self.backbone!r}")
         if self.pretrained and self.norm != "batch":
@@ -208,24 +223,41 @@ def _resnet18_audio(norm: str = "batch") -> tuple[nn.Module, int]:
     return nn.Sequential(conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3, net.layer4), 512
 
 
-def _small(in_channels: int, width: int, norm: str = "batch") -> tuple[nn.Module, int]:
-    """A compact encoder with ResNet-18's output stride (32): a 4 x 4 patchify stem, then three
-    stride-2 3 x 3 stages. ``width`` channels in the first stage, doubling to ``4 * width``;
-    each conv but the last is followed by ``norm_layer(norm)`` and ReLU."""
-    make_norm = norm_layer(norm)
+def _conv_block(cin: int, cout: int, k: int, s: int, p: int, norm: str) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, k, s, p, bias=False), norm_layer(norm)(cout), nn.ReLU(inplace=True))
 
-    def block(cin: int, cout: int, k: int, s: int, p: int) -> nn.Sequential:
-        return nn.Sequential(nn.Conv2d(cin, cout, k, s, p, bias=False), make_norm(cout), nn.ReLU(inplace=True))
 
+def _small(in_channels: int, width: int, norm: str = "batch", stem: int = 4) -> tuple[nn.Module, int]:
+    """A compact encoder with ResNet-18's output stride (32 with the default ``stem``): a ``stem`` x
+    ``stem`` patchify stem, then three stride-2 3 x 3 stages. ``width`` channels in the first stage,
+    doubling to ``4 * width``; each conv but the last is followed by ``norm_layer(norm)`` and ReLU."""
     w = width
     layers = nn.Sequential(
-        block(in_channels, w // 2, 4, 4, 0),
-        block(w // 2, w, 3, 2, 1),
-        block(w, 2 * w, 3, 2, 1),
-        block(2 * w, 4 * w, 3, 2, 1),
+        _conv_block(in_channels, w // 2, stem, stem, 0, norm),
+        _conv_block(w // 2, w, 3, 2, 1, norm),
+        _conv_block(w, 2 * w, 3, 2, 1, norm),
+        _conv_block(2 * w, 4 * w, 3, 2, 1, norm),
         nn.Conv2d(4 * w, 4 * w, 3, 1, 1),
     )
     return layers, 4 * w
+
+
+def _patch8(in_channels: int, width: int, norm: str = "batch", stem: int = 8) -> tuple[nn.Module, int]:
+    """``_small`` without its highest-resolution stage: an 8 x 8 (``stem``) patchify stem to ``width``
+    channels, then two stride-2 3 x 3 stages (``2 * width``, ``4 * width``) and the last 3 x 3 conv;
+    output stride 32 with the default ``stem``."""
+    w = width
+    layers = nn.Sequential(
+        _conv_block(in_channels, w, stem, stem, 0, norm),
+        _conv_block(w, 2 * w, 3, 2, 1, norm),
+        _conv_block(2 * w, 4 * w, 3, 2, 1, norm),
+        nn.Conv2d(4 * w, 4 * w, 3, 1, 1),
+    )
+    return layers, 4 * w
+
+
+_COMPACT = {"small": _small, "patch8": _patch8}
+_COMPACT_STEM = {"small": 4, "patch8": 8}  # at image_size 224; the audio stem keeps it whatever the image size
 
 
 class AudioVisualModel(nn.Module):
@@ -244,8 +276,9 @@ class AudioVisualModel(nn.Module):
                                                      config.visual_weights)
             self.audnet, aud_width = _resnet18_audio(config.norm)
         else:
-            self.imgnet, img_width = _small(3, config.width, config.norm)
-            self.audnet, aud_width = _small(1, config.width, config.norm)
+            stem = _COMPACT_STEM[config.backbone] * config.image_size // 224  # 7 x 7 maps at either image size
+            self.imgnet, img_width = _COMPACT[config.backbone](3, config.width, config.norm, stem)
+            self.audnet, aud_width = _COMPACT[config.backbone](1, config.width, config.norm)
         if config.model == "lvs":
             self.img_proj: nn.Module = nn.Identity()
             self.aud_proj: nn.Module = nn.Identity()
@@ -254,6 +287,9 @@ class AudioVisualModel(nn.Module):
             self.aud_proj = nn.Linear(aud_width, config.dim)
         self._init_weights()
         self.criterion = self._make_criterion()
+        # the compact CPU encoders run channels-last (oneDNN's convolutions then skip their reorders)
+        self._memory_format = torch.channels_last if config.backbone in _COMPACT else torch.contiguous_format
+        self.to(memory_format=self._memory_format)
 
     def _init_weights(self) -> None:
         skip = self.imgnet if self.config.pretrained else None
@@ -286,6 +322,8 @@ class AudioVisualModel(nn.Module):
 
     def encode(self, image: Tensor, spectrogram: Tensor) -> tuple[Tensor, Tensor]:
         """``img [B, C, h, w]`` and ``aud [B, C]``, both L2-normalised over ``C``."""
+        image = image.contiguous(memory_format=self._memory_format)
+        spectrogram = spectrogram.contiguous(memory_format=self._memory_format)
         img = F.normalize(self.img_proj(self.imgnet(image)), dim=1)
         aud = torch.amax(self.audnet(spectrogram), dim=(-2, -1))
         aud = F.normalize(self.aud_proj(aud), dim=1)

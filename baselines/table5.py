@@ -1,9 +1,9 @@
 """The paper's studies in one command: Table 5 (marginNCE on three baselines), Table 6 (margin sweep),
 Table 4 (heard / unheard classes), the noisy-correspondence study and Fig. 1-style figures.
 
-    python -m baselines.table5                       # Table 5 on the embedded data (Ours 9 seeds, LVS / EZ-VSL 2; 2,000 test clips)
+    python -m baselines.table5                       # Table 5 on the embedded data (Ours 12 seeds, LVS / EZ-VSL 2; 2,000 test clips)
     python -m baselines.table5 --preset smoke        # the same study in minutes (CI runs it)
-    python -m baselines.table5 --preset full         # Table 5 with Ours at 30 seeds, the others at 10; all studies
+    python -m baselines.table5 --preset full         # Table 5 with Ours at 64 seeds, the others at 10; all studies
     python -m baselines.table5 --studies table5 table6 table4 noise figures
     python -m baselines.table5 --train-root data/vggsound --train-list vggss_144k.txt \
         --test-root data/vggss --test-list vggss_test.csv --annotations vggss.json --seeds 0   # the paper's protocol
@@ -21,8 +21,9 @@ one method more seeds in Table 5 than the others (``StudyPreset.method_seeds``; 
 a table is scored on one identical set of clips (clips some run could not score are excluded from every
 row and listed with their reason), including two rows computed on those clips: ``center prior`` (a fixed
 centred Gaussian map) and ``ceiling`` (the best any map can score under the protocol). Finished runs are
-reused, so an interrupted study resumes where it stopped. ``--batch-size``, ``--backbone``, ``--epochs``,
-``--limit-steps``, ``--max-failures`` and ``--pretrained`` override the preset's (or the paper's) settings for every run of
+reused, so an interrupted study resumes where it stopped. ``--batch-size``, ``--backbone``, ``--image-size``,
+``--epochs``, ``--limit-steps``, ``--max-failures`` and ``--pretrained`` override the preset's (or the paper's)
+settings for every run of
 the study (recorded in the JSON's ``train`` and ``overrides`` and in each run's cache key). Table 5 also
 writes ``<out>/curves.png`` (every run's training loss per epoch) beside each run's own
 ``runs/<name>/curves.png``. Errors the user can fix are one line on stderr, exit status 1.
@@ -78,7 +79,7 @@ _run_name, _row, _add_margin_effects, _reference_table_rows = run_name, table_ro
 _same_clips, _write, _note = same_clips, write_study, study_note
 
 #: TrainConfig fields a study run can override for every run (``--epochs`` ...); ``None``: not given
-TRAIN_OVERRIDES = ("batch_size", "backbone", "epochs", "limit_steps", "max_failures", "pretrained")
+TRAIN_OVERRIDES = ("batch_size", "backbone", "image_size", "epochs", "limit_steps", "max_failures", "pretrained")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -26,11 +26,12 @@ def _channels(config: ModelConfig) -> int:
     return 512 if config.backbone == "resnet18" else 4 * config.width
 
 
+@pytest.mark.parametrize("backbone", ["small", "patch8"])
 @pytest.mark.parametrize("norm", ["batch", "group"])
 @pytest.mark.parametrize("model", MODELS)
-def test_small_backbone_shapes_loss_and_gradients(model: str, norm: str) -> None:
+def test_compact_backbone_shapes_loss_and_gradients(model: str, norm: str, backbone: str) -> None:
     torch.manual_seed(0)
-    config = ModelConfig(model=model, backbone="small", width=8, dim=32, norm=norm)
+    config = ModelConfig(model=model, backbone=backbone, width=8, dim=32, norm=norm)
     net = build_model(config)
     image, spec = _inputs(3)
     img, aud = net.encode(image, spec)
@@ -52,21 +53,44 @@ def test_small_backbone_shapes_loss_and_gradients(model: str, norm: str) -> None
     assert norms == {nn.BatchNorm2d if norm == "batch" else nn.GroupNorm}
 
 
-@pytest.mark.parametrize("model", MODELS)
-def test_resnet18_shapes(model: str) -> None:
+@pytest.mark.parametrize("backbone", ["small", "patch8"])
+def test_compact_backbones_run_channels_last_with_the_numbers_of_contiguous(backbone: str) -> None:
+    """The compact encoders keep their conv weights channels-last (oneDNN's CPU layout); the features
+    equal those of the same weights in the default layout up to float rounding, and a checkpoint's
+    state dict loads into either."""
     torch.manual_seed(0)
-    config = ModelConfig(model=model, backbone="resnet18", dim=64)
-    net = build_model(config).eval()  # eval: BatchNorm running statistics, a batch of 2 is fine
-    image, spec = _inputs(2)
+    net = build_model(ModelConfig(model="reference", backbone=backbone, width=8, dim=32)).eval()
+    convs = [m.weight for m in net.modules() if isinstance(m, nn.Conv2d)]
+    assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+    plain = build_model(ModelConfig(model="reference", backbone=backbone, width=8, dim=32)).eval()
+    plain.load_state_dict(net.state_dict())
+    plain.to(memory_format=torch.contiguous_format)
+    plain._memory_format = torch.contiguous_format
+    assert not all(m.weight.is_contiguous(memory_format=torch.channels_last)
+                   for m in plain.modules() if isinstance(m, nn.Conv2d))
+    image, spec = _inputs(3)
     with torch.no_grad():
-        img, aud = net.encode(image, spec)  # forward = encode + criterion + response map (small-backbone test)
-        loss, maps = net.criterion(img, aud), MF.response_map(img, aud)
-    c = _channels(config)
-    assert img.shape == (2, c, 7, 7) and aud.shape == (2, c)
-    torch.testing.assert_close(img.norm(dim=1), torch.ones(2, 7, 7))
-    torch.testing.assert_close(aud.norm(dim=1), torch.ones(2))
-    assert torch.isfinite(loss) and maps.shape == (2, 7, 7)
-    assert net.audnet[0].in_channels == 1  # the audio ResNet's 1-channel conv1
+        for got, want in zip(net.encode(image, spec), plain.encode(image, spec)):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    resnet = build_model(ModelConfig(model="reference", backbone="resnet18", dim=32))
+    assert resnet._memory_format == torch.contiguous_format  # ResNet-18 keeps torchvision's layout
+
+
+@pytest.mark.parametrize("backbone", ["small", "patch8"])
+def test_compact_backbones_at_112_pixels_keep_7_by_7_maps(backbone: str) -> None:
+    """image_size=112 halves the image stride of a compact encoder (the maps stay 7 x 7); the audio
+    encoder and every other layer are those of the 224-pixel model (same parameter shapes but the stem)."""
+    torch.manual_seed(0)
+    net = build_model(ModelConfig(model="reference", backbone=backbone, width=8, dim=32, image_size=112))
+    g = torch.Generator().manual_seed(0)
+    image, spec = torch.randn(2, 3, 112, 112, generator=g), torch.randn(2, 1, 257, 200, generator=g)
+    img, aud = net.encode(image, spec)
+    assert img.shape == (2, 32, 7, 7) and aud.shape == (2, 32)
+    full = build_model(ModelConfig(model="reference", backbone=backbone, width=8, dim=32))
+    stem = net.imgnet[0][0]
+    assert stem.stride[0] * 2 == full.imgnet[0][0].stride[0] and stem.kernel_size == stem.stride
+    shapes = {k: v.shape for k, v in net.state_dict().items() if not k.startswith("imgnet.0.0")}
+    assert shapes == {k: v.shape for k, v in full.state_dict().items() if not k.startswith("imgnet.0.0")}
 
 
 def test_resnet18_group_norm_replaces_every_batchnorm() -> None:
@@ -106,13 +130,16 @@ def test_margin_reaches_the_loss() -> None:
 
 @pytest.mark.parametrize("kwargs, error, message", [
     (dict(model="clip"), ValueError, r"model: expected one of \('lvs', 'ezvsl', 'reference'\), got 'clip'"),
-    (dict(backbone="resnet50"), ValueError, r"backbone: expected one of \('resnet18', 'small'\), got 'resnet50'"),
+    (dict(backbone="resnet50"), ValueError, r"backbone: expected one of \('resnet18', 'small', 'patch8'\), got 'resnet50'"),
     (dict(norm="instance"), ValueError, r"norm: expected one of \('batch', 'group'\), got 'instance'"),
     (dict(backbone="small", pretrained=True), ValueError, r"pretrained: ImageNet weights exist for backbone 'resnet18' only"),
     (dict(pretrained=True, norm="group"), ValueError, r"pretrained: the ImageNet weights are for norm 'batch'"),
     (dict(width=1), ValueError, r"width: expected an int >= 2, got 1"),
     (dict(dim=0), ValueError, r"dim: expected an int >= 1, got 0"),
     (dict(dim=32.0), TypeError, r"dim: expected an int, got float 32.0"),
+    (dict(image_size=160, backbone="small"), ValueError, r"image_size: expected one of \(224, 112\), got 160"),
+    (dict(image_size=112), ValueError, r"image_size: expected 224 with backbone 'resnet18' \(112 needs a compact"),
+    (dict(image_size=224.0), TypeError, r"image_size: expected an int, got float 224.0"),
     (dict(margin=float("nan")), ValueError, r"margin: expected a finite float, got nan"),
     (dict(beta=0.0), ValueError, r"beta: expected a finite float > 0, got 0.0"),
     (dict(gather_distributed=1), TypeError, r"gather_distributed: expected a bool, got int 1"),

@@ -207,7 +207,7 @@ def test_table5_seeds_per_method():
     assert seeds_text((0, 1)) == "seeds [0, 1]"
     assert seeds_text({"lvs": [0, 1], "reference": [0, 1]}) == "seeds [0, 1]"
     assert seeds_text(plan) == "seeds: LVS, EZ-VSL (w/o OGL) [0, 1]; Ours [0, 1, 2, 3]"
-    assert PRESETS["default"].seed_plan(("lvs", "reference")) == {"lvs": (0, 1), "reference": tuple(range(9))}
+    assert PRESETS["default"].seed_plan(("lvs", "reference")) == {"lvs": (0, 1), "reference": tuple(range(12))}
 
 
 def test_seed_plans_are_checked_before_training(tmp_path):
@@ -441,6 +441,25 @@ def test_overrides_reach_every_run_and_its_cache_key(tmp_path, monkeypatch):
     keys = [T5.Runner(tmp_path, data, dict(T5.PRESETS["smoke"].train, **o), "cpu", 0, progress=False)
             ._cache_entry("reference", 0.0, 0, data.train_list, [data.test_list])[2] for o in ({}, {"limit_steps": 2})]
     assert keys[1]["config"]["limit_steps"] == 2 and keys[0] != keys[1]  # a cached run of other settings is not reused
+
+
+def test_a_cached_result_from_before_a_config_field_existed_is_reused_at_its_default(tmp_path):
+    """A result cached before a config field was added (its key lacks the field) is the run of the field's
+    default, as a resumed checkpoint's config is (TrainConfig.from_dict); another value is another run."""
+    data = StudyData("r", "r/train.txt", "r", "r/test.csv", "r/vggss.json")
+    spec = ("reference", 0.0, 0, data.train_list, (data.test_list,), "")
+    at_224 = {k: v for k, v in T5.PRESETS["smoke"].train.items() if k != "image_size"}  # the field's default
+    runner = T5.Runner(tmp_path, data, at_224, "cpu", 0, progress=False)
+    path, _, key = runner._cache_entry(*spec)
+    old_key = {"config": {k: v for k, v in key["config"].items() if k != "image_size"}, "tests": key["tests"]}
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"key": old_key, "results": {"marker": 1}}))
+    assert runner._cached(*spec) == {"marker": 1}
+    other = T5.Runner(tmp_path, data, dict(at_224, image_size=112), "cpu", 0, progress=False)
+    assert other._cached(*spec) is None
+    path.write_text(json.dumps({"key": {"config": dict(old_key["config"], no_such_field=1), "tests": key["tests"]},
+                                "results": {"marker": 1}}))
+    assert runner._cached(*spec) is None  # a key this code cannot read is not a cached result of this run
 
 
 def test_help_shows_the_defaults_and_the_overrides():

@@ -418,6 +418,26 @@ def test_non_finite_weights_are_found() -> None:
 # --------------------------------------------------------------------------- curves, TensorBoard, provenance
 
 
+def test_112_pixel_runs_train_and_are_scored_at_224(fx: AVFixture, tmp_path: Path) -> None:
+    """--image-size 112: 112 x 112 crops in training and test, ground truth and scoring at the protocol's
+    224 x 224; the evaluator CLI reads the image size from the checkpoint (the same numbers as the run's)."""
+    from baselines.train import build_test_set, build_train_set
+
+    config = train_config(fx, image_size=112, epochs=1)
+    item = build_train_set(config)[0]
+    assert tuple(item["frame"].shape) == (3, 112, 112)
+    test_item = build_test_set(config.test_root, config.test_list, config.annotations, image_size=112)[0]
+    assert tuple(test_item["frame"].shape) == (3, 112, 112) and tuple(test_item["gt_map"].shape) == (224, 224)
+    out = tmp_path / "run"
+    final = train(config, out, progress=False)
+    assert json.loads((out / "config.json").read_text())["image_size"] == 112
+    result_path = tmp_path / "eval.json"
+    assert evaluate_cli.main(["--checkpoint", str(out / "checkpoint.pt"), "--out", str(result_path)]) == 0
+    assert json.loads(result_path.read_text())["eval"] == final["eval"]
+    with pytest.raises(ValueError, match=r"image_size: expected 224 with backbone 'resnet18'"):
+        train(train_config(fx, image_size=112, backbone="resnet18"), tmp_path / "r18", progress=False)
+
+
 def test_curves_and_tensorboard_scalars(fx: AVFixture, tmp_path: Path) -> None:
     pytest.importorskip("tensorboard")
     from PIL import Image

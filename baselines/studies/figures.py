@@ -16,6 +16,7 @@ from ..data import collate_batch, load_annotations
 from ..data.frames import IMAGENET_MEAN, IMAGENET_STD
 from ..evaluation import ciou_per_sample, median_threshold_mask, normalize_map, upsample_map
 from ..io import atomic_write
+from ..protocol import MAP_SIZE
 from ..training.checkpoint import load_model
 from .paper import METHOD_NAMES, TABLE5_ROWS
 from .runner import run_name
@@ -147,14 +148,15 @@ def study_figures(runner: Any, seed: int, meta: dict[str, Any]) -> Path:
     for r, clip in enumerate(picks):
         for c, (title, key) in enumerate(columns):
             ax = axes[r, c]
-            ax.imshow(shown[r])
+            # the frame (image_size pixels) in the 224 x 224 frame of the maps, masks and boxes it is scored in
+            ax.imshow(shown[r], extent=(-0.5, MAP_SIZE - 0.5, MAP_SIZE - 0.5, -0.5))
             if key is not None:
                 im = ax.imshow(maps[key][r], cmap="viridis", alpha=0.6, vmin=0, vmax=1)
                 ax.contour(masks[key][r].astype(float), levels=[0.5], colors="white", linewidths=1.2)
                 ax.text(4, 218, f"IoU {ious[key][r]:.2f}", color="white", fontsize=11, va="bottom",
                         bbox=dict(facecolor="black", alpha=0.6, pad=1.5, lw=0))
             for x0, y0, x1, y1 in boxes[clip]:
-                s = 224
+                s = MAP_SIZE
                 ax.add_patch(plt.Rectangle((x0 * s, y0 * s), (x1 - x0) * s, (y1 - y0) * s, fill=False, lw=2,
                                            ec="#ff4fd8"))
             ax.set_xticks([])

@@ -46,15 +46,17 @@ class Runner:
         self._bound_rows: dict[str, dict[str, dict[str, float]]] = {}
 
     def test_set(self, test_list: str):
+        image_size = self.train_kwargs.get("image_size", TrainConfig.image_size)
         key = json.dumps([self.data.test_root, test_list, self.data.annotations, self.data.annotation_format,
-                          bool(self.train_kwargs.get("cache"))])
+                          bool(self.train_kwargs.get("cache")), image_size])
         if key not in _TEST_SETS:  # shared by every runner of this process (decoded clips reused)
             _TEST_SETS[key] = build_test_set(self.data.test_root, test_list, self.data.annotations,
-                                             self.data.annotation_format, cache=bool(self.train_kwargs.get("cache")))
+                                             self.data.annotation_format, cache=bool(self.train_kwargs.get("cache")),
+                                             image_size=image_size)
         return _TEST_SETS[key]
 
     def train_set(self, config: TrainConfig):
-        key = json.dumps([config.train_root, config.train_list, config.cache, config.max_failures])
+        key = json.dumps([config.train_root, config.train_list, config.cache, config.max_failures, config.image_size])
         if key not in _TRAIN_SETS:
             _TRAIN_SETS.clear()  # one training set's decoded clips in memory at a time
             _TRAIN_SETS[key] = build_train_set(config)
@@ -78,10 +80,19 @@ class Runner:
         return path, config, {"config": asdict(config), "tests": list(test_lists)}
 
     def _cached(self, *spec: Any) -> dict[str, dict[str, Any]] | None:
+        """The cached results of ``spec``, if ``runs/<name>/result.json`` was made with its config: config
+        fields added since the result was written take their defaults (``TrainConfig.from_dict``), as a
+        resumed checkpoint's do; any other difference means no cached result."""
         path, _, key = self._cache_entry(*spec)
         if path.exists():
             cached = json.loads(path.read_text())
-            if cached.get("key") == key:
+            old = cached.get("key") or {}
+            try:
+                same = old.get("tests") == key["tests"] and \
+                    asdict(TrainConfig.from_dict(old.get("config", {}))) == key["config"]
+            except (TypeError, ValueError):  # a key of an unknown field or a value the config rejects
+                same = False
+            if same:
                 return cached["results"]
         return None
 
@@ -102,7 +113,8 @@ class Runner:
         if self.progress:
             print(f"  training {name} ...", flush=True)
         # no cached result for this key: whatever run_dir holds (a stale or killed run) is replaced
-        train(config, run_dir, progress=self.progress, train_set=self.train_set(config), overwrite=True)
+        train(config, run_dir, progress=self.progress, train_set=self.train_set(config), overwrite=True,
+              curves_every_epoch=False)
         net, _, _ = load_model(run_dir / "checkpoint.pt")
         results = {t: evaluate_model(net, self.test_set(t), self.device,
                                      batch_size=64, workers=self.workers) for t in test_lists}

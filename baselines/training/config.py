@@ -19,7 +19,7 @@ from .._checks import check_bool, check_choice, check_finite, check_int, check_n
 from ..cli import UsageError, one_line
 from ..data.datasets import DataError
 from ..layout import AUDIO_DIR, FRAMES_DIR
-from ..models import BACKBONES, MODELS, NORMS, ModelConfig
+from ..models import BACKBONES, IMAGE_SIZES, MODELS, NORMS, ModelConfig
 
 __all__ = ["TrainConfig", "ConfigError", "AUTO_WORKERS", "auto_workers", "DEVICES", "ANNOTATION_FORMATS", "RESUME_INDEPENDENT", "RECORD_KEYS",
            "MODEL_FIELDS", "add_config_arguments", "add_data_arguments", "add_field_argument", "config_argv",
@@ -100,9 +100,9 @@ class TrainConfig:
 
     model: str = _f("reference", "the method (Table 5's rows)", choices=MODELS)
     margin: float = _f(-0.2, "marginNCE margin m (0: InfoNCE)")
-    backbone: str = _f("resnet18", "encoders (small: CPU-sized)", choices=BACKBONES)
+    backbone: str = _f("resnet18", "encoders (small, patch8: CPU-sized)", choices=BACKBONES)
     dim: int = _f(512, "projection width (ezvsl, reference)", minimum=1)
-    width: int = _f(64, "first-stage width of --backbone small", minimum=2)
+    width: int = _f(64, "first-stage width of --backbone small / patch8", minimum=2)
     pretrained: bool = _f(False, "ImageNet weights for the visual ResNet-18 (torchvision's cache, downloaded when "
                                  "absent, or --visual-weights)")
     train_root: str = _f("", "folder with frames/<id>.jpg and audio/<id>.wav")
@@ -136,6 +136,9 @@ class TrainConfig:
     lr_schedule: str = _f("constant", "per-step learning rate: constant, or cosine decay to 0 at the last step",
                           choices=LR_SCHEDULES)
     warmup_steps: int = _f(0, "linear learning-rate warm-up steps", minimum=0)
+    image_size: int = _f(224, "image input side in pixels: 224 (the protocol), or 112 with a compact backbone (its "
+                              "image stride halves: 7 x 7 maps either way; scored at 224 all the same)",
+                         choices=IMAGE_SIZES)
 
     def model_config(self, distributed: bool = False) -> ModelConfig:
         """The model's settings (checked by :class:`ModelConfig`); ``distributed``: gather negatives
@@ -143,7 +146,7 @@ class TrainConfig:
         return ModelConfig(model=self.model, margin=self.margin, backbone=self.backbone, dim=self.dim,
                            pretrained=self.pretrained, width=self.width, norm=self.norm,
                            gather_distributed=distributed and self.gather_distributed,
-                           visual_weights=self.visual_weights)
+                           visual_weights=self.visual_weights, image_size=self.image_size)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
