@@ -119,6 +119,17 @@ def test_batch_larger_than_the_data(fx: AVFixture, tmp_path: Path, capsys: pytes
     assert not out.exists()
 
 
+def test_an_empty_train_list_is_named(fx: AVFixture, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n")
+    argv = train_argv(fx, tmp_path / "run")
+    argv[argv.index("--train-list") + 1] = str(empty)
+    code, _, err = _run(train_cli.main, argv, capsys)
+    assert code == 1
+    _one_error_line(err, "train_list: expected clip ids to train on, got none from", "empty.txt")
+    assert "--batch-size <=" not in err and not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("flag, value, needle", [
     ("--train-list", "nowhere.txt", "--train-list: no such file 'nowhere.txt'"),
     ("--train-root", "nowhere", "--train-root: no such folder 'nowhere'"),

@@ -196,6 +196,9 @@ def _train(config: TrainConfig, out: Path, resume: bool, progress: bool, train_s
     sampler = GlobalBatchSampler(len(train_set), config.batch_size, dist.world_size, dist.rank, config.seed)  # type: ignore[arg-type]
     if len(sampler) == 0:
         n = len(train_set)  # type: ignore[arg-type]
+        if n == 0:
+            raise ConfigError(f"train_list: expected clip ids to train on, got none from {config.train_list!r}",
+                              "pass a train list that names clips under --train-root")
         raise ConfigError(f"batch_size: expected at most the {n} clips of the train set (one global batch per step), "
                           f"got {config.batch_size}", f"pass --batch-size <= {n}")
     tracker = getattr(train_set, "failures", None)
