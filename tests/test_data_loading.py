@@ -179,7 +179,7 @@ def test_stored_small_frames_are_as_close_to_the_source_as_upstream(tmp_path):
         with Image.open(tmp_path / f"small{k}.jpg") as im:
             assert im.size == (437, 246)
             assert JpegImagePlugin.get_sampling(im) == 0  # 4:4:4: chroma at full resolution
-        src = torch.from_numpy(shrink_frame(source, 246)).permute(2, 0, 1).int()
+        src = torch.from_numpy(np.array(shrink_frame(source, 246))).permute(2, 0, 1).int()  # a writable copy
         up = _pil_resize(load_image(tmp_path / f"full{k}.jpg"), "train").int()
         ours = resize_frame(load_frame(tmp_path / f"small{k}.jpg"), "train").int()
         ours_err.append(float((ours - src).abs().float().mean()))
