@@ -40,7 +40,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     # more training clips for about the same steps (each clip seen fewer times): 4,000 x 5 epochs, 8,000 x 3
     "cosine-4k": {"lr_schedule": "cosine", "warmup_steps": 31, "epochs": 5, "num_train": 4000},
     "cosine-8k": {"lr_schedule": "cosine", "warmup_steps": 31, "epochs": 3, "num_train": 8000},
-    # the compact encoder without its highest-resolution stage (about half a step's CPU time): more seeds per hour
+    # the compact encoder without its highest-resolution stage (a cheaper step): more seeds per hour
     "cosine-patch8": {"lr_schedule": "cosine", "warmup_steps": 31, "backbone": "patch8"},
     # half the image side (a quarter of the pixels to decode, crop, normalise and convolve), stride-16 image encoder
     "cosine-112": {"lr_schedule": "cosine", "warmup_steps": 31, "image_size": 112},

@@ -134,7 +134,7 @@ def train(config: TrainConfig, out: Path, resume: bool = False, progress: bool =
         tensorboard: also write TensorBoard scalars to ``out/tensorboard`` (rank 0).
         log_epochs: print one line per epoch (rank 0), whatever ``progress``.
         curves_every_epoch: redraw ``out/curves.png`` after every epoch (a study's many short runs draw
-            it once, at the end: the drawing costs about as much as a tenth of a CPU-sized epoch).
+            it once, at the end).
 
     Raises:
         ConfigError: a config value that cannot run here (also a ``ValueError``).
