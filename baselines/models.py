@@ -113,7 +113,8 @@ class ModelConfig:
             raise ValueError(f"image_size: expected one of {IMAGE_SIZES}, got {self.image_size}")
         if self.image_size != 224 and self.backbone not in _COMPACT:
             raise ValueError(f"image_size: expected 224 with backbone {self.backbone!r} (112 needs a compact backbone: "
-                             f"{tuple(_COMPACT)}), got {self.image_size}")
+                             f"{' or '.join(_COMPACT)}), got {self.image_size}; pass --image-size 224 with "
+                             f"--backbone {self.backbone}")
         if self.pretrained and self.backbone != "resnet18":
             raise ValueError(f"pretrained: ImageNet weights exist for backbone 'resnet18' only, got backbone {self.backbone!r}")
         if self.pretrained and self.norm != "batch":

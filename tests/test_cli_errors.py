@@ -119,6 +119,18 @@ def test_batch_larger_than_the_data(fx: AVFixture, tmp_path: Path, capsys: pytes
     assert not out.exists()
 
 
+def test_an_empty_test_list_is_named_before_training(fx: AVFixture, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture) -> None:
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    argv = train_argv(fx, tmp_path / "run")
+    argv[argv.index("--test-list") + 1] = str(empty)
+    code, _, err = _run(train_cli.main, argv, capsys)
+    assert code == 1
+    _one_error_line(err, "test_list: expected clip ids to test on, got none from", "empty.csv")
+    assert not (tmp_path / "run").exists()  # nothing trained
+
+
 def test_an_empty_train_list_is_named(fx: AVFixture, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     empty = tmp_path / "empty.txt"
     empty.write_text("\n")

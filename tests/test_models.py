@@ -138,7 +138,8 @@ def test_margin_reaches_the_loss() -> None:
     (dict(dim=0), ValueError, r"dim: expected an int >= 1, got 0"),
     (dict(dim=32.0), TypeError, r"dim: expected an int, got float 32.0"),
     (dict(image_size=160, backbone="small"), ValueError, r"image_size: expected one of \(224, 112\), got 160"),
-    (dict(image_size=112), ValueError, r"image_size: expected 224 with backbone 'resnet18' \(112 needs a compact"),
+    (dict(image_size=112), ValueError, r"image_size: expected 224 with backbone 'resnet18' \(112 needs a compact "
+                                       r"backbone: small or patch8\), got 112; pass --image-size 224 with --backbone"),
     (dict(image_size=224.0), TypeError, r"image_size: expected an int, got float 224.0"),
     (dict(margin=float("nan")), ValueError, r"margin: expected a finite float, got nan"),
     (dict(beta=0.0), ValueError, r"beta: expected a finite float > 0, got 0.0"),

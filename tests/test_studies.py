@@ -460,6 +460,8 @@ def test_a_cached_result_from_before_a_config_field_existed_is_reused_at_its_def
     path.write_text(json.dumps({"key": {"config": dict(old_key["config"], no_such_field=1), "tests": key["tests"]},
                                 "results": {"marker": 1}}))
     assert runner._cached(*spec) is None  # a key this code cannot read is not a cached result of this run
+    path.write_text(json.dumps({"key": old_key, "results": {"marker": 1}})[:40])  # cut short
+    assert runner._cached(*spec) is None  # trained again, not a JSONDecodeError
 
 
 def test_help_shows_the_defaults_and_the_overrides():

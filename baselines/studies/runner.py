@@ -82,15 +82,16 @@ class Runner:
     def _cached(self, *spec: Any) -> dict[str, dict[str, Any]] | None:
         """The cached results of ``spec``, if ``runs/<name>/result.json`` was made with its config: config
         fields added since the result was written take their defaults (``TrainConfig.from_dict``), as a
-        resumed checkpoint's do; any other difference means no cached result."""
+        resumed checkpoint's do; any other difference, or a file that does not parse, means no cached
+        result (the run is trained again and the file replaced)."""
         path, _, key = self._cache_entry(*spec)
         if path.exists():
-            cached = json.loads(path.read_text())
-            old = cached.get("key") or {}
-            try:
+            try:  # a file cut short (hand edit, full disk) or a key this code cannot read: not a cached result
+                cached = json.loads(path.read_text())
+                old = cached.get("key") or {}
                 same = old.get("tests") == key["tests"] and \
-                    asdict(TrainConfig.from_dict(old.get("config", {}))) == key["config"]
-            except (TypeError, ValueError):  # a key of an unknown field or a value the config rejects
+                    asdict(TrainConfig.from_dict(old.get("config", {}))) == key["config"] and "results" in cached
+            except (TypeError, ValueError, AttributeError):  # JSONDecodeError is a ValueError
                 same = False
             if same:
                 return cached["results"]

@@ -77,8 +77,15 @@ def build_train_set(c: TrainConfig) -> Dataset:
 def build_test_set(root: str, test_list: str, annotations: str, annotation_format: str = "vggss",
                    max_failures: float = 0.01, cache: bool = False, image_size: int = 224) -> Dataset:
     """The annotated test split the evaluator reads (uint8 frames of side ``image_size``, normalised by
-    ``collate_batch``; the ground-truth maps stay 224 x 224, the protocol's)."""
+    ``collate_batch``; the ground-truth maps stay 224 x 224, the protocol's).
+
+    Raises:
+        ConfigError: ``test_list`` names no clip (before anything is trained or scored).
+    """
     ids = load_id_list(test_list)
+    if not ids:
+        raise ConfigError(f"test_list: expected clip ids to test on, got none from {str(test_list)!r}",
+                          "pass a test list that names annotated clips under --test-root")
     boxes = load_annotations(annotations, annotation_format, ids)
     return AudioVisualDataset(root, ids, split="test", annotations=boxes, annotation_format=annotation_format,
                               max_failures=max_failures, cache=cache, normalize=False, image_size=image_size)
