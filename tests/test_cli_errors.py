@@ -119,26 +119,20 @@ def test_batch_larger_than_the_data(fx: AVFixture, tmp_path: Path, capsys: pytes
     assert not out.exists()
 
 
-def test_an_empty_test_list_is_named_before_training(fx: AVFixture, tmp_path: Path,
-                                                     capsys: pytest.CaptureFixture) -> None:
+@pytest.mark.parametrize("flag, needle", [
+    ("--train-list", "train_list: expected clip ids to train on, got none from"),
+    ("--test-list", "test_list: expected clip ids to test on, got none from"),
+])
+def test_an_empty_id_list_is_named_before_training(fx: AVFixture, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                   flag: str, needle: str) -> None:
+    """Not 'pass --batch-size <= 0' (train) nor a crash after training (test): one line, nothing written."""
     empty = tmp_path / "empty.csv"
-    empty.write_text("")
-    argv = train_argv(fx, tmp_path / "run")
-    argv[argv.index("--test-list") + 1] = str(empty)
-    code, _, err = _run(train_cli.main, argv, capsys)
-    assert code == 1
-    _one_error_line(err, "test_list: expected clip ids to test on, got none from", "empty.csv")
-    assert not (tmp_path / "run").exists()  # nothing trained
-
-
-def test_an_empty_train_list_is_named(fx: AVFixture, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    empty = tmp_path / "empty.txt"
     empty.write_text("\n")
     argv = train_argv(fx, tmp_path / "run")
-    argv[argv.index("--train-list") + 1] = str(empty)
+    argv[argv.index(flag) + 1] = str(empty)
     code, _, err = _run(train_cli.main, argv, capsys)
     assert code == 1
-    _one_error_line(err, "train_list: expected clip ids to train on, got none from", "empty.txt")
+    _one_error_line(err, needle, "empty.csv")
     assert "--batch-size <=" not in err and not (tmp_path / "run").exists()
 
 
