@@ -2,7 +2,7 @@ r"""Benchmark the training data loader against an upstream-style pipeline: ``pyt
 
 Per-item cost of one worker (``num_workers=0``: ``dataset[i]`` in this process, one torch thread,
 as a DataLoader worker runs), on VGGSound-like files written here: ``--clips`` center frames of
-``640 x 360`` (written by ``baselines.prepare.save_frame``, as ``prepare`` writes them) with natural-image-like
+``640 x 360`` (written by ``marginnce_kit.prepare.save_frame``, as ``prepare`` writes them) with natural-image-like
 content (smooth shading, texture, sharp edges, a letterbox bar, sensor noise) and 10 s 16 kHz
 PCM-16 wavs.
 
@@ -14,12 +14,12 @@ Pipelines:
   reads the centered 3 s (upstream seeks with PyAV and decodes 3 s), channels averaged, clipped,
   tiled when short, ``scipy.signal.spectrogram(x, 16000, nperseg=512, noverlap=274)``,
   ``log(S + 1e-7)``, ``ToTensor``, ``Normalize(0, 12)``.
-- ``ours (full frames)``: ``baselines.data.AudioVisualDataset(split="train")`` on the same files, as
-  shipped: it also applies the acceptance rule (``baselines.data.acceptance``), which decodes the
+- ``ours (full frames)``: ``marginnce_kit.data.AudioVisualDataset(split="train")`` on the same files, as
+  shipped: it also applies the acceptance rule (``marginnce_kit.data.acceptance``), which decodes the
   whole wav (10 s) to look for non-finite samples; upstream reads the 3 s it uses.
 - ``ours (stored 246)``: the same dataset on frames stored by ``prepare --frame-size 246`` (the
   shorter side already 246, the size the training transform resizes to), made here from the same
-  source pixels with ``baselines.prepare.save_frame`` (what ``prepare`` writes); the dataset then
+  source pixels with ``marginnce_kit.prepare.save_frame`` (what ``prepare`` writes); the dataset then
   skips the resize.
 
 Timing: rounds of ``--items`` items per pipeline, the pipelines interleaved in one process in a
@@ -102,7 +102,7 @@ def make_clips(root: Path, n: int, seed: int = 0, stored_short_side: int | None 
     source pixels stored as ``prepare --frame-size`` stores them (audio files linked)."""
     import soundfile as sf
 
-    from baselines.prepare import save_frame
+    from marginnce_kit.prepare import save_frame
 
     rng = np.random.default_rng(seed)
     (root / "frames").mkdir(parents=True, exist_ok=True)
@@ -192,7 +192,7 @@ def compare_outputs(root: Path, ids: Sequence[str], small_root: Path | None) -> 
     from PIL import Image
     from torchvision.transforms import functional as TF
 
-    from baselines.data import AudioVisualDataset
+    from marginnce_kit.data import AudioVisualDataset
 
     up = UpstreamStyle()
     datasets = {"ours (full frames)": AudioVisualDataset(root, list(ids), split="train")}
@@ -350,7 +350,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 
 def _main(args: argparse.Namespace, argv: Sequence[str] | None, root: Path) -> dict:
-    from baselines.data import AudioVisualDataset
+    from marginnce_kit.data import AudioVisualDataset
 
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)

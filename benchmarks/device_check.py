@@ -7,14 +7,14 @@ Runs these steps, each in its own process with a time limit, each timed and its 
 (``ok``, ``failed``, ``timeout``, or ``skipped`` with the reason); a failing step is recorded with
 its error and the output's last lines, and the next steps still run:
 
-1. ``embedded_data``: the embedded synthetic dataset (:mod:`baselines.data.synthetic`, preset
-   ``default``: 2,000 training clips, as ``python -m baselines.table5`` uses it), generated into
+1. ``embedded_data``: the embedded synthetic dataset (:mod:`marginnce_kit.data.synthetic`, preset
+   ``default``: 2,000 training clips, as ``python -m marginnce_kit.table5`` uses it), generated into
    its cache unless it is there already.
 2. ``cuda_tests``: ``pytest -k cuda`` over the test files that hold CUDA-only tests (those that
    mention ``torch.cuda.is_available``): passed / failed / skipped counts from pytest's JUnit XML.
    On a CPU the CUDA tests skip, so the step is recorded as ``skipped`` (its counts still recorded).
 3. ``train_slice``: a real-size slice of training: the reference model (ResNet-18 image and audio
-   encoders, :func:`baselines.train.build_train_model`), 224 x 224 frames, 257 x 200 spectrograms,
+   encoders, :func:`marginnce_kit.train.build_train_model`), 224 x 224 frames, 257 x 200 spectrograms,
    batch 128, Adam, bfloat16 autocast on CUDA, the model's default loss (``backend="auto"``:
    compiled on CUDA), the trainer's step. One epoch of the embedded training set (15 batches) is
    decoded by the trainer's ``DataLoader`` (its clips/s is recorded) and kept on the device; then
@@ -30,7 +30,7 @@ its error and the output's last lines, and the next steps still run:
    gradients on one embedded batch against the plain model of the same seed, then takes a few steps.
    With one process the gather and the SyncBatchNorm statistics are those of the one rank: this
    checks that the NCCL/DDP path runs, not the multi-rank arithmetic (the gloo tests do that).
-5. ``torchrun_train``: ``torchrun --standalone --nproc_per_node 1 -m baselines.train`` on the
+5. ``torchrun_train``: ``torchrun --standalone --nproc_per_node 1 -m marginnce_kit.train`` on the
    embedded data for a few steps (the user's command; with ``WORLD_SIZE = 1`` the trainer creates no
    process group): the loss recorded in ``metrics.jsonl`` must be finite.
 6. ``benchmarks_run``: ``python -m benchmarks.run --quick`` on the device, its tables written into
@@ -136,14 +136,14 @@ def _workers(sizes: Sizes) -> int:
 
 
 def _data_config(sizes: Sizes):
-    from baselines.data.synthetic import PRESETS
+    from marginnce_kit.data.synthetic import PRESETS
 
     return PRESETS["default"].replace(**sizes.data_overrides)
 
 
 def _data_root(sizes: Sizes) -> Path:
-    """Where :func:`baselines.data.synthetic.ensure_dataset` keeps this config's dataset."""
-    from baselines.data.synthetic import config_hash, default_cache_root
+    """Where :func:`marginnce_kit.data.synthetic.ensure_dataset` keeps this config's dataset."""
+    from marginnce_kit.data.synthetic import config_hash, default_cache_root
 
     return default_cache_root() / config_hash(_data_config(sizes))
 
@@ -257,7 +257,7 @@ TITLES = {
     "cuda_tests": "CUDA tests (pytest)",
     "train_slice": "Training slice (reference model, trainer's step)",
     "torchrun_ddp": "torchrun, 1 process: process group, DDP",
-    "torchrun_train": "torchrun, 1 process: python -m baselines.train",
+    "torchrun_train": "torchrun, 1 process: python -m marginnce_kit.train",
     "benchmarks_run": "python -m benchmarks.run",
 }
 
@@ -302,12 +302,12 @@ def _worker_step(ctx: Context, rec: StepRecord, worker: str, config: dict[str, A
 
 
 def step_embedded_data(ctx: Context, rec: StepRecord) -> None:
-    from baselines.data.synthetic import is_complete
+    from marginnce_kit.data.synthetic import is_complete
 
     config = _data_config(ctx.sizes)
     root = _data_root(ctx.sizes)
     workers = max(1, min(16, os.cpu_count() or 1))
-    cmd = _python("-m", "baselines.data.synthetic", "--out", str(root), "--workers", str(workers))
+    cmd = _python("-m", "marginnce_kit.data.synthetic", "--out", str(root), "--workers", str(workers))
     for name, value in ctx.sizes.data_overrides.items():
         cmd += [f"--{name.replace('_', '-')}", str(value)]
     rec.command = _shown(cmd)
@@ -424,7 +424,7 @@ def step_torchrun_train(ctx: Context, rec: StepRecord) -> None:
     m = _model_config(ctx)
     run_dir = ctx.work / "torchrun_train"
     shutil.rmtree(run_dir, ignore_errors=True)
-    cmd = _torchrun("-m", "baselines.train", "--device", ctx.device, "--model", "reference",
+    cmd = _torchrun("-m", "marginnce_kit.train", "--device", ctx.device, "--model", "reference",
                     "--backbone", m["backbone"], "--width", str(m["width"]), "--dim", str(m["dim"]),
                     "--train-root", m["train_root"], "--train-list", m["train_list"], "--epochs", "1",
                     "--batch-size", str(m["batch"]), "--limit-steps", str(ctx.sizes.trainer_steps),
@@ -494,7 +494,7 @@ def _sync(device: torch.device) -> None:
 
 
 def _train_config(cfg: dict[str, Any]):
-    from baselines.train import TrainConfig
+    from marginnce_kit.train import TrainConfig
 
     return TrainConfig(model="reference", backbone=cfg["backbone"], width=cfg["width"], dim=cfg["dim"],
                        batch_size=cfg["batch"], train_root=cfg["train_root"], train_list=cfg["train_list"],
@@ -505,8 +505,8 @@ def _loader(config, world_size: int = 1, rank: int = 0):
     """The trainer's epoch-0 loader over the training set (its dataset, sampler and collate)."""
     from torch.utils.data import DataLoader
 
-    from baselines.data import collate_batch
-    from baselines.train import GlobalBatchSampler, build_train_set
+    from marginnce_kit.data import collate_batch
+    from marginnce_kit.train import GlobalBatchSampler, build_train_set
 
     train_set = build_train_set(config)
     train_set.set_epoch(0, config.seed)
@@ -540,7 +540,7 @@ def _preload(loader, device: torch.device, limit: int) -> dict[str, Any]:
 
 
 def _trainer_step(model, optimizer, device: torch.device, use_amp: bool) -> Callable[[Any, Any], torch.Tensor]:
-    """One optimisation step exactly as ``baselines.train``'s loop takes it."""
+    """One optimisation step exactly as ``marginnce_kit.train``'s loop takes it."""
 
     def step(image, spec) -> torch.Tensor:
         optimizer.zero_grad(set_to_none=True)
@@ -554,7 +554,7 @@ def _trainer_step(model, optimizer, device: torch.device, use_amp: bool) -> Call
 
 
 def worker_train_slice(cfg: dict[str, Any]) -> dict[str, Any]:
-    from baselines.train import build_train_model
+    from marginnce_kit.train import build_train_model
     from marginnce_loss import _compiled
 
     from .run import interleaved, median_ratio
@@ -657,7 +657,7 @@ def worker_ddp(cfg: dict[str, Any]) -> dict[str, Any] | None:
     from torch import nn
     from torch.nn.parallel import DistributedDataParallel
 
-    from baselines.train import build_train_model
+    from marginnce_kit.train import build_train_model
 
     cuda = cfg["device"] == "cuda"
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -710,7 +710,7 @@ def worker_ddp(cfg: dict[str, Any]) -> dict[str, Any] | None:
         dist.all_reduce(mean)
     finally:
         net = step = None  # type: ignore[assignment]  # drop the references to the DDP wrapper
-        gc.collect()  # the DDP cycles go before the group (baselines.training.distributed.ProcessGroup.close)
+        gc.collect()  # the DDP cycles go before the group (marginnce_kit.training.distributed.ProcessGroup.close)
         dist.destroy_process_group()
     if rank != 0:
         return None

@@ -450,7 +450,7 @@ def bench_train_step(
 ) -> list[dict]:
     try:
         model = ReferenceModel().to(device)
-    except ImportError as error:  # torchvision is the "baselines" extra
+    except ImportError as error:  # torchvision is the "kit" extra
         log(f"training step skipped: {error}")
         return []
     g = torch.Generator().manual_seed(0)

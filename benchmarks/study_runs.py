@@ -1,11 +1,11 @@
 r"""Time study runs of the embedded recipe as a study runs them: ``python -m benchmarks.study_runs``.
 
-A study trains two single-thread runs at a time on two cores (``baselines.studies.runner``), so
+A study trains two single-thread runs at a time on two cores (``marginnce_kit.studies.runner``), so
 memory bandwidth is shared; a kernel timed alone misses that. This benchmark times whole runs (the
 embedded recipe's training and the 2,000-clip evaluation, clips decoded beforehand) of the reference
 model at m = 0, two at a time (seeds 0 and 1 in two processes), for each variant in turn:
 
-- ``channels-last``: the compact encoder as shipped (``baselines.models``: weights and inputs
+- ``channels-last``: the compact encoder as shipped (``marginnce_kit.models``: weights and inputs
   channels-last);
 - ``contiguous``: the same model in PyTorch's default layout (the model converted back, inputs left
   as the data pipeline makes them).
@@ -42,9 +42,9 @@ def _one_run(variant: str, seed: int, backbone: str, image_size: int, out: str) 
     import time
 
     torch.set_num_threads(1)
-    from baselines import models
-    from baselines.studies.presets import PRESETS, embedded_data
-    from baselines.studies.runner import Runner
+    from marginnce_kit import models
+    from marginnce_kit.studies.presets import PRESETS, embedded_data
+    from marginnce_kit.studies.runner import Runner
 
     if variant == "contiguous":  # the shipped model, converted back to the default layout
         init = models.AudioVisualModel.__init__
@@ -110,7 +110,7 @@ def report(result: dict) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from baselines.studies.presets import PRESETS
+    from marginnce_kit.studies.presets import PRESETS
 
     recipe = PRESETS["default"].train
     p = argparse.ArgumentParser(prog="python -m benchmarks.study_runs", description=__doc__,

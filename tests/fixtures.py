@@ -1,4 +1,4 @@
-"""A tiny audio-visual dataset in the real on-disk layout (:mod:`baselines.layout`), written by the tests.
+"""A tiny audio-visual dataset in the real on-disk layout (:mod:`marginnce_kit.layout`), written by the tests.
 
     <root>/frames/<id>.jpg   the clip's frame (JPEG)
     <root>/audio/<id>.wav    16 kHz mono PCM
@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from baselines.data.audio import SAMPLE_RATE
-from baselines.layout import audio_path, frame_path, make_dirs
+from marginnce_kit.data.audio import SAMPLE_RATE
+from marginnce_kit.layout import audio_path, frame_path, make_dirs
 
 N_CLASSES = 4
 COLOURS = ((230, 40, 40), (40, 200, 60), (50, 80, 230), (240, 220, 40))
@@ -114,7 +114,7 @@ def break_audio(fx: AVFixture, clip_id: str) -> None:
 def train_config(fx: AVFixture, **overrides: Any):
     """A CPU-sized ``TrainConfig`` over ``fx``: small backbone (width 8), dim 32, batch 4, 2 epochs,
     with the test split for evaluation. ``overrides`` replace any field."""
-    from baselines.train import TrainConfig
+    from marginnce_kit.train import TrainConfig
 
     values: dict[str, Any] = dict(
         model="reference", margin=-0.2, backbone="small", width=8, dim=32, epochs=2, batch_size=4, lr=1e-3,
@@ -126,8 +126,8 @@ def train_config(fx: AVFixture, **overrides: Any):
 
 
 def train_argv(fx: AVFixture, out: Path, *extra: str) -> list[str]:
-    """The ``python -m baselines.train`` arguments of :func:`train_config` (derived from the config by
-    :func:`baselines.training.config.config_argv`), without progress bars, plus ``extra``."""
-    from baselines.training.config import config_argv
+    """The ``python -m marginnce_kit.train`` arguments of :func:`train_config` (derived from the config by
+    :func:`marginnce_kit.training.config.config_argv`), without progress bars, plus ``extra``."""
+    from marginnce_kit.training.config import config_argv
 
     return [*config_argv(train_config(fx)), "--no-progress", "--out", str(out), *extra]

@@ -1,7 +1,7 @@
 """The project's import graph, read from the source with ``ast`` (module- AND function-level imports):
-no import cycle among the modules of ``marginnce_loss``, ``baselines`` and ``benchmarks``, and the layers
+no import cycle among the modules of ``marginnce_loss``, ``marginnce_kit`` and ``benchmarks``, and the layers
 point one way -- the package imports nothing from the kit, and the kit's data layer
-(``baselines.data``) imports nothing from the kit above it (only its foundation modules)."""
+(``marginnce_kit.data``) imports nothing from the kit above it (only its foundation modules)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import ast
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGES = ("marginnce_loss", "baselines", "benchmarks")
+PACKAGES = ("marginnce_loss", "marginnce_kit", "benchmarks")
 
-#: Kit modules below everything else: they import nothing from ``baselines`` outside this set.
-FOUNDATION = frozenset({"baselines._checks", "baselines.io", "baselines.layout", "baselines.cli", "baselines.protocol"})
+#: Kit modules below everything else: they import nothing from ``marginnce_kit`` outside this set.
+FOUNDATION = frozenset({"marginnce_kit._checks", "marginnce_kit.io", "marginnce_kit.layout", "marginnce_kit.cli", "marginnce_kit.protocol"})
 
 #: Known edges of files under redesign elsewhere (the studies' modules), each a (importer, imported)
 #: pair the second pass removes; every entry must still exist (a stale entry fails the test).
@@ -129,8 +129,8 @@ def test_the_walk_sees_every_import(tmp_path: Path) -> None:
     assert graph == {"pkg": set(), "pkg.a": {"pkg.b"}, "pkg.b": {"pkg.c"}, "pkg.c": {"pkg.a"}, "pkg.d": {"pkg.a"}}
     assert _cycles(graph) == [["pkg.a", "pkg.b", "pkg.c"]]
     real = _graph()
-    assert "baselines.training.loop" in real["baselines.train"]
-    assert "baselines.protocol" in real["baselines.data.box_stats"]  # a function-level import
+    assert "marginnce_kit.training.loop" in real["marginnce_kit.train"]
+    assert "marginnce_kit.protocol" in real["marginnce_kit.data.box_stats"]  # a function-level import
 
 
 def test_known_edges_still_exist() -> None:
@@ -153,10 +153,10 @@ def test_the_package_imports_nothing_from_the_kit() -> None:
 
 def test_layers_point_down() -> None:
     graph = _without_known(_graph())
-    kit = [v for v in graph if v.startswith("baselines")]
+    kit = [v for v in graph if v.startswith("marginnce_kit")]
     upward = sorted(
-        (v, w) for v in kit if v.startswith("baselines.data") for w in graph[v]
-        if w.startswith("baselines") and not w.startswith("baselines.data") and w not in FOUNDATION)
-    assert not upward, f"baselines.data imports from the kit above it: {upward}"
-    base = sorted((v, w) for v in FOUNDATION for w in graph[v] if w.startswith("baselines") and w not in FOUNDATION)
+        (v, w) for v in kit if v.startswith("marginnce_kit.data") for w in graph[v]
+        if w.startswith("marginnce_kit") and not w.startswith("marginnce_kit.data") and w not in FOUNDATION)
+    assert not upward, f"marginnce_kit.data imports from the kit above it: {upward}"
+    base = sorted((v, w) for v in FOUNDATION for w in graph[v] if w.startswith("marginnce_kit") and w not in FOUNDATION)
     assert not base, f"foundation modules import from the kit above them: {base}"

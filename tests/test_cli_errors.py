@@ -1,4 +1,4 @@
-"""The trainer's and the evaluator's command lines under user errors (baselines/cli.py): one line on
+"""The trainer's and the evaluator's command lines under user errors (marginnce_kit/cli.py): one line on
 stderr naming the problem and the fix, exit status 1, no traceback, nothing half-written; run
 folders never overwritten silently; --help with defaults; the package's console scripts."""
 
@@ -21,9 +21,9 @@ pytest.importorskip("PIL")
 pytest.importorskip("torchvision")
 pytest.importorskip("tqdm")
 
-from baselines import evaluate as evaluate_cli  # noqa: E402
-from baselines import train as train_cli  # noqa: E402
-from baselines.cli import UsageError, one_line, run_main  # noqa: E402
+from marginnce_kit import evaluate as evaluate_cli  # noqa: E402
+from marginnce_kit import train as train_cli  # noqa: E402
+from marginnce_kit.cli import UsageError, one_line, run_main  # noqa: E402
 
 from .fixtures import AVFixture, make_av_dataset, train_argv  # noqa: E402
 
@@ -254,42 +254,42 @@ def _python(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
 
 
 def test_python_m_from_another_directory(fx: AVFixture, tmp_path: Path) -> None:
-    """``python -m baselines.train`` as a process, from a working directory outside the checkout: the
+    """``python -m marginnce_kit.train`` as a process, from a working directory outside the checkout: the
     user error is one line on stderr with status 1; relative paths are read from that directory."""
-    done = _python(["-m", "baselines.train", *train_argv(fx, Path("run"), "--batch-size", "64")], cwd=tmp_path)
+    done = _python(["-m", "marginnce_kit.train", *train_argv(fx, Path("run"), "--batch-size", "64")], cwd=tmp_path)
     assert done.returncode == 1, done.stderr
     assert done.stderr.strip().splitlines() == [
-        "python -m baselines.train: error: batch_size: expected at most the 8 clips of the train set (one global "
+        "python -m marginnce_kit.train: error: batch_size: expected at most the 8 clips of the train set (one global "
         "batch per step), got 64; pass --batch-size <= 8"]
     assert not (tmp_path / "run").exists()
-    done = _python(["-m", "baselines.evaluate", "--checkpoint", "missing.pt"], cwd=tmp_path)
+    done = _python(["-m", "marginnce_kit.evaluate", "--checkpoint", "missing.pt"], cwd=tmp_path)
     assert done.returncode == 1 and "Traceback" not in done.stderr
-    assert done.stderr.startswith("python -m baselines.evaluate: error: checkpoint: no such file 'missing.pt'")
+    assert done.stderr.startswith("python -m marginnce_kit.evaluate: error: checkpoint: no such file 'missing.pt'")
 
 
 def test_package_metadata_installs_the_kit() -> None:
-    """setup.cfg installs ``baselines`` (with its data files) beside ``marginnce_loss``, and every console
+    """setup.cfg installs ``marginnce_kit`` (with its data files) beside ``marginnce_loss``, and every console
     script names a callable that exists."""
     cfg = configparser.ConfigParser()
     cfg.read(REPO / "setup.cfg")
     include = cfg["options.packages.find"]["include"].split()
-    assert {"marginnce_loss", "marginnce_loss.*", "baselines", "baselines.*"} <= set(include)
-    assert cfg["options.package_data"]["baselines.data"].strip() == "*.json"
-    assert list((REPO / "baselines" / "data").glob("*.json"))
-    assert "tensorboard" in cfg["options.extras_require"]["baselines"].split()
+    assert {"marginnce_loss", "marginnce_loss.*", "marginnce_kit", "marginnce_kit.*"} <= set(include)
+    assert cfg["options.package_data"]["marginnce_kit.data"].strip() == "*.json"
+    assert list((REPO / "marginnce_kit" / "data").glob("*.json"))
+    assert "tensorboard" in cfg["options.extras_require"]["kit"].split()
     scripts = dict(line.split(" = ") for line in cfg["options.entry_points"]["console_scripts"].strip().splitlines())
     assert set(scripts) == {"marginnce-train", "marginnce-evaluate", "marginnce-prepare", "marginnce-table5"}
     for target in scripts.values():
         module, name = target.split(":")
         assert callable(getattr(importlib.import_module(module), name))
         tool = name.replace("_entry", "")
-        assert callable(importlib.import_module(f"baselines.{tool}").main)
+        assert callable(importlib.import_module(f"marginnce_kit.{tool}").main)
 
 
 def test_table5_checks_real_data_paths_before_any_run(fx: AVFixture, tmp_path: Path,
                                                        capsys: pytest.CaptureFixture) -> None:
     """A wrong test path must not wait until every run of the study has trained."""
-    from baselines import table5
+    from marginnce_kit import table5
 
     real = ["--train-root", str(fx.root), "--train-list", str(fx.train_list), "--test-root", str(fx.root),
             "--test-list", str(fx.test_list), "--annotations", str(fx.annotations)]
@@ -313,7 +313,7 @@ def test_table5_checks_real_data_paths_before_any_run(fx: AVFixture, tmp_path: P
 ])
 def test_table5_checks_its_own_arguments_before_any_run(tmp_path: Path, capsys: pytest.CaptureFixture,
                                                         argv: list[str], message: str) -> None:
-    from baselines import table5
+    from marginnce_kit import table5
 
     code, out, err = _run(table5.main, ["--preset", "smoke", "--out", str(tmp_path / "out"), *argv], capsys)
     assert code == 1
@@ -322,14 +322,14 @@ def test_table5_checks_its_own_arguments_before_any_run(tmp_path: Path, capsys: 
 
 
 def test_table5_workers_accepts_auto() -> None:
-    from baselines import table5
+    from marginnce_kit import table5
 
     assert table5.parse_args(["--workers", "auto"]).workers == -1
     assert table5.parse_args([]).workers == 0
 
 
 def test_prepare_write_clean_into_a_missing_folder(fx: AVFixture, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    from baselines.prepare import cli as prepare_cli
+    from marginnce_kit.prepare import cli as prepare_cli
 
     target = tmp_path / "nodir" / "clean.txt"
     code, out, err = _run(prepare_cli.main, ["--verify", str(fx.root), "--ids", str(fx.train_list),

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from baselines.data import (
+from marginnce_kit.data import (
     box_to_pixels,
     gt_map,
     load_flickr_annotations,

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 scipy_signal = pytest.importorskip("scipy.signal")
 sf = pytest.importorskip("soundfile")
 
-from baselines.data.audio import (  # noqa: E402
+from marginnce_kit.data.audio import (  # noqa: E402
     CLIP_SAMPLES,
     center_crop,
     load_spectrogram,
@@ -186,7 +186,7 @@ def test_load_spectrogram_pipeline_matches_scipy(tmp_path):
 def test_windowed_read_equals_the_whole_read_cropped(tmp_path, n, subtype):
     """An integer-PCM WAV read by window gives the centred samples of the whole read, bit for bit,
     and the file's full length; the dataset's spectrogram is the same either way."""
-    from baselines.data.acceptance import decode_audio, decode_audio_window
+    from marginnce_kit.data.acceptance import decode_audio, decode_audio_window
 
     pcm = np.random.default_rng(n).integers(-20000, 20000, size=n, dtype=np.int16)
     path = _write(tmp_path / "a.wav", pcm, subtype=subtype)
@@ -200,7 +200,7 @@ def test_windowed_read_equals_the_whole_read_cropped(tmp_path, n, subtype):
 def test_windowed_read_gives_the_whole_reads_verdict(tmp_path):
     """Too short, wrong rate, stereo: the same reasons as the whole read; a float file is read whole,
     so a NaN outside the window still rejects it."""
-    from baselines.data.acceptance import ClipRejected, load_clip
+    from marginnce_kit.data.acceptance import ClipRejected, load_clip
 
     frame = tmp_path / "f.png"
     from PIL import Image
@@ -232,9 +232,9 @@ def test_both_halves_broken_give_verifys_reason(tmp_path):
     what ``prepare --verify`` prints (it stopped at the frame before)."""
     from PIL import Image
 
-    from baselines.data.acceptance import ClipRejected, load_clip
-    from baselines.layout import audio_path, frame_path
-    from baselines.prepare.verify import verify_clip
+    from marginnce_kit.data.acceptance import ClipRejected, load_clip
+    from marginnce_kit.layout import audio_path, frame_path
+    from marginnce_kit.prepare.verify import verify_clip
 
     cases = {
         "garbage": (b"not an image", b"RIFF....WAVEfmt "),
@@ -258,7 +258,7 @@ def test_both_halves_broken_give_verifys_reason(tmp_path):
 
 @pytest.mark.parametrize("window, error", [(0, ValueError), (-1, ValueError), (48000.0, TypeError), (True, TypeError)])
 def test_window_is_checked(tmp_path, window, error):
-    from baselines.data.acceptance import load_clip
+    from marginnce_kit.data.acceptance import load_clip
 
     path = _write(tmp_path / "a.wav", np.zeros(10 * FS, dtype=np.int16))
     with pytest.raises(error, match="window: expected an int"):
@@ -266,7 +266,7 @@ def test_window_is_checked(tmp_path, window, error):
 
 
 def test_too_short_reason_never_reads_as_the_minimum():
-    from baselines.data.acceptance import too_short_reason
+    from marginnce_kit.data.acceptance import too_short_reason
 
     assert too_short_reason(8000, FS) == "too short: 0.500 s of audio, the minimum is 1 s"
     assert too_short_reason(FS - 1, FS) == "too short: 0.999938 s of audio, the minimum is 1 s"

@@ -31,12 +31,12 @@ scipy_signal = pytest.importorskip("scipy.signal")
 from torchvision.transforms import InterpolationMode  # noqa: E402
 from torchvision.transforms import functional as TF  # noqa: E402
 
-from baselines.data import AudioVisualDataset, augment_frame, load_image, resize_frame  # noqa: E402
-from baselines.data.acceptance import ClipRejected  # noqa: E402
-from baselines.data.audio import log_spectrogram, power_spectrogram  # noqa: E402
-from baselines.data.datasets import IMAGENET_MEAN, IMAGENET_STD, load_frame, resized_size  # noqa: E402
-from baselines.prepare import save_frame, shrink_frame  # noqa: E402
 from benchmarks import data_loading  # noqa: E402
+from marginnce_kit.data import AudioVisualDataset, augment_frame, load_image, resize_frame  # noqa: E402
+from marginnce_kit.data.acceptance import ClipRejected  # noqa: E402
+from marginnce_kit.data.audio import log_spectrogram, power_spectrogram  # noqa: E402
+from marginnce_kit.data.datasets import IMAGENET_MEAN, IMAGENET_STD, load_frame, resized_size  # noqa: E402
+from marginnce_kit.prepare import save_frame, shrink_frame  # noqa: E402
 
 
 def _jpeg_roundtrip(frame: np.ndarray, **kw) -> Image.Image:
@@ -213,7 +213,7 @@ def test_benchmark_runs_and_writes_results(tmp_path):
 
 
 def test_prepare_frame_size_option(tmp_path):
-    from baselines import prepare as P
+    from marginnce_kit import prepare as P
 
     from .test_prepare import write_video
 

@@ -16,7 +16,7 @@ pytest.importorskip("torchvision")
 
 from torch.utils.data import DataLoader  # noqa: E402
 
-from baselines.data import (  # noqa: E402
+from marginnce_kit.data import (  # noqa: E402
     AudioVisualDataset,
     DataError,
     DataFailureTracker,
@@ -31,8 +31,8 @@ from baselines.data import (  # noqa: E402
     normalize_frames,
     resize_frame,
 )
-from baselines.data.datasets import derive_seed  # noqa: E402
-from baselines.prepare import verify_clip  # noqa: E402
+from marginnce_kit.data.datasets import derive_seed  # noqa: E402
+from marginnce_kit.prepare import verify_clip  # noqa: E402
 
 FS = 16000
 

@@ -162,7 +162,7 @@ def _worker(r: int, tmp: str) -> None:
         torch.save(out, os.path.join(tmp, f"rank{r}.pt"))
     finally:
         # free the DDP wrappers' reference cycles while the group is destroyed, not at interpreter
-        # shutdown (which aborts the process; see baselines.training.distributed.ProcessGroup.close)
+        # shutdown (which aborts the process; see marginnce_kit.training.distributed.ProcessGroup.close)
         gc.collect()
         dist.destroy_process_group()
 

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from baselines import evaluate
-from baselines.cli import UsageError
+from marginnce_kit import evaluate
+from marginnce_kit.cli import UsageError
 
 from .conftest import UPSTREAM_METADATA  # noqa: E402
 

@@ -10,8 +10,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from baselines.data import gt_map, load_vggss_annotations
-from baselines.evaluation import (
+from marginnce_kit.data import gt_map, load_vggss_annotations
+from marginnce_kit.evaluation import (
     AUC_THRESHOLDS,
     LocalizationEvaluator,
     ObjectPrior,
@@ -63,7 +63,7 @@ def test_ciou_ties_and_constant_maps():
 
 
 def _reference_ciou(s: np.ndarray, g: np.ndarray) -> float:
-    """Straight transcription of the protocol (module doc of baselines.evaluation) for one map (numpy, float64)."""
+    """Straight transcription of the protocol (module doc of marginnce_kit.evaluation) for one map (numpy, float64)."""
     s = s.astype(np.float64)
     if s.max() > s.min():
         s = (s - s.min()) / (s.max() - s.min())
@@ -313,7 +313,7 @@ class _Maps(torch.nn.Module):
 
 class _Clips(torch.utils.data.Dataset):
     def __init__(self, n=6, broken=()):
-        from baselines.data.datasets import DataFailureTracker
+        from marginnce_kit.data.datasets import DataFailureTracker
 
         g = torch.Generator().manual_seed(0)
         self.ids = [f"clip{k}" for k in range(n)]
@@ -332,7 +332,7 @@ class _Clips(torch.utils.data.Dataset):
         return self.gts
 
     def __getitem__(self, k):
-        from baselines.data.datasets import FailedSample
+        from marginnce_kit.data.datasets import FailedSample
 
         if self.ids[k] in self.broken:
             self.failures.record(self.ids[k], "truncated JPEG")
@@ -342,7 +342,7 @@ class _Clips(torch.utils.data.Dataset):
 
 
 def test_evaluate_model_keeps_per_clip_scores_and_failures():
-    from baselines.evaluate import evaluate_model
+    from marginnce_kit.evaluate import evaluate_model
 
     clips = _Clips(broken=("clip2",))
     r = evaluate_model(_Maps(), clips, batch_size=4)
@@ -354,7 +354,7 @@ def test_evaluate_model_keeps_per_clip_scores_and_failures():
 
 
 def test_reference_rows_on_the_clips_a_model_was_scored_on():
-    from baselines.evaluate import bound_rows
+    from marginnce_kit.evaluate import bound_rows
 
     clips = _Clips()
     every = bound_rows(clips)

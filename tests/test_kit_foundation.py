@@ -1,5 +1,5 @@
-"""The kit's foundation modules: atomic writes (baselines.io), the on-disk layout (baselines.layout),
-the config as the single source of the trainer's command line (baselines.training.config)."""
+"""The kit's foundation modules: atomic writes (marginnce_kit.io), the on-disk layout (marginnce_kit.layout),
+the config as the single source of the trainer's command line (marginnce_kit.training.config)."""
 
 from __future__ import annotations
 
@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from baselines import layout
-from baselines.io import atomic_write, atomic_write_json, atomic_write_text, temp_path
+from marginnce_kit import layout
+from marginnce_kit.io import atomic_write, atomic_write_json, atomic_write_text, temp_path
 
 pytest.importorskip("torchvision")
 
-from baselines.train import parse_args  # noqa: E402
-from baselines.training.config import TrainConfig, config_argv, config_from_args  # noqa: E402
+from marginnce_kit.train import parse_args  # noqa: E402
+from marginnce_kit.training.config import TrainConfig, config_argv, config_from_args  # noqa: E402
 
 
 def test_atomic_write_replaces_or_leaves_the_old_file(tmp_path: Path) -> None:
@@ -65,7 +65,7 @@ def test_config_argv_round_trips(changes) -> None:
 
 
 def test_range_checks_name_the_argument_the_range_and_the_value() -> None:
-    from baselines._checks import check_float_in, check_int_in
+    from marginnce_kit._checks import check_float_in, check_int_in
 
     assert check_int_in("n", 3, 0, 3) == 3 and check_float_in("p", 0.5, 0.0, 1.0, high_open=True) == 0.5
     with pytest.raises(ValueError, match=r"^n: expected an int in \[0, 3\], got 5$"):

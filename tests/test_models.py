@@ -1,4 +1,4 @@
-"""Model construction (baselines.models): shapes, normalisation, losses through marginnce_loss, every
+"""Model construction (marginnce_kit.models): shapes, normalisation, losses through marginnce_loss, every
 parameter trained, the GroupNorm option's batch independence, configuration errors."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from torch import nn
 
 pytest.importorskip("torchvision")
 
-from baselines.models import MODELS, ModelConfig, build_model  # noqa: E402
+from marginnce_kit.models import MODELS, ModelConfig, build_model  # noqa: E402
 from marginnce_loss import functional as MF  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -163,7 +163,7 @@ def test_local_imagenet_weights_and_their_errors(tmp_path, monkeypatch) -> None:
     unusable file is a WeightsUnavailableError naming it (never code run from a pickle)."""
     from torchvision.models import resnet18
 
-    from baselines.models import WeightsUnavailableError, imagenet_resnet18_state, torchvision_cache_path
+    from marginnce_kit.models import WeightsUnavailableError, imagenet_resnet18_state, torchvision_cache_path
 
     def no_download(*args, **kwargs):
         raise OSError("offline")

@@ -1,4 +1,4 @@
-"""Tests for ``baselines.prepare`` on small real video files written with PyAV.
+"""Tests for ``marginnce_kit.prepare`` on small real video files written with PyAV.
 
 Each synthetic clip has frames whose colour encodes the frame index
 (``R = 8 i, G = 255 - 8 i, B = 128``) and audio with a known signal at a rate that is not
@@ -26,8 +26,8 @@ av = pytest.importorskip("av")
 sf = pytest.importorskip("soundfile")
 Image = pytest.importorskip("PIL.Image")
 
-from baselines import prepare as P  # noqa: E402
-from baselines.cli import run_main  # noqa: E402
+from marginnce_kit import prepare as P  # noqa: E402
+from marginnce_kit.cli import run_main  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 from .conftest import UPSTREAM_METADATA  # noqa: E402
@@ -319,7 +319,7 @@ def test_killed_run_resumes_without_damaged_outputs(tmp_path):
         write_video(folder / f"extra_{k}.mkv", acodec="pcm_s16le", rate=22050)
     ids = sorted(p.stem for p in folder.iterdir())
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "baselines.prepare", "--videos", str(folder), "--out", str(out),
+    command = [sys.executable, "-m", "marginnce_kit.prepare", "--videos", str(folder), "--out", str(out),
                "--workers", "1", "--no-progress"]
     env = {**os.environ, P._PAUSE_ENV: "1.0", "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(command, cwd=REPO, env=env, start_new_session=True,
@@ -468,14 +468,14 @@ def test_argument_errors(videos, tmp_path, capsys):
             P.main(argv)
         assert exit_info.value.code == 1
         err = capsys.readouterr().err
-        assert err.count("\n") == 1 and err.startswith("python -m baselines.prepare: error: "), err
+        assert err.count("\n") == 1 and err.startswith("python -m marginnce_kit.prepare: error: "), err
     # expected user errors: one line on stderr, status 1, no traceback
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:
-        run_main(P.main, ["--videos", str(tmp_path / "absent"), "--out", str(tmp_path)], prog="python -m baselines.prepare")
+        run_main(P.main, ["--videos", str(tmp_path / "absent"), "--out", str(tmp_path)], prog="python -m marginnce_kit.prepare")
     assert exit_info.value.code == 1
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("python -m baselines.prepare: error: videos_dir") and "Traceback" not in err
+    assert err.count("\n") == 1 and err.startswith("python -m marginnce_kit.prepare: error: videos_dir") and "Traceback" not in err
 
 
 def test_help_shows_defaults_and_what_ids_does(capsys):

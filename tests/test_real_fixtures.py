@@ -27,8 +27,8 @@ sf = pytest.importorskip("soundfile")
 Image = pytest.importorskip("PIL.Image")
 torch = pytest.importorskip("torch")
 
-from baselines import prepare as P  # noqa: E402
-from baselines.data.datasets import AudioVisualDataset, FailedSample  # noqa: E402
+from marginnce_kit import prepare as P  # noqa: E402
+from marginnce_kit.data.datasets import AudioVisualDataset, FailedSample  # noqa: E402
 
 SIZE = 32  # frame side in pixels (even: H.264 needs it)
 

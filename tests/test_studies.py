@@ -15,21 +15,21 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from baselines import table5 as T5
-from baselines.cli import UsageError
-from baselines.evaluation import summarize_cious
-from baselines.studies.figures import plot_study_curves
-from baselines.studies.presets import PRESETS, StudyPreset, all_seeds, seeds_of
-from baselines.studies.runner import figure_seed
-from baselines.studies.stats import (
+from marginnce_kit import table5 as T5
+from marginnce_kit.cli import UsageError
+from marginnce_kit.evaluation import summarize_cious
+from marginnce_kit.studies.figures import plot_study_curves
+from marginnce_kit.studies.presets import PRESETS, StudyPreset, all_seeds, seeds_of
+from marginnce_kit.studies.runner import figure_seed
+from marginnce_kit.studies.stats import (
     common_clips,
     flat_paired_interval,
     hierarchical_interval,
     paired_effects,
     per_clip_values,
 )
-from baselines.studies.tables import seeds_text
-from baselines.table5 import PAPER, StudyData, _add_margin_effects, markdown_table, plan_runs
+from marginnce_kit.studies.tables import seeds_text
+from marginnce_kit.table5 import PAPER, StudyData, _add_margin_effects, markdown_table, plan_runs
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -333,7 +333,7 @@ def test_common_clips_lists_the_excluded_with_reasons():
 def test_lr_schedule_warm_up_and_cosine():
     import math
 
-    from baselines.train import TrainConfig, check_config, lr_at_step
+    from marginnce_kit.train import TrainConfig, check_config, lr_at_step
 
     c = TrainConfig(train_root="r", train_list="l", lr=1e-3)
     assert [lr_at_step(c, t, 100) for t in (0, 50, 99)] == [1e-3] * 3  # the default: constant, as before
@@ -362,7 +362,7 @@ def _effect_row(method, margin, d, rate=None, paper=None, base_paper=None):
 
 
 def test_margin_sweep_and_noise_figures_render(tmp_path):
-    from baselines.studies.figures import plot_margin_sweep, plot_noise
+    from marginnce_kit.studies.figures import plot_margin_sweep, plot_noise
 
     rows = [_effect_row("Ours", m, d, paper=p) for m, d, p in ((0.2, 0.5, 37.05), (0.0, 0.0, 36.93), (-0.2, -1.0, 38.25))]
     rows += [dict(_effect_row("center prior", None, 0.0), ciou=20.0, auc=25.0),
@@ -378,9 +378,9 @@ def test_figure1_from_checkpoints(tmp_path, monkeypatch):
     """figure1: untrained checkpoints of the seven Table 5 models on the smoke data (the rendering path)."""
     import torch
 
-    from baselines.models import build_model
-    from baselines.studies.figures import FIGURE1_QUANTILES, study_figures
-    from baselines.train import TrainConfig, atomic_save
+    from marginnce_kit.models import build_model
+    from marginnce_kit.studies.figures import FIGURE1_QUANTILES, study_figures
+    from marginnce_kit.train import TrainConfig, atomic_save
 
     monkeypatch.setenv("MARGINNCE_CACHE", str(tmp_path / "cache"))
     data = T5.embedded_data("smoke", num_test=20)
@@ -416,7 +416,7 @@ def test_noise_grid_needs_margin_zero(tmp_path):
 
 def _table5(*args, cwd=None):
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.run([sys.executable, "-m", "baselines.table5", *map(str, args)], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "marginnce_kit.table5", *map(str, args)], capture_output=True, text=True,
                           env=env, cwd=cwd or REPO, timeout=300)
 
 

@@ -1,4 +1,4 @@
-"""The embedded synthetic dataset (baselines/data/synthetic/) and the VGG-SS box statistics (box_stats.py)."""
+"""The embedded synthetic dataset (marginnce_kit/data/synthetic/) and the VGG-SS box statistics (box_stats.py)."""
 
 from __future__ import annotations
 
@@ -14,17 +14,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from baselines.data import synthetic as syn
-from baselines.data.annotations import box_to_pixels, load_id_list, load_vggss_annotations
-from baselines.data.audio import load_spectrogram
-from baselines.data.box_stats import (
+from marginnce_kit.data import synthetic as syn
+from marginnce_kit.data.annotations import box_to_pixels, load_id_list, load_vggss_annotations
+from marginnce_kit.data.audio import load_spectrogram
+from marginnce_kit.data.box_stats import (
     DEFAULT_STATS_PATH,
     QUANTILE_LEVELS,
     box_statistics,
     center_prior_summary,
     load_box_stats,
 )
-from baselines.data.synthetic import (
+from marginnce_kit.data.synthetic import (
     PRESETS,
     SyntheticConfig,
     class_prototypes,
@@ -103,7 +103,7 @@ def test_layout_and_formats(tiny_root: Path) -> None:
 
 
 def test_the_project_loader_serves_the_dataset(tiny_root: Path) -> None:
-    from baselines.data.datasets import AudioVisualDataset, load_annotations
+    from marginnce_kit.data.datasets import AudioVisualDataset, load_annotations
 
     ids = load_id_list(tiny_root / "test.csv")
     ann = load_annotations(tiny_root / "vggss.json", "vggss", ids)
@@ -346,7 +346,7 @@ def test_open_set_split(tiny_root: Path) -> None:
 
 @pytest.mark.slow
 def test_audio_class_signature_is_recoverable(tiny_root: Path) -> None:
-    """Nearest class centroid of time-averaged log spectrograms (the audio front end of baselines.data.audio), clean clips only."""
+    """Nearest class centroid of time-averaged log spectrograms (the audio front end of marginnce_kit.data.audio), clean clips only."""
     objects = _objects(tiny_root)
     faulty = read_meta(tiny_root)["faulty_positives"]
 

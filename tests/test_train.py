@@ -20,10 +20,10 @@ pytest.importorskip("tqdm")
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st
 
-from baselines import evaluate as evaluate_cli  # noqa: E402
-from baselines import train as train_cli  # noqa: E402
-from baselines.data import DataError  # noqa: E402
-from baselines.train import (  # noqa: E402
+from marginnce_kit import evaluate as evaluate_cli  # noqa: E402
+from marginnce_kit import train as train_cli  # noqa: E402
+from marginnce_kit.data import DataError  # noqa: E402
+from marginnce_kit.train import (  # noqa: E402
     GlobalBatchSampler,
     TrainConfig,
     build_train_model,
@@ -31,7 +31,7 @@ from baselines.train import (  # noqa: E402
     load_checkpoint,
     train,
 )
-from baselines.training.config import AUTO_WORKERS, auto_workers  # noqa: E402
+from marginnce_kit.training.config import AUTO_WORKERS, auto_workers  # noqa: E402
 
 from .fixtures import AVFixture, break_audio, break_frame, make_av_dataset, train_argv, train_config
 
@@ -103,7 +103,7 @@ def test_cli_train_then_evaluate(fx: AVFixture, tmp_path: Path, capsys: pytest.C
     plain = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)
     _assert_same_state(plain["model"], state["model"])
     # load_model: the checkpoint's model, built from its config, in eval mode, holding its weights
-    from baselines.train import load_model
+    from marginnce_kit.train import load_model
 
     model, loaded_config, loaded = load_model(out / "checkpoint.pt")
     assert loaded_config == config and not model.training and loaded["epoch"] == 2
@@ -379,7 +379,7 @@ class _Poisoned(torch.utils.data.Dataset):
     def __getitem__(self, i: int):
         item = self.base[i]
         if isinstance(item, dict) and "frame" in item:  # the trainer's uint8 frames: normalise here, to poison
-            from baselines.data import normalize_frames
+            from marginnce_kit.data import normalize_frames
 
             item = {**{k: v for k, v in item.items() if k != "frame"}, "image": normalize_frames(item["frame"])}
         if isinstance(item, dict) and item["id"] == self.clip_id and self.epoch >= self.from_epoch:
@@ -388,7 +388,7 @@ class _Poisoned(torch.utils.data.Dataset):
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(fx: AVFixture, tmp_path: Path) -> None:
-    from baselines.train import NonFiniteLossError, build_train_set
+    from marginnce_kit.train import NonFiniteLossError, build_train_set
 
     config = train_config(fx, epochs=3)
     out = tmp_path / "run"
@@ -408,7 +408,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(fx: AVFixture,
 
 
 def test_non_finite_weights_are_found() -> None:
-    from baselines.training.loop import _nonfinite_tensors
+    from marginnce_kit.training.loop import _nonfinite_tensors
 
     state = {"a": torch.zeros(3), "b": torch.tensor([1.0, float("inf")]), "n": torch.tensor(3),
              "c": torch.tensor([float("nan")], dtype=torch.float64)}
@@ -421,7 +421,7 @@ def test_non_finite_weights_are_found() -> None:
 def test_112_pixel_runs_train_and_are_scored_at_224(fx: AVFixture, tmp_path: Path) -> None:
     """--image-size 112: 112 x 112 crops in training and test, ground truth and scoring at the protocol's
     224 x 224; the evaluator CLI reads the image size from the checkpoint (the same numbers as the run's)."""
-    from baselines.train import build_test_set, build_train_set
+    from marginnce_kit.train import build_test_set, build_train_set
 
     config = train_config(fx, image_size=112, epochs=1)
     item = build_train_set(config)[0]
@@ -468,7 +468,7 @@ def test_curves_without_evaluation(fx: AVFixture, tmp_path: Path) -> None:
 
 
 def test_provenance_outside_a_git_checkout(monkeypatch: pytest.MonkeyPatch) -> None:
-    from baselines.training import records as module
+    from marginnce_kit.training import records as module
 
     p = module.provenance()
     assert p["torch"] == torch.__version__ and p["cuda"] == torch.version.cuda and p["device"] == "cpu"
@@ -528,8 +528,8 @@ def test_pretrained_offline_says_where_to_put_the_weights(tmp_path: Path, monkey
 
     from torchvision.models import resnet18
 
-    from baselines.cli import run_main
-    from baselines.models import torchvision_cache_path
+    from marginnce_kit.cli import run_main
+    from marginnce_kit.models import torchvision_cache_path
 
     def offline(*args, **kwargs):
         raise URLError("[Errno -3] Temporary failure in name resolution")

@@ -2,7 +2,7 @@
 
 Two processes are spawned once (module fixture). Each one
 
-1. runs ``baselines.train.main`` the way ``torchrun --nproc_per_node 2 -m baselines.train`` does
+1. runs ``marginnce_kit.train.main`` the way ``torchrun --nproc_per_node 2 -m marginnce_kit.train`` does
    (``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK`` / ``MASTER_ADDR`` / ``MASTER_PORT`` in the environment; the
    trainer creates the process group and destroys it at the end): the reference model, 3 steps;
 2. inside a process group of its own (file:// rendezvous), calls ``train()`` for EZ-VSL (3 steps; the
@@ -49,8 +49,8 @@ pytest.importorskip("PIL")
 pytest.importorskip("torchvision")
 pytest.importorskip("tqdm")
 
-from baselines.data import DataError, collate_batch  # noqa: E402
-from baselines.train import (  # noqa: E402
+from marginnce_kit.data import DataError, collate_batch  # noqa: E402
+from marginnce_kit.train import (  # noqa: E402
     GlobalBatchSampler,
     build_train_model,
     build_train_set,

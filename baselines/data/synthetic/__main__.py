@@ -1,7 +1,0 @@
-"""``python -m baselines.data.synthetic``."""
-
-import sys
-
-from .cli import main
-
-sys.exit(main())

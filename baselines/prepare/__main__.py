@@ -1,5 +1,0 @@
-"""``python -m baselines.prepare``."""
-
-from .cli import run
-
-run()

@@ -1,3 +1,0 @@
-"""Pieces of the study runner ``python -m baselines.table5``: paired-bootstrap statistics
-(:mod:`.stats`), the noisy-correspondence study (:mod:`.noise`) and the recipe measurements
-(:mod:`.recipe`)."""

@@ -1,0 +1,7 @@
+"""``python -m marginnce_kit.data.synthetic``."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,133 @@
+"""Evaluate a trained baseline on an annotated test split (cIoU at 0.5, AUC, mean cIoU: the VGG-SS /
+SoundNet-Flickr protocol of LVS, Chen et al. 2021, as used in the paper's Sec. 3).
+
+    python -m marginnce_kit.evaluate --checkpoint runs/reference_m-0.2/checkpoint.pt \\
+        --test-root data/vggss --test-list metadata/vggss_test.csv --annotations metadata/vggss.json [--ogl]
+
+Prints and (with ``--out``) writes the model's cIoU / AUC / mean cIoU beside two rows computed on the
+same clips: the image-independent ``center prior`` and the protocol's ``ceiling``.
+
+``--ogl`` needs ImageNet ResNet-18 weights: torchvision's cache file (downloaded when absent) or
+``--visual-weights PATH`` (a local state dict; no network). Errors the user can fix (missing files,
+broken clips, no CUDA, weights unavailable offline) are one line on stderr, exit status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .cli import HelpFormatter, UsageError, run_main
+from .data import DataError, gt_map, load_annotations, load_id_list
+from .evaluation import ObjectPrior
+from .io import atomic_write_text
+from .models import build_model, imagenet_resnet18
+from .scoring import bound_rows, bound_rows_for, evaluate_model, reference_rows, reference_rows_for
+from .training.checkpoint import load_checkpoint
+from .training.config import TrainConfig, add_data_arguments, check_paths, data_error
+from .training.loop import build_test_set
+
+__all__ = ["evaluate_model", "bound_rows", "bound_rows_for", "reference_rows", "reference_rows_for", "main"]
+# re-exported from .scoring (reference_rows*: the older names)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m marginnce_kit.evaluate", description=__doc__, formatter_class=HelpFormatter)
+    p.add_argument("--checkpoint", default="", help="checkpoint.pt written by marginnce_kit.train")
+    p.add_argument("--bound-rows", "--reference-rows", dest="bound_rows", action="store_true",
+                   help="only the protocol's bounds (the center-prior and ceiling rows), from --annotations "
+                        "(and --test-list) alone; --reference-rows is the older name")
+    add_data_arguments(p, train=False)
+    p.add_argument("--batch-size", type=int, default=64, help="evaluation batch")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to evaluate")
+    p.add_argument("--ogl", action="store_true", help="object-guided localisation (needs ImageNet ResNet-18 weights)")
+    p.add_argument("--visual-weights", default="", metavar="PATH",
+                   help="with --ogl: a local torchvision ResNet-18 state dict ('': torchvision's cache)")
+    p.add_argument("--out", default="", help="write the results as JSON here")
+    return p.parse_args(argv)
+
+
+def _write_json(result: dict[str, Any], path: str) -> None:
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(json.dumps(result, indent=2) + "\n", out)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m marginnce_kit.evaluate``; returns the exit status. Raises :class:`marginnce_kit.cli.UsageError`
+    for the user's errors (one line under :func:`marginnce_kit.cli.run_main`)."""
+    args = parse_args(argv)
+    if args.bound_rows:
+        return _bound_rows_main(args)
+    if not args.checkpoint:
+        raise UsageError("evaluate: no checkpoint given", "give --checkpoint (or --bound-rows with --annotations)")
+    if args.batch_size < 1 or args.workers < 0:
+        raise UsageError(f"--batch-size: expected an int >= 1 and --workers an int >= 0, got {args.batch_size} "
+                         f"and {args.workers}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: CUDA is not available on this machine", "pass --device cpu")
+    if args.visual_weights and not args.ogl:
+        raise UsageError(f"--visual-weights {args.visual_weights!r} is read for --ogl only", "add --ogl, or drop it")
+    check_paths(args)
+    state = load_checkpoint(Path(args.checkpoint))
+    config = TrainConfig.from_dict(state["config"])
+    model = build_model(config.model_config(), load_pretrained=False)  # every weight comes from the checkpoint
+    model.load_state_dict(state["model"])
+    device = torch.device(args.device)
+    model.to(device)
+    test_root = args.test_root or config.test_root
+    test_list = args.test_list or config.test_list
+    annotations = args.annotations or config.annotations
+    if not (test_root and test_list and annotations):
+        raise UsageError("evaluate: no test split (the checkpoint's config has none)",
+                         "give --test-root, --test-list and --annotations")
+    if not args.test_root:  # paths from the checkpoint's config: check them too
+        check_paths(argparse.Namespace(test_root=test_root, test_list=test_list, annotations=annotations))
+    annotation_format = args.annotation_format or config.annotation_format
+    prior = ObjectPrior(imagenet_resnet18(args.visual_weights)).to(device).eval() if args.ogl else None
+    try:
+        test_set = build_test_set(test_root, test_list, annotations, annotation_format, image_size=config.image_size)
+        scored = evaluate_model(model, test_set, device, args.batch_size, args.workers, True, prior)
+    except DataError as e:
+        raise data_error(e) from e
+    # every row on the same clips: the reference rows on the clips the model was scored on
+    result = {"model": config.model, "margin": config.margin, "epoch": state["epoch"], "eval": scored,
+              **bound_rows(test_set, ids=scored["per_clip"]["id"]), "excluded": scored["failed"]}
+    for name in ("eval", "center prior", "ceiling"):
+        r = result[name]
+        label = f"{config.model} m={config.margin:+.2f}" if name == "eval" else name
+        print(f"{label:>22}: cIoU {r['ciou']:6.2f}  AUC {r['auc']:6.2f}  mean cIoU {r['mean_ciou']:6.2f}  (n = {r['n']})")
+    if args.out:
+        _write_json(result, args.out)
+    return 0
+
+
+def _bound_rows_main(args: argparse.Namespace) -> int:
+    """Centre prior and ceiling on an annotation file, e.g. all 5,158 clips of the real ``vggss.json``."""
+    if not args.annotations:
+        raise UsageError("evaluate --bound-rows: no annotations given",
+                         "give --annotations (vggss.json or the Flickr XML folder)")
+    check_paths(args)
+    fmt = args.annotation_format or "vggss"
+    ids = load_id_list(args.test_list) if args.test_list else None
+    boxes = load_annotations(args.annotations, fmt, ids)
+    gts = torch.stack([torch.from_numpy(gt_map(b, fmt)) for b in boxes.values()])
+    rows = {name: {k: v for k, v in r.items() if k != "per_clip"} for name, r in bound_rows_for(gts).items()}
+    result = {"annotations": Path(args.annotations).name, "test_list": Path(args.test_list).name if args.test_list else None,
+              "format": fmt, **rows}
+    for name in ("center prior", "ceiling"):
+        r = rows[name]
+        print(f"{name:>13}: cIoU {r['ciou']:6.2f}  AUC {r['auc']:6.2f}  mean cIoU {r['mean_ciou']:6.2f}  (n = {r['n']})")
+    if args.out:
+        _write_json(result, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main, prog="python -m marginnce_kit.evaluate")

@@ -1,0 +1,5 @@
+"""``python -m marginnce_kit.prepare``."""
+
+from .cli import run
+
+run()
