@@ -29,7 +29,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
-__all__ = ["UsageError", "HelpFormatter", "one_line", "run_main",
+__all__ = ["UsageError", "HelpFormatter", "one_line", "run_main", "program_name",
            "train_entry", "evaluate_entry", "prepare_entry", "table5_entry"]
 
 
@@ -68,7 +68,9 @@ def one_line(text: str) -> str:
     return "; ".join(parts)
 
 
-def _prog() -> str:
+def program_name() -> str:
+    """The command as it was invoked: the console script's name (``marginnce-table5``) or the module's file
+    name without ``.py`` (``table5`` for ``python -m marginnce_kit.table5``)."""
     name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "marginnce_kit"
     return name[:-3] if name.endswith(".py") else name
 
@@ -86,7 +88,7 @@ def run_main(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[
     except UsageError as e:
         rank = os.environ.get("RANK") if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 else None
         where = f"[rank {rank}] " if rank is not None else ""
-        print(f"{where}{prog or _prog()}: error: {one_line(str(e))}", file=sys.stderr, flush=True)
+        print(f"{where}{prog or program_name()}: error: {one_line(str(e))}", file=sys.stderr, flush=True)
         sys.exit(1)
     sys.exit(0 if status is None else status)
 

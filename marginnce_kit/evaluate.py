@@ -5,7 +5,9 @@ SoundNet-Flickr protocol of LVS, Chen et al. 2021, as used in the paper's Sec. 3
         --test-root data/vggss --test-list metadata/vggss_test.csv --annotations metadata/vggss.json [--ogl]
 
 Prints and (with ``--out``) writes the model's cIoU / AUC / mean cIoU beside two rows computed on the
-same clips: the image-independent ``center prior`` and the protocol's ``ceiling``.
+same clips: the image-independent ``center prior`` and the protocol's ``ceiling``. The JSON's ``checkpoint``
+says which weights were scored: ``last`` (``checkpoint.pt``, the last epoch) or ``best_val`` (``best_val.pt``,
+the best epoch on the run's validation split), with their ``epoch``.
 
 ``--ogl`` needs ImageNet ResNet-18 weights: torchvision's cache file (downloaded when absent) or
 ``--visual-weights PATH`` (a local state dict; no network). Errors the user can fix (missing files,
@@ -26,11 +28,13 @@ from .cli import HelpFormatter, UsageError, run_main
 from .data import DataError, gt_map, load_annotations, load_id_list
 from .evaluation import ObjectPrior
 from .io import atomic_write_text
-from .models import build_model, imagenet_resnet18
+from .models import imagenet_resnet18
 from .scoring import bound_rows, bound_rows_for, evaluate_model, reference_rows, reference_rows_for
-from .training.checkpoint import load_checkpoint
-from .training.config import TrainConfig, add_data_arguments, check_paths, data_error
+from .training.checkpoint import load_model
+from .training.config import AUTO_WORKERS
 from .training.loop import build_test_set
+from .training.options import add_data_arguments, add_field_argument, check_paths, data_error
+from .training.runtime import auto_workers
 
 __all__ = ["evaluate_model", "bound_rows", "bound_rows_for", "reference_rows", "reference_rows_for", "main"]
 # re-exported from .scoring (reference_rows*: the older names)
@@ -43,9 +47,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="only the protocol's bounds (the center-prior and ceiling rows), from --annotations "
                         "(and --test-list) alone; --reference-rows is the older name")
     add_data_arguments(p, train=False)
-    p.add_argument("--batch-size", type=int, default=64, help="evaluation batch")
-    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to evaluate")
+    add_field_argument(p, "batch_size", default=64, help="evaluation batch")
+    add_field_argument(p, "workers", default=0, help="DataLoader worker processes (auto: as marginnce_kit.train)")
+    add_field_argument(p, "device", help="where to evaluate")
     p.add_argument("--ogl", action="store_true", help="object-guided localisation (needs ImageNet ResNet-18 weights)")
     p.add_argument("--visual-weights", default="", metavar="PATH",
                    help="with --ogl: a local torchvision ResNet-18 state dict ('': torchvision's cache)")
@@ -67,20 +71,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _bound_rows_main(args)
     if not args.checkpoint:
         raise UsageError("evaluate: no checkpoint given", "give --checkpoint (or --bound-rows with --annotations)")
+    if args.workers == AUTO_WORKERS:
+        args.workers = auto_workers(args.device)
     if args.batch_size < 1 or args.workers < 0:
-        raise UsageError(f"--batch-size: expected an int >= 1 and --workers an int >= 0, got {args.batch_size} "
-                         f"and {args.workers}")
+        raise UsageError(f"--batch-size: expected an int >= 1 and --workers an int >= 0 (or auto), got "
+                         f"{args.batch_size} and {args.workers}")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda: CUDA is not available on this machine", "pass --device cpu")
     if args.visual_weights and not args.ogl:
         raise UsageError(f"--visual-weights {args.visual_weights!r} is read for --ogl only", "add --ogl, or drop it")
     check_paths(args)
-    state = load_checkpoint(Path(args.checkpoint))
-    config = TrainConfig.from_dict(state["config"])
-    model = build_model(config.model_config(), load_pretrained=False)  # every weight comes from the checkpoint
-    model.load_state_dict(state["model"])
     device = torch.device(args.device)
-    model.to(device)
+    model, config, state = load_model(Path(args.checkpoint), device)  # every weight comes from the checkpoint
     test_root = args.test_root or config.test_root
     test_list = args.test_list or config.test_list
     annotations = args.annotations or config.annotations
@@ -97,7 +99,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DataError as e:
         raise data_error(e) from e
     # every row on the same clips: the reference rows on the clips the model was scored on
-    result = {"model": config.model, "margin": config.margin, "epoch": state["epoch"], "eval": scored,
+    result = {"model": config.model, "margin": config.margin, "epoch": state["epoch"],
+              "checkpoint": state.get("selection", "last"), "eval": scored,
               **bound_rows(test_set, ids=scored["per_clip"]["id"]), "excluded": scored["failed"]}
     for name in ("eval", "center prior", "ceiling"):
         r = result[name]

@@ -58,7 +58,7 @@ from marginnce_loss.adapters import lvs
 from ._checks import check_bool, check_choice, check_finite, check_int, check_positive, check_str
 from .cli import UsageError
 
-__all__ = ["MODELS", "BACKBONES", "NORMS", "ModelConfig", "AudioVisualModel", "build_model", "norm_layer", "TAU",
+__all__ = ["MODELS", "BACKBONES", "NORMS", "ModelConfig", "AudioVisualModel", "build_model", "norm_layer", "TAU", "WEIGHT_DECAY",
            "WeightsUnavailableError", "imagenet_resnet18", "imagenet_resnet18_state", "torchvision_cache_path"]
 
 MODELS = ("lvs", "ezvsl", "reference")
@@ -68,6 +68,11 @@ BACKBONES = ("resnet18", "small", "patch8")
 NORMS = ("batch", "group")
 # the contrastive temperature of each method (LVS: Chen et al. 2021; EZ-VSL: Mo & Morgado 2022; ours: Sec. 2)
 TAU = {"lvs": 0.07, "ezvsl": 0.03, "reference": 0.07}
+#: Adam weight decay of each method as its upstream trains it: EZ-VSL builds ``Adam(params, lr)`` without weight
+#: decay (stoneMo/EZ-VSL@95ff5bf ``utils.py``, ``build_optimizer_and_scheduler_adam``); the paper trains its model
+#: with "adam optimizer with the weight decay" (Sec. 3, no value given) and LVS's repository has no training code,
+#: so both keep 1e-4 (FNAC_AVL@0a0ca78 ``train.py``'s default, the family's usual value).
+WEIGHT_DECAY = {"lvs": 1e-4, "ezvsl": 0.0, "reference": 1e-4}
 
 
 @dataclass(frozen=True)
@@ -330,11 +335,16 @@ class AudioVisualModel(nn.Module):
         aud = F.normalize(self.aud_proj(aud), dim=1)
         return img, aud
 
-    def forward(self, image: Tensor, spectrogram: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, image: Tensor, spectrogram: Tensor,
+                return_features: bool = False) -> tuple[Tensor, Tensor] | tuple[Tensor, Tensor, tuple[Tensor, Tensor]]:
+        """``(loss, maps)``; with ``return_features`` also the detached features ``(img, aud)`` the loss was
+        computed from (the trainer's mechanism diagnostics)."""
         img, aud = self.encode(image, spectrogram)
         loss = self.criterion(img, aud)
         with torch.no_grad():
             maps = MF.response_map(img, aud)
+        if return_features:
+            return loss, maps, (img.detach(), aud.detach())
         return loss, maps
 
     @torch.no_grad()

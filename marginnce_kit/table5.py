@@ -1,52 +1,57 @@
 """The paper's studies in one command: Table 5 (marginNCE on three baselines), Table 6 (margin sweep),
-Table 4 (heard / unheard classes), the noisy-correspondence study and Fig. 1-style figures.
+Table 4 (heard / unheard classes), the noisy-correspondence study (exploratory), the faulty-negative study and
+Fig. 1-style figures.
 
-    python -m marginnce_kit.table5                       # Table 5 on the embedded data (Ours 12 seeds, LVS / EZ-VSL 2; 2,000 test clips)
+    python -m marginnce_kit.table5                       # Table 5 on the embedded VGGSound-like data (Ours 12 seeds, LVS / EZ-VSL 2)
+    python -m marginnce_kit.table5 --dataset default     # the same on the earlier 10-class embedded data
     python -m marginnce_kit.table5 --preset smoke        # the same study in minutes (CI runs it)
-    python -m marginnce_kit.table5 --preset full         # Table 5 with Ours at 64 seeds, the others at 10; all studies
-    python -m marginnce_kit.table5 --studies table5 table6 table4 noise figures
+    python -m marginnce_kit.table5 --preset full         # Ours at 64 seeds, the others at 10; every study
+    python -m marginnce_kit.table5 --studies table5 table6 table4 noise negatives figures
     python -m marginnce_kit.table5 --train-root data/vggsound --train-list vggss_144k.txt \
         --test-root data/vggss --test-list vggss_test.csv --annotations vggss.json --seeds 0   # the paper's protocol
     python -m marginnce_kit.table5 ... --seeds 0 --epochs 1 --limit-steps 2 --batch-size 8 --backbone small  # a smoke run
 
-Writes ``<out>/table5.json`` (``{"rows": [...], "n_test", "excluded": [{"id", "reason"}], ...}``, each row
-with ``method``, ``margin``, ``n``, ``n_seeds``, ``per_seed``, ``ciou``, ``auc``, ``mean_ciou`` (mean over seeds, ``*_std``),
-``paper_ciou``, ``paper_auc`` and, when its margin differs from its method's m = 0 row, ``delta_ciou``,
-``delta_auc``, ``delta_mean_ciou`` with ``delta_*_ci95`` ``[lo, hi]`` (95% paired bootstrap over seeds,
-then clips: :mod:`marginnce_kit.studies.stats`) and ``resolved``) and ``<out>/table5.md`` (likewise
-``table6``, ``table4``, ``noise``, and the PNG figures). ``<out>`` defaults to ``runs/studies/<preset>``;
+Writes ``<out>/table5.json`` (``{"rows": [...], "n_test", "excluded": [{"id", "reason"}], "data": {...,
+"batch_size", "same_class_negatives_per_anchor"}, ...}``, each row with ``method``, ``margin``, ``n``,
+``n_seeds``, ``per_seed``, ``ciou``, ``auc``, ``mean_ciou`` (mean over seeds, ``*_std``), ``paper_ciou``,
+``paper_auc``, ``checkpoint`` (``"last"``) and, when its margin differs from its method's m = 0 row,
+``delta_ciou``, ``delta_auc``, ``delta_mean_ciou`` with ``delta_*_ci95`` ``[lo, hi]`` (95% t-interval over seeds
+and clips: :mod:`marginnce_kit.studies.stats`), ``p_value``, ``resolved`` and ``resolved_holm`` (Holm over the
+table's comparisons); ``best_val`` holds the same fields for each run's best epoch on the validation split) and
+``<out>/table5.md`` (a table per checkpoint selection; likewise ``table6``, ``table4``, ``noise``, ``negatives``
+with its committed ``negatives-plan.json``, and the PNG figures). ``<out>`` defaults to ``runs/studies/<preset>``;
 the committed results live in ``results/`` and are rewritten only by an explicit ``--out``. A preset can give
 one method more seeds in Table 5 than the others (``StudyPreset.method_seeds``; the JSON's ``seeds_by_method``);
-``--seeds`` sets every method's. Every row of
-a table is scored on one identical set of clips (clips some run could not score are excluded from every
-row and listed with their reason), including two rows computed on those clips: ``center prior`` (a fixed
-centred Gaussian map) and ``ceiling`` (the best any map can score under the protocol). Finished runs are
-reused, so an interrupted study resumes where it stopped. ``--batch-size``, ``--backbone``, ``--image-size``,
-``--epochs``, ``--limit-steps``, ``--max-failures`` and ``--pretrained`` override the preset's (or the paper's)
-settings for every run of
-the study (recorded in the JSON's ``train`` and ``overrides`` and in each run's cache key). Table 5 also
-writes ``<out>/curves.png`` (every run's training loss per epoch) beside each run's own
-``runs/<name>/curves.png``. Errors the user can fix are one line on stderr, exit status 1.
+``--seeds`` sets every method's. Every row of a table is scored on one identical set of clips (clips some run could
+not score are excluded from every row and listed with their reason), including two rows computed on those clips:
+``center prior`` (a fixed centred Gaussian map) and ``ceiling`` (the best any map can score under the protocol).
+Finished runs are reused, so an interrupted study resumes where it stopped. ``--batch-size``, ``--backbone``,
+``--image-size``, ``--epochs``, ``--limit-steps``, ``--max-failures`` and ``--pretrained`` override the preset's
+(or the paper's) settings for every run of the study (recorded in the JSON's ``train`` and ``overrides`` and in
+each run's cache key). Table 5 also writes ``<out>/curves.png`` (every run's training loss per epoch) beside each
+run's own ``runs/<name>/curves.png``. Errors the user can fix are one line on stderr, exit status 1.
 
 The code lives in :mod:`marginnce_kit.studies` (``paper``, ``presets``, ``runner``, ``tables``, ``run``,
-``figures``, ``noise``, ``stats``); this module is the command and re-exports its public names.
+``figures``, ``noise``, ``negatives``, ``stats``); this module is the command.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from .cli import HelpFormatter, UsageError, run_main
+from .cli import HelpFormatter, UsageError, program_name, run_main
 from .data.failures import DataError
+from .data.synthetic import PRESETS as DATA_PRESETS
 from .studies.paper import METHOD_NAMES, PAPER, STUDIES, TABLE4_RUNS, TABLE5_ROWS, TABLE6_ROWS
-from .studies.presets import PRESETS, REAL_TRAIN, StudyData, StudyPreset, embedded_data
+from .studies.presets import PRESETS, REAL_TRAIN, StudyData, StudyPreset, check_noise_grid, embedded_data
 from .studies.run import run_studies, study_table, study_table4, study_table5, study_table6
-from .studies.runner import Runner, execute_jobs, execute_runs, plan_runs, run_name
+from .studies.runner import Runner, StudyInterrupted, execute_jobs, execute_runs, plan_runs, run_name
 from .studies.tables import (
     DELTA_NOTE,
     add_margin_effects,
@@ -57,16 +62,9 @@ from .studies.tables import (
     table_row,
     write_study,
 )
-from .training.config import (
-    AUTO_WORKERS,
-    TrainConfig,
-    add_data_arguments,
-    add_field_argument,
-    auto_workers,
-    check_config,
-    check_paths,
-    data_error,
-)
+from .training.config import AUTO_WORKERS, TrainConfig
+from .training.options import add_data_arguments, add_field_argument, check_paths, data_error
+from .training.runtime import auto_workers, check_runnable
 
 __all__ = ["PRESETS", "PAPER", "METHOD_NAMES", "STUDIES", "TABLE5_ROWS", "TABLE6_ROWS", "TABLE4_RUNS", "REAL_TRAIN",
            "StudyPreset", "StudyData", "embedded_data", "Runner", "plan_runs", "execute_runs", "execute_jobs",
@@ -90,7 +88,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         "and are only rewritten by an explicit --out results/<preset>)")
     p.add_argument("--studies", nargs="+", choices=STUDIES, default=None, help="which studies (None: the preset's)")
     p.add_argument("--seeds", nargs="+", type=int, default=None, help="override the preset's seeds (every method's, in every study)")
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to train and evaluate")
+    p.add_argument("--dataset", choices=tuple(DATA_PRESETS), default=None,
+                   help="the embedded data set (None: the preset's, vggsound-like; default: the earlier 10-class set)")
+    add_field_argument(p, "device", help="where to train and evaluate")
     add_field_argument(p, "workers", default=0, help="DataLoader workers per run (auto or -1: as marginnce_kit.train "
                                                      "resolves it; 0 on CPU)")
     p.add_argument("--jobs", type=int, default=None,
@@ -105,6 +105,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         add_field_argument(o, name, **({"default": None} if name != "pretrained" else {}))
     g = p.add_argument_group("real data (the paper's protocol: VGGSound-144K -> VGG-SS)")
     add_data_arguments(g, required=False)
+    add_field_argument(g, "val_list", help="validation ids under --test-root (annotated, not in the test list): "
+                                           "every row also reports the best_val checkpoint")
+    add_field_argument(g, "val_annotations")
     g.add_argument("--heard-train-list", default="", help="vggss_heard.txt (Table 4)")
     g.add_argument("--heard-test-list", default="", help="vggss_heard_test.csv (Table 4)")
     g.add_argument("--unheard-test-list", default="", help="vggss_unheard_test.csv (Table 4)")
@@ -116,10 +119,11 @@ def _overrides(args: argparse.Namespace, real: bool, preset: StudyPreset) -> dic
     check them), together with ``--workers`` and each of ``--seeds``."""
     given = {k: getattr(args, k) for k in TRAIN_OVERRIDES}
     overrides = {k: v for k, v in given.items() if v is not None and v is not False}  # None / False: not given
-    base = replace(TrainConfig(train_root="-", train_list="-"), **dict(REAL_TRAIN if real else preset.train,
-                                                                       **overrides), workers=args.workers)
-    for seed in args.seeds or (base.seed,):
-        check_config(replace(base, seed=seed))
+    base = TrainConfig(**dict(REAL_TRAIN if real else preset.train, **overrides), train_root="-", train_list="-",
+                       workers=args.workers, device=args.device)  # checked when made, once
+    check_runnable(base)
+    for seed in args.seeds or ():
+        replace(base, seed=seed)  # each --seeds value, checked as a run's config checks it
     if args.seeds and len(set(args.seeds)) != len(args.seeds):
         dups = sorted({s for s in args.seeds if args.seeds.count(s) > 1})
         raise UsageError(f"--seeds expects distinct seeds, got {args.seeds} (repeated: {dups})")
@@ -149,29 +153,37 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise UsageError(f"{flag}: no such file {value!r}", f"check the path given to {flag}")
         data = StudyData(args.train_root, args.train_list, args.test_root, args.test_list, args.annotations,
                          args.annotation_format, args.heard_train_list, args.heard_test_list, args.unheard_test_list,
-                         source=f"real:{args.train_list} -> {args.test_list}")
+                         source=f"real:{args.train_list} -> {args.test_list}", val_list=args.val_list,
+                         val_annotations=args.val_annotations or args.annotations)
     overrides = _overrides(args, data is not None, PRESETS[args.preset])
     studies = tuple(args.studies) if args.studies else PRESETS[args.preset].studies
     if args.jobs is not None and args.jobs < 1:
         raise UsageError(f"--jobs expects an int >= 1 (training runs at a time), got {args.jobs}")
     jobs = args.jobs if args.jobs is not None else max(1, min(2, os.cpu_count() or 1))
     workers = auto_workers(args.device) if args.workers == AUTO_WORKERS else args.workers
-    if args.noise_rates is not None and any(not (0.0 <= v < 1.0) for v in args.noise_rates):
-        raise UsageError(f"--noise-rates expects rates in [0, 1), got {args.noise_rates}")
-    if args.noise_margins is not None and 0.0 not in args.noise_margins:
-        raise UsageError(f"--noise-margins must include 0 (every effect is against m = 0), "
-                         f"got {args.noise_margins}")
-    if "noise" in studies and data is not None:
-        raise UsageError("the noise study runs on the embedded data only (it sets the faulty-positive rate "
-                         "of the training split)", "drop --studies noise, or the real-data paths")
+    preset = PRESETS[args.preset]
+    try:
+        check_noise_grid(args.noise_rates or preset.noise_rates, args.noise_margins or preset.noise_margins)
+    except ValueError as e:
+        message = str(e).replace("noise_rates:", "--noise-rates:").replace("noise_margins:", "--noise-margins:")
+        raise UsageError(message) from None
+    for name in ("noise", "negatives"):
+        if name in studies and data is not None:
+            raise UsageError(f"the {name} study runs on the embedded data only (it sets the faulty-positive rate "
+                             f"and the classes of the training split)", f"drop --studies {name}, or the real-data paths")
+    if args.dataset and data is not None:
+        raise UsageError("--dataset names embedded data; real data comes from the paths", "drop --dataset")
     noise = {k: tuple(v) for k, v in (("noise_rates", args.noise_rates), ("noise_margins", args.noise_margins))
              if v is not None}
     out = Path(args.out) if args.out else Path("runs") / "studies" / args.preset
     try:
         run_studies(args.preset, out, studies, data, args.seeds, args.device, workers, args.progress,
-                    overrides, jobs, noise)
+                    overrides, jobs, noise, dataset=args.dataset)
     except DataError as e:  # raised in a worker process too: the main process shows it once, as one line
         raise data_error(e) from None
+    except StudyInterrupted as e:  # Ctrl-C, SIGINT or SIGTERM: every run stopped; one line, 130 / 143
+        print(f"{program_name()}: {e}", file=sys.stderr, flush=True)
+        return e.exit_status
     return 0
 
 

@@ -88,31 +88,14 @@ from .cli import HelpFormatter, UsageError, one_line, run_main
 from .data.datasets import DataError
 from .io import atomic_save, atomic_write_text
 from .training.checkpoint import CheckpointNotFoundError, load_checkpoint, load_model, save_checkpoint
-from .training.config import (
-    RECORD_KEYS,
-    RESUME_INDEPENDENT,
-    ConfigError,
-    TrainConfig,
-    add_config_arguments,
-    add_data_arguments,
-    check_config,
-    check_paths,
-    config_from_args,
-    data_error,
-    effective_config,
-)
-from .training.loop import (
-    RUN_FILES,
-    NonFiniteLossError,
-    RunExistsError,
-    build_test_set,
-    build_train_model,
-    build_train_set,
-    train,
-)
+from .training.config import RECORD_KEYS, RESUME_INDEPENDENT, ConfigError, TrainConfig
+from .training.loop import RUN_FILES, RunExistsError, build_test_set, build_train_model, build_train_set, train
+from .training.options import add_config_arguments, add_data_arguments, check_paths, config_from_args, data_error
 from .training.records import plot_curves, provenance
+from .training.runtime import check_runnable, effective_config
 from .training.sampler import GlobalBatchSampler
 from .training.schedule import LR_SCHEDULES, lr_at_step
+from .training.step import NonFiniteLossError, build_optimizer, make_train_loader, train_one_epoch, train_step
 
 __all__ = [
     "TrainConfig",
@@ -122,6 +105,10 @@ __all__ = [
     "RESUME_INDEPENDENT",
     "RECORD_KEYS",
     "train",
+    "train_step",
+    "train_one_epoch",
+    "build_optimizer",
+    "make_train_loader",
     "main",
     "parse_args",
     "build_train_model",
@@ -133,7 +120,7 @@ __all__ = [
     "load_checkpoint",
     "load_model",
     "add_data_arguments",
-    "check_config",
+    "check_runnable",
     "check_paths",
     "data_error",
     "effective_config",

@@ -49,3 +49,18 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def embedded_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A ``MARGINNCE_CACHE`` folder shared by the session's study tests, set in the environment while a test uses
+    it (subprocesses inherit it); the embedded data sets they generate are made once per session."""
+    cache = tmp_path_factory.mktemp("embedded-cache")
+    yield cache
+
+
+@pytest.fixture
+def use_embedded_cache(embedded_cache: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """:func:`embedded_cache` as this test's ``MARGINNCE_CACHE``."""
+    monkeypatch.setenv("MARGINNCE_CACHE", str(embedded_cache))
+    return embedded_cache

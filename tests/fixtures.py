@@ -127,7 +127,7 @@ def train_config(fx: AVFixture, **overrides: Any):
 
 def train_argv(fx: AVFixture, out: Path, *extra: str) -> list[str]:
     """The ``python -m marginnce_kit.train`` arguments of :func:`train_config` (derived from the config by
-    :func:`marginnce_kit.training.config.config_argv`), without progress bars, plus ``extra``."""
-    from marginnce_kit.training.config import config_argv
+    :func:`marginnce_kit.training.options.config_argv`), without progress bars, plus ``extra``."""
+    from marginnce_kit.training.options import config_argv
 
     return [*config_argv(train_config(fx)), "--no-progress", "--out", str(out), *extra]

@@ -15,7 +15,8 @@ from marginnce_kit.io import atomic_write, atomic_write_json, atomic_write_text,
 pytest.importorskip("torchvision")
 
 from marginnce_kit.train import parse_args  # noqa: E402
-from marginnce_kit.training.config import TrainConfig, config_argv, config_from_args  # noqa: E402
+from marginnce_kit.training.config import TrainConfig  # noqa: E402
+from marginnce_kit.training.options import config_argv, config_from_args  # noqa: E402
 
 
 def test_atomic_write_replaces_or_leaves_the_old_file(tmp_path: Path) -> None:

@@ -178,7 +178,7 @@ def test_plan_runs_shares_runs_between_studies():
     runs = plan_runs(["table5", "table6", "table4"], data, (0, 1))
     assert len(runs) == len(set(runs))
     main = {(m, mg) for m, mg, s, *_ in runs if _[0] == "train.txt"}
-    assert main == set(PAPER["table5"]) | set(PAPER["table6"])  # reference 0 / -0.2 once
+    assert main == set(T5.TABLE5_ROWS) | set(PAPER["table6"])  # reference 0 / -0.2 once; the secondary rows too
     assert len([r for r in runs if r[3] == "train.txt"]) == 2 * len(main)
     heard = [r for r in runs if r[3] == "h.txt"]
     assert len(heard) == 2 * 5 and all(r[4] == ("ht.csv", "ut.csv") and r[5] == "heard_" for r in heard)
@@ -198,7 +198,7 @@ def test_table5_seeds_per_method():
     assert sorted(s for m, mg, s, tl, *_ in runs if tl == "h.txt" and m == "reference" and mg == 0.0) == [0, 1]
     # figures alone: one run per Table 5 row at the first seed every method ran
     figs = plan_runs(["figures"], data, (0, 1), {"lvs": (3, 4), "ezvsl": (4, 3), "reference": (2, 3, 4)})
-    assert {r[2] for r in figs} == {3} and len(figs) == len(PAPER["table5"])
+    assert {r[2] for r in figs} == {3} and len(figs) == len(T5.TABLE5_ROWS)
     assert figure_seed({"lvs": (3, 4), "ezvsl": (4, 3), "reference": (2, 3, 4)}) == 3
     with pytest.raises(ValueError, match="expected a seed that every Table 5 method runs"):
         figure_seed({"lvs": (0,), "ezvsl": (1,), "reference": (2,)})
@@ -333,7 +333,7 @@ def test_common_clips_lists_the_excluded_with_reasons():
 def test_lr_schedule_warm_up_and_cosine():
     import math
 
-    from marginnce_kit.train import TrainConfig, check_config, lr_at_step
+    from marginnce_kit.train import TrainConfig, lr_at_step
 
     c = TrainConfig(train_root="r", train_list="l", lr=1e-3)
     assert [lr_at_step(c, t, 100) for t in (0, 50, 99)] == [1e-3] * 3  # the default: constant, as before
@@ -343,9 +343,9 @@ def test_lr_schedule_warm_up_and_cosine():
     assert lr_at_step(w, 50, 100) == pytest.approx(0.5e-3)
     assert lr_at_step(w, 99, 100) == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi * 0.99)))
     with pytest.raises(ValueError, match="lr_schedule: expected one of"):
-        check_config(TrainConfig(train_root="r", train_list="l", lr_schedule="step"))
+        TrainConfig(train_root="r", train_list="l", lr_schedule="step")
     with pytest.raises(ValueError, match="warmup_steps: expected an int >= 0"):
-        check_config(TrainConfig(train_root="r", train_list="l", warmup_steps=-1))
+        TrainConfig(train_root="r", train_list="l", warmup_steps=-1)
 
 
 # --------------------------------------------------------------------------- figures
@@ -405,9 +405,9 @@ def test_figure1_from_checkpoints(tmp_path, monkeypatch):
 
 
 def test_noise_grid_needs_margin_zero(tmp_path):
-    with pytest.raises(UsageError, match="--noise-margins must include 0"):
+    with pytest.raises(UsageError, match="--noise-margins: expected 0 among the margins"):
         T5.main(["--studies", "noise", "--noise-margins", "-0.2", "-0.1", "--out", str(tmp_path)])
-    with pytest.raises(UsageError, match=r"--noise-rates expects rates in \[0, 1\)"):
+    with pytest.raises(UsageError, match=r"--noise-rates: expected rates in \[0, 1\)"):
         T5.main(["--studies", "noise", "--noise-rates", "0", "1.5", "--out", str(tmp_path)])
 
 
@@ -474,7 +474,7 @@ def test_help_shows_the_defaults_and_the_overrides():
 @pytest.mark.parametrize("argv, fragments", [
     (["--batch-size", "0"], ["batch_size", "got 0"]),
     (["--train-root", "somewhere"], ["real data needs all of"]),
-    (["--studies", "noise", "--noise-margins", "-0.2"], ["--noise-margins must include 0"]),
+    (["--studies", "noise", "--noise-margins", "-0.2"], ["--noise-margins: expected 0 among the margins"]),
 ])
 def test_user_errors_are_one_line(tmp_path, argv, fragments):
     _assert_one_line_error(_table5(*argv, "--out", tmp_path / "out"), *fragments)

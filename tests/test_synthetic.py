@@ -26,7 +26,7 @@ from marginnce_kit.data.box_stats import (
 )
 from marginnce_kit.data.synthetic import (
     PRESETS,
-    SyntheticConfig,
+    EmbeddedConfig,
     class_prototypes,
     config_hash,
     default_cache_root,
@@ -45,8 +45,8 @@ META = UPSTREAM_METADATA / "ezvsl"
 REAL_VGGSS = META / "vggss.json"
 
 #: 100 train / 60 test clips: 20 faulty positives, 6 test clips per class; ~1 s to write.
-TINY = SyntheticConfig(num_train=100, num_test=60)
-MINI = SyntheticConfig(num_train=12, num_test=6)
+TINY = EmbeddedConfig(num_train=100, num_test=60, num_val=0)
+MINI = EmbeddedConfig(num_train=12, num_test=6, num_val=2)
 
 
 @pytest.fixture(scope="module")
@@ -456,7 +456,7 @@ def test_generate_refuses_a_foreign_directory(tmp_path: Path) -> None:
 )
 def test_config_validation(changes: dict, error: type, name: str) -> None:
     with pytest.raises(error, match=name):
-        SyntheticConfig().replace(**changes)
+        EmbeddedConfig().replace(**changes)
 
 
 def test_bad_arguments() -> None:
@@ -465,7 +465,7 @@ def test_bad_arguments() -> None:
     with pytest.raises(TypeError, match="config"):
         generate("/nonexistent", {"seed": 0})  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="split"):
-        render_clip(MINI, "val", 0)
+        render_clip(MINI, "validation", 0)
     with pytest.raises(ValueError, match="index"):
         render_clip(MINI, "test", 6)
     with pytest.raises(ValueError, match="class_index"):

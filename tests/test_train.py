@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from marginnce_kit import evaluate as evaluate_cli  # noqa: E402
 from marginnce_kit import train as train_cli  # noqa: E402
 from marginnce_kit.data import DataError  # noqa: E402
+from marginnce_kit.models import WEIGHT_DECAY  # noqa: E402
 from marginnce_kit.train import (  # noqa: E402
     GlobalBatchSampler,
     TrainConfig,
@@ -31,7 +32,8 @@ from marginnce_kit.train import (  # noqa: E402
     load_checkpoint,
     train,
 )
-from marginnce_kit.training.config import AUTO_WORKERS, auto_workers  # noqa: E402
+from marginnce_kit.training.config import AUTO_WORKERS  # noqa: E402
+from marginnce_kit.training.runtime import auto_workers  # noqa: E402
 
 from .fixtures import AVFixture, break_audio, break_frame, make_av_dataset, train_argv, train_config
 
@@ -92,12 +94,13 @@ def test_cli_train_then_evaluate(fx: AVFixture, tmp_path: Path, capsys: pytest.C
     saved = json.loads((out / "config.json").read_text())
     config = TrainConfig.from_dict(saved)
     # the CLI maps every flag onto the config; recorded as it applies on the CPU (no autocast, no SyncBatchNorm)
-    assert config == replace(train_config(fx, eval_every=1), amp=False, sync_batchnorm=False)
+    assert config == replace(train_config(fx, eval_every=1), amp=False, sync_batchnorm=False,
+                             weight_decay=WEIGHT_DECAY["reference"])  # --weight-decay auto: the method's
     assert set(saved["provenance"]) == PROVENANCE_KEYS
     assert saved["provenance"]["not_applied"] == {"amp": True, "sync_batchnorm": True}
     assert saved["provenance"]["torch"] == torch.__version__ and saved["provenance"]["device"] == "cpu"
     state = load_checkpoint(out / "checkpoint.pt")
-    assert set(state) == {"model", "optimizer", "epoch", "config", "history"}
+    assert set(state) == {"model", "optimizer", "epoch", "config", "history", "selection"} and state["selection"] == "last"
     assert state["epoch"] == 2 and state["config"] == asdict(config)
     # a checkpoint holds tensors and plain containers only: loadable without unpickling code
     plain = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)

@@ -52,6 +52,7 @@ pytest.importorskip("tqdm")
 from marginnce_kit.data import DataError, collate_batch  # noqa: E402
 from marginnce_kit.train import (  # noqa: E402
     GlobalBatchSampler,
+    build_optimizer,
     build_train_model,
     build_train_set,
     effective_config,
@@ -227,7 +228,7 @@ def test_lvs_under_ddp_uses_rank_local_negatives(runs: dict[str, Any]) -> None:
     tmp, fx = runs["tmp"], runs["fx"]
     config = _configs(fx)["lvs"]
     model = build_train_model(config)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = build_optimizer(model, config)
     data = build_train_set(config)
     data.set_epoch(0, config.seed)
     sampler = GlobalBatchSampler(len(data), config.batch_size, seed=config.seed)

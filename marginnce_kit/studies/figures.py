@@ -1,5 +1,5 @@
 """The studies' figures: the margin sweep as Δ against m = 0 (``table6.png``), the noisy-correspondence
-study (``noise.png``), the Fig. 1-style qualitative figure (``figure1.png``) and the training loss of
+study (``noise.png``), the faulty-negative study and its mechanism (``negatives.png``), the Fig. 1-style qualitative figure (``figure1.png``) and the training loss of
 every run of Table 5 (``curves.png``)."""
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from ..evaluation import ciou_per_sample, median_threshold_mask, normalize_map, 
 from ..io import atomic_write
 from ..protocol import MAP_SIZE
 from ..training.checkpoint import load_model
-from .paper import METHOD_NAMES, TABLE5_ROWS
+from .paper import METHOD_NAMES, PAPER_TABLE5_ROWS
 from .runner import run_name
 
-__all__ = ["plot_margin_sweep", "plot_noise", "plot_study_curves", "study_figures", "FIGURE1_QUANTILES", "METHOD_COLORS"]
+__all__ = ["plot_margin_sweep", "plot_noise", "plot_negatives", "plot_study_curves", "study_figures", "FIGURE1_QUANTILES", "METHOD_COLORS"]
 
 #: figure1 shows the test clips at these quantiles of the reference model's (m = 0) per-clip IoU
 FIGURE1_QUANTILES: tuple[float, ...] = (0.1, 0.3, 0.5, 0.7, 0.9)
@@ -102,12 +102,99 @@ def plot_noise(rows: list[dict[str, Any]], path: Path) -> None:
         ax.set_title(method)
         ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=len(margins), frameon=False)
     first = next(r for r in rows if "delta_ciou" in r)
-    scope = ("seeds, then clips" if first["n_seeds"] > 1 else "clips only: 1 seed, the seed-to-seed spread is "
+    scope = ("seeds and clips" if first["n_seeds"] > 1 else "clips only: 1 seed, the seed-to-seed spread is "
              "not in these intervals")
-    fig.suptitle(f"Does a negative margin help more with more noisy correspondences?\n95% paired-bootstrap "
-                 f"intervals ({first['n_seeds']} seed(s) x {first['n']} test clips; {scope})", fontsize=12)
+    fig.suptitle(f"Exploratory: does a negative margin help more with more noisy correspondences?\n95% intervals "
+                 f"({first['n_seeds']} seed(s) x {first['n']} test clips; {scope})", fontsize=12)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_negatives(rows: list[dict[str, Any]], epochs: list[list[list[dict[str, Any]]]], path: Path) -> None:
+    """The faulty-negative study: (a) Δ cIoU of m = -0.2 against the number of classes K (log scale), a line per
+    method and faulty-positive rate, 95% intervals; (b) the faulty anchors' share of gradient weight over their
+    share of anchors at the last epoch, against K, for m = 0 and -0.2; (c) the medians of S_ii, same-class and
+    other-class S_ij (reference model); (d) (b) per epoch at the largest K and rate. ``epochs[i][s]``: row ``i``'s
+    seed ``s``'s epoch records (``_epochs`` of its run result)."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 4, figsize=(24, 5.4))
+    fact = [(i, r) for i, r in enumerate(rows) if r.get("variant") == "factorial"]
+    rates = sorted({r["faulty_positive_rate"] for _, r in fact})
+    models = list(dict.fromkeys(r["model"] for _, r in fact))
+    ks = sorted({r["num_classes"] for _, r in fact})
+    colors = {"reference": "tab:blue", "ezvsl": "tab:orange"}
+    ax = axes[0]
+    for model in models:
+        for j, rate in enumerate(rates):
+            pts = sorted((r for _, r in fact if r["model"] == model and r["faulty_positive_rate"] == rate
+                          and r["margin"] == -0.2 and "delta_ciou" in r), key=lambda r: r["num_classes"])
+            if not pts:
+                continue
+            y, err = _err(pts, "ciou")
+            x = [r["num_classes"] * (1.0 + 0.04 * (j - 0.5)) for r in pts]
+            ax.errorbar(x, y, yerr=err, marker="o" if rate == rates[0] else "s", capsize=3, color=colors.get(model),
+                        ls="-" if rate == rates[0] else "--", label=f"{pts[0]['method']}, faulty rate {rate:g}")
+    ax.axhline(0.0, color="0.3", lw=1)
+    ax.set_xscale("log")
+    ax.minorticks_off()
+    ax.set_xticks(ks, [str(k) for k in ks])
+    ax.set_xlabel("classes K (same-class negatives per anchor fall as 1/K)")
+    ax.set_ylabel("Δ cIoU, m = -0.2 vs 0 (points)")
+    ax.set_title("(a) the margin's effect against K")
+    ax.legend(frameon=False, fontsize=9)
+    ax = axes[1]
+    for model in models:
+        for margin, style in ((0.0, ":"), (-0.2, "-")):
+            pts = sorted((r for _, r in fact if r["model"] == model and r["margin"] == margin
+                          and r["faulty_positive_rate"] == max(rates)), key=lambda r: r["num_classes"])
+            pts = [r for r in pts if r["mechanism"].get("faulty_weight_ratio") is not None]
+            if pts:
+                ax.plot([r["num_classes"] for r in pts], [r["mechanism"]["faulty_weight_ratio"] for r in pts],
+                        marker="o", ls=style, color=colors.get(model), label=f"{pts[0]['method']}, m = {margin:+.1f}")
+    ax.axhline(1.0, color="0.3", lw=1)
+    ax.set_xscale("log")
+    ax.minorticks_off()
+    ax.set_xticks(ks, [str(k) for k in ks])
+    ax.set_xlabel("classes K")
+    ax.set_ylabel("faulty anchors' weight share / anchor share")
+    ax.set_title(f"(b) gradient weight of faulty positives (rate {max(rates):g}, last epoch)")
+    ax.legend(frameon=False, fontsize=9)
+    ax = axes[2]
+    for key, color in (("median_s_pos", "tab:green"), ("median_s_same_class", "tab:red"),
+                       ("median_s_other_class", "0.4")):
+        for margin, style in ((0.0, ":"), (-0.2, "-")):
+            pts = sorted((r for _, r in fact if r["model"] == "reference" and r["margin"] == margin
+                          and r["faulty_positive_rate"] == max(rates)), key=lambda r: r["num_classes"])
+            pts = [r for r in pts if r["mechanism"].get(key) is not None]
+            if pts:
+                ax.plot([r["num_classes"] for r in pts], [r["mechanism"][key] for r in pts], marker="o", ls=style,
+                        color=color, label=f"{key.replace('median_s_', 'S ').replace('_', '-')}, m = {margin:+.1f}")
+    ax.set_xscale("log")
+    ax.minorticks_off()
+    ax.set_xticks(ks, [str(k) for k in ks])
+    ax.set_xlabel("classes K")
+    ax.set_ylabel("median similarity (eq. 1)")
+    ax.set_title("(c) Ours: positives, same-class and other-class negatives")
+    ax.legend(frameon=False, fontsize=8)
+    ax = axes[3]
+    for i, r in fact:
+        if r["model"] != "reference" or r["faulty_positive_rate"] != max(rates) or r["margin"] not in (0.0, -0.2):
+            continue
+        curves = [[e.get("mechanism", {}).get("faulty_weight_ratio") for e in seed] for seed in epochs[i] if seed]
+        curves = [c for c in curves if c and None not in c]
+        if curves:
+            mean = np.mean(np.asarray(curves, dtype=float), axis=0)
+            ax.plot(range(1, mean.size + 1), mean, ls="-" if r["margin"] else ":",
+                    color=plt.get_cmap("viridis")(ks.index(r["num_classes"]) / max(1, len(ks) - 1) * 0.85),
+                    label=f"K = {r['num_classes']}, m = {r['margin']:+.1f}")
+    ax.axhline(1.0, color="0.3", lw=1)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("faulty anchors' weight share / anchor share")
+    ax.set_title(f"(d) Ours, per epoch (rate {max(rates):g}; mean over seeds)")
+    ax.legend(frameon=False, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
@@ -131,7 +218,7 @@ def study_figures(runner: Any, seed: int, meta: dict[str, Any]) -> Path:
     mean = torch.tensor(IMAGENET_MEAN)[:, None, None]
     std = torch.tensor(IMAGENET_STD)[:, None, None]
     shown = [(x * std + mean).clamp(0, 1).permute(1, 2, 0).numpy() for x in image]
-    columns = [("frame + ground truth", None)] + [(f"{METHOD_NAMES[m]}\nm = {mg:+.1f}", (m, mg)) for m, mg in TABLE5_ROWS]
+    columns = [("frame + ground truth", None)] + [(f"{METHOD_NAMES[m]}\nm = {mg:+.1f}", (m, mg)) for m, mg in PAPER_TABLE5_ROWS]
     maps, masks, ious = {}, {}, {}
     for _, key in columns[1:]:
         model, margin = key

@@ -1,4 +1,4 @@
-"""The noisy-correspondence study (``python -m marginnce_kit.table5 --studies noise``).
+"""The noisy-correspondence study (``python -m marginnce_kit.table5 --studies noise``): exploratory.
 
 The paper motivates a negative margin by noisy correspondences: training pairs whose audio does not
 belong to their frame (faulty positives). This study tests the claim directly on the embedded data,
@@ -9,8 +9,13 @@ and EZ-VSL are trained at each rate of ``StudyPreset.noise_rates`` with each mar
 (the test split is clean at every rate), so every row is on the same clips, and each margin's Δ
 against m = 0 at the same rate carries its 95% paired-bootstrap interval.
 
+Exploratory throughout: its cells run few seeds (``StudyPreset.noise_seeds``, 4 in the full preset), so a
+resolved cell is a pointer for a study with a plan and more seeds (the faulty-negative study,
+:mod:`.negatives`, varies the faulty-positive rate at 16 seeds); ``resolved_holm`` is Holm-adjusted over the
+study's cells all the same.
+
 Writes ``noise.json`` (``rows`` with ``method``, ``faulty_positive_rate``, ``margin``, the metrics and
-the Δ fields), ``noise.md`` and ``noise.png`` (Δ cIoU against the rate, a line per margin).
+the Δ fields; ``"exploratory": true``), ``noise.md`` and ``noise.png`` (Δ cIoU against the rate, a line per margin).
 """
 
 from __future__ import annotations
@@ -24,7 +29,16 @@ from .figures import plot_noise
 from .paper import METHOD_NAMES
 from .presets import StudyPreset, embedded_data
 from .runner import Runner
-from .tables import add_margin_effects, bound_table_rows, markdown_table, same_clips, table_row, write_study
+from .tables import (
+    add_margin_effects,
+    add_selection,
+    apply_holm,
+    bound_table_rows,
+    markdown_tables,
+    same_clips,
+    table_row,
+    write_study,
+)
 
 __all__ = ["NOISE_METHODS", "NoisePlan", "plan", "study_noise"]
 
@@ -67,21 +81,27 @@ def plan(runner: Runner, preset: StudyPreset, seeds: Sequence[int]) -> NoisePlan
 def study_noise(runner: Runner, p: NoisePlan, seeds: Sequence[int], meta: dict[str, Any]) -> dict[str, Any]:
     test = runner.data.test_list
     keys = [(m, rate, mg) for m in NOISE_METHODS for rate in p.rates for mg in p.margins]
-    evals = [[p.runners[rate].run(m, mg, s, p.runners[rate].data.train_list, [test], p.tags[rate])[test]
-              for s in seeds] for m, rate, mg in keys]
+    results = [[p.runners[rate].run(m, mg, s, p.runners[rate].data.train_list, [test], p.tags[rate])
+                for s in seeds] for m, rate, mg in keys]
+    evals = [[r[test] for r in row] for row in results]
     ids, excluded = same_clips(runner, test, [e for row in evals for e in row])
-    rows = [table_row(METHOD_NAMES[m], mg, ev, None, seeds, ids, method_key=f"{m}:{rate}", faulty_positive_rate=rate)
+    rows = [table_row(METHOD_NAMES[m], mg, ev, None, seeds, ids, method_key=f"{m}:{rate}", faulty_positive_rate=rate,
+                      checkpoint="last", exploratory=True)
             for (m, rate, mg), ev in zip(keys, evals)]
     add_margin_effects(rows, evals, ids)
+    if runner.has_val:
+        add_selection(rows, results, test, ids)
+    apply_holm(rows)
     rows += bound_table_rows(runner.bound_rows(test), ids, faulty_positive_rate=None)
-    payload = dict(meta, study="noise", seeds=list(seeds), rows=rows, n_test=len(ids), excluded=excluded,
-                   faulty_positive_rates=list(p.rates), margins=list(p.margins))
-    note = (f"Data: {runner.data.source}, training split regenerated at each faulty-positive rate (that fraction "
-            f"of training clips carries another class's audio); every run scored on the same clean test clips, "
-            f"n = {len(ids)}; seeds {list(seeds)}. The paper has no such table (its claim: a negative margin "
-            f"alleviates noisy correspondences).")
-    write_study(runner.out, "noise", payload, markdown_table("Noisy correspondences: margin effect against the "
-                                                        "faulty-positive rate", rows, note,
-                                                        extra_column=("faulty-positive rate", "faulty_positive_rate")))
+    payload = dict(meta, study="noise", exploratory=True, seeds=list(seeds), rows=rows, n_test=len(ids),
+                   excluded=excluded, faulty_positive_rates=list(p.rates), margins=list(p.margins))
+    note = (f"EXPLORATORY ({len(seeds)} seeds per cell, no plan committed before the runs: every resolved cell is a "
+            f"pointer, not a finding). Data: {runner.data.source}, training split regenerated at each faulty-positive "
+            f"rate (that fraction of training clips carries another class's audio); every run scored on the same "
+            f"clean test clips, n = {len(ids)}; seeds {list(seeds)}. The paper has no such table (its claim: a "
+            f"negative margin alleviates noisy correspondences).")
+    write_study(runner.out, "noise", payload,
+                markdown_tables("Exploratory: noisy correspondences, margin effect against the faulty-positive rate",
+                                rows, note, extra_column=("faulty-positive rate", "faulty_positive_rate")))
     plot_noise(rows, runner.out / "noise.png")
     return payload

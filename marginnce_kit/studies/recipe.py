@@ -1,8 +1,10 @@
 """Measure candidate training recipes of the embedded studies at margin 0 (the reference model).
 
     python -m marginnce_kit.studies.recipe --out results/recipe --recipes constant cosine --seeds 0 1 2 3
+    python -m marginnce_kit.studies.recipe --out results/recipe-dataset --recipes cosine-patch8-112 \
+        --datasets default vggsound-like --seeds 0 1 2 3 4 5 6 7
 
-For each recipe and seed: trains the reference model at m = 0 on the embedded default training set,
+For each recipe, data set and seed: trains the reference model at m = 0 on the embedded training set,
 evaluates it on an embedded test set of ``--num-test`` clips, and records the seed spread of cIoU /
 AUC / mean cIoU, each epoch's training loss (does it still fall at the last epoch?) and the measured
 seconds. Writes ``<out>/recipes.json`` and ``<out>/recipes.md``; runs are cached in ``<out>/runs``.
@@ -22,14 +24,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .presets import EMBEDDED_TRAIN as _EMBEDDED_TRAIN
-from .presets import embedded_data
+from ..data.synthetic import PRESETS as DATA_PRESETS
+from .presets import _EMBEDDED_TRAIN, embedded_data
 from .runner import Runner, execute_runs
 from .runner import run_name as _run_name
 
 __all__ = ["RECIPES", "measure", "main"]
 
-#: candidate recipes: changes to the embedded training settings (``marginnce_kit.studies.presets.EMBEDDED_TRAIN``)
+#: candidate recipes: changes to the embedded training settings (``marginnce_kit.studies.presets._EMBEDDED_TRAIN``)
 RECIPES: dict[str, dict[str, Any]] = {
     "constant": {},  # Adam 1e-3, constant, 10 epochs (the recipe before this measurement)
     "cosine": {"lr_schedule": "cosine", "warmup_steps": 31},  # + 1 epoch warm-up, cosine decay to 0
@@ -54,14 +56,17 @@ def _sd(values: list[float]) -> float:
     return statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def measure(out: Path, recipes: Sequence[str], seeds: Sequence[int], num_test: int, jobs: int) -> dict[str, Any]:
+def measure(out: Path, recipes: Sequence[str], seeds: Sequence[int], num_test: int, jobs: int,
+            datasets: Sequence[str] = ("default",)) -> dict[str, Any]:
     summary: dict[str, Any] = {"command": "python -m marginnce_kit.studies.recipe " + " ".join(sys.argv[1:]),
                                "num_test": num_test, "seeds": list(seeds), "recipes": {}}
-    for name in recipes:
-        changes = RECIPES[name]
-        data = embedded_data("default", num_test=num_test, **{k: v for k, v in changes.items() if k in DATA_KEYS})
+    for recipe, dataset in [(r, d) for r in recipes for d in datasets]:
+        name = recipe if list(datasets) == ["default"] else f"{recipe} @ {dataset}"
+        changes = RECIPES[recipe]
+        data = embedded_data(dataset, num_test=num_test, **{k: v for k, v in changes.items() if k in DATA_KEYS})
         kwargs = dict(_EMBEDDED_TRAIN, **{k: v for k, v in changes.items() if k not in DATA_KEYS})
-        runner = Runner(out / name, data, kwargs, "cpu", 0, progress=False)
+        folder = recipe if list(datasets) == ["default"] else f"{recipe}-{dataset}"
+        runner = Runner(out / folder, data, kwargs, "cpu", 0, progress=False)
         specs = [("reference", 0.0, s, data.train_list, (data.test_list,), "") for s in seeds]
         t0 = time.time()
         execute_runs(runner, specs, jobs)
@@ -70,7 +75,7 @@ def measure(out: Path, recipes: Sequence[str], seeds: Sequence[int], num_test: i
         for s in seeds:
             r = runner.run(*specs[seeds.index(s)])
             ev = r[data.test_list]
-            run_dir = out / name / "runs" / _run_name("reference", 0.0, s)
+            run_dir = out / folder / "runs" / _run_name("reference", 0.0, s)
             losses = [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()
                       if '"epoch"' in line]
             c = ev["per_clip"]["ciou"]
@@ -79,8 +84,9 @@ def measure(out: Path, recipes: Sequence[str], seeds: Sequence[int], num_test: i
                              "loss_per_epoch": [round(v, 4) for v in losses],
                              "last_epoch_loss_drop": round(losses[-2] - losses[-1], 4) if len(losses) > 1 else None,
                              "train_and_eval_seconds": r["_seconds"]["train_and_eval"]})
+        prior = runner.bound_rows(data.test_list)["center prior"]
         summary["recipes"][name] = {
-            "train": kwargs, "data": data.source, "per_seed": per_seed, "wall_seconds_this_call": round(wall, 1),
+            "train": kwargs, "data": data.source, "center_prior_ciou": round(prior["ciou"], 2), "per_seed": per_seed, "wall_seconds_this_call": round(wall, 1),
             **{f"{k}_mean": round(statistics.fmean(p[k] for p in per_seed), 2) for k in ("ciou", "auc", "mean_ciou")},
             **{f"{k}_sd": round(_sd([p[k] for p in per_seed]), 2)
                for k in ("ciou", "auc", "mean_ciou", "ciou_first500")},
@@ -89,11 +95,12 @@ def measure(out: Path, recipes: Sequence[str], seeds: Sequence[int], num_test: i
     out.mkdir(parents=True, exist_ok=True)
     (out / "recipes.json").write_text(json.dumps(summary, indent=2) + "\n")
     lines = ["# Recipe measurements at m = 0 (reference model)", "", f"`{summary['command']}`.", "",
-             "| recipe | data | seeds | cIoU mean | cIoU SD (all test clips) | cIoU SD (first 500) | AUC SD | mean cIoU SD | "
-             "loss drop in last epoch | s per run |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "| recipe | data | seeds | cIoU mean | center prior cIoU | cIoU SD (all test clips) | cIoU SD (first 500) | "
+             "AUC SD | mean cIoU SD | loss drop in last epoch | s per run |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in summary["recipes"].items():
         secs = statistics.fmean(p["train_and_eval_seconds"] for p in r["per_seed"])
-        lines.append(f"| {name} | {r['data']} | {len(r['per_seed'])} | {r['ciou_mean']:.2f} | {r['ciou_sd']:.2f} | "
+        lines.append(f"| {name} | {r['data']} | {len(r['per_seed'])} | {r['ciou_mean']:.2f} | "
+                     f"{r['center_prior_ciou']:.2f} | {r['ciou_sd']:.2f} | "
                      f"{r['ciou_first500_sd']:.2f} | {r['auc_sd']:.2f} | {r['mean_ciou_sd']:.2f} | "
                      f"{r['last_epoch_loss_drop_mean']:+.4f} | {secs:.0f} |")
     (out / "recipes.md").write_text("\n".join(lines) + "\n")
@@ -109,9 +116,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="recipes to measure (default: %(default)s)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3], help="(default: %(default)s)")
     p.add_argument("--num-test", type=int, default=2000, help="test clips (default: %(default)s)")
+    p.add_argument("--datasets", nargs="+", choices=tuple(DATA_PRESETS), default=["default"],
+                   help="embedded data sets to measure each recipe on (default: %(default)s)")
     p.add_argument("--jobs", type=int, default=2, help="runs at a time (default: %(default)s)")
     args = p.parse_args(argv)
-    measure(Path(args.out), args.recipes, list(args.seeds), args.num_test, args.jobs)
+    measure(Path(args.out), args.recipes, list(args.seeds), args.num_test, args.jobs, args.datasets)
     return 0
 
 

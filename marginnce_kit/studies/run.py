@@ -13,15 +13,21 @@ from typing import Any
 
 import torch
 
+from ..data.annotations import load_id_list
+from ..training.diagnostics import ClipLabels
+from . import negatives as NG
 from . import noise as N
 from .figures import plot_margin_sweep, plot_study_curves, study_figures
-from .paper import METHOD_NAMES, PAPER, TABLE4_RUNS, TABLE5_ROWS, TABLE6_ROWS
+from .paper import METHOD_NAMES, PAPER, SECONDARY_ROWS, TABLE4_RUNS, TABLE5_ROWS, TABLE6_ROWS
 from .presets import PRESETS, REAL_TRAIN, SeedPlan, StudyData, all_seeds, embedded_data, seeds_of
 from .runner import Runner, execute_jobs, figure_seed, plan_runs, run_name
 from .tables import (
     add_margin_effects,
+    add_selection,
+    apply_holm,
     bound_table_rows,
     markdown_table,
+    markdown_tables,
     model_table,
     same_clips,
     seeds_text,
@@ -55,11 +61,12 @@ def study_table(name: str, runner: Runner, seeds: SeedPlan, meta: dict[str, Any]
         KeyError: ``name`` is not one of :data:`TABLES`.
     """
     title, table_rows, label, sweep = TABLES[name]
-    specs = [(m, label or METHOD_NAMES[m], mg, PAPER[name][(m, mg)], {}) for m, mg in table_rows]
+    specs = [(m, SECONDARY_ROWS.get((m, mg)) or label or METHOD_NAMES[m], mg, PAPER[name].get((m, mg)),
+              {"secondary": (m, mg) in SECONDARY_ROWS}) for m, mg in table_rows]
     rows, ids, excluded = model_table(runner, specs, seeds, runner.data.train_list, runner.data.test_list)
     payload = dict(meta, study=name, **_seed_fields(seeds, list(dict.fromkeys(m for m, _ in table_rows))), rows=rows,
                    n_test=len(ids), excluded=excluded)
-    write_study(runner.out, name, payload, markdown_table(title, rows, study_note(payload)))
+    write_study(runner.out, name, payload, markdown_tables(title, rows, study_note(payload)))
     if sweep:
         plot_margin_sweep(rows, runner.out / f"{name}.png")
     return payload
@@ -89,23 +96,31 @@ def study_table4(runner: Runner, seeds: SeedPlan, meta: dict[str, Any]) -> dict[
         for s in seeds_of(seeds, model):
             runner.run(model, margin, s, d.heard_train_list, list(tests.values()), tag="heard_")
     rows: list[dict[str, Any]] = []
+    bounds: list[dict[str, Any]] = []
     n_test, excluded = {}, {}
     for split, test in tests.items():
-        evals = [[runner.run(m, mg, s, d.heard_train_list, list(tests.values()), tag="heard_")[test]
-                  for s in seeds_of(seeds, m)] for m, mg in TABLE4_RUNS]
+        results = [[runner.run(m, mg, s, d.heard_train_list, list(tests.values()), tag="heard_")
+                    for s in seeds_of(seeds, m)] for m, mg in TABLE4_RUNS]
+        evals = [[r[test] for r in row] for row in results]
         ids, excluded[split] = same_clips(runner, test, [e for row in evals for e in row])
         split_rows = [table_row(METHOD_NAMES[m], mg, ev, PAPER["table4"][(split, m, mg)], seeds_of(seeds, m), ids,
-                                method_key=f"{split}:{m}", split=split) for (m, mg), ev in zip(TABLE4_RUNS, evals)]
+                                method_key=f"{split}:{m}", split=split, checkpoint="last")
+                      for (m, mg), ev in zip(TABLE4_RUNS, evals)]
         add_margin_effects(split_rows, evals, ids)
-        rows += split_rows + bound_table_rows(runner.bound_rows(test), ids, split=split)
+        if runner.has_val:
+            add_selection(split_rows, results, test, ids)
+        rows += split_rows
+        bounds += bound_table_rows(runner.bound_rows(test), ids, split=split)
         n_test[split] = len(ids)
+    apply_holm(rows)
+    rows += bounds
     fields = _seed_fields(seeds, list(dict.fromkeys(m for m, _ in TABLE4_RUNS)))
     payload = dict(meta, study="table4", **fields, rows=rows, n_test=n_test, excluded=excluded)
     note = (f"Data: {d.source}; trained on the heard classes only; {seeds_text(fields['seeds_by_method'])}; "
             f"test clips n = {n_test}. "
             "Heard: test clips of training classes; unheard: of classes never seen in training.")
     write_study(runner.out, "table4", payload,
-                markdown_table("Table 4: open-set (heard / unheard classes)", rows, note, split_column=True))
+                markdown_tables("Table 4: open-set (heard / unheard classes)", rows, note, split_column=True))
     return payload
 
 
@@ -121,15 +136,18 @@ def study_curves(runner: Runner, seeds: SeedPlan) -> Path:
 
 def run_studies(preset: str, out: Path, studies: Sequence[str], data: StudyData | None, seeds: Sequence[int] | None,
                 device: str = "cpu", workers: int = 0, progress: bool = True, train_overrides: dict[str, Any] | None = None,
-                jobs: int = 1, noise_grid: dict[str, tuple[float, ...]] | None = None) -> dict[str, Any]:
+                jobs: int = 1, noise_grid: dict[str, tuple[float, ...]] | None = None,
+                dataset: str | None = None) -> dict[str, Any]:
     """Run ``studies`` of ``preset`` (``data=None``: the embedded data) into ``out``; ``train_overrides``
     (``TrainConfig`` fields) apply to every run (recorded in the output's ``train`` and ``overrides``);
-    ``noise_grid`` (``noise_rates`` / ``noise_margins``) overrides the preset's noise-study grid.
+    ``noise_grid`` (``noise_rates`` / ``noise_margins``) overrides the preset's noise-study grid; ``dataset`` the
+    preset's embedded data set (a :mod:`marginnce_kit.data.synthetic` preset name).
 
     Raises:
         ValueError: the noise study with real data.
     """
-    p = dataclasses.replace(PRESETS[preset], **(noise_grid or {}))
+    p = dataclasses.replace(PRESETS[preset], **(noise_grid or {}), **({"dataset": dataset} if dataset else {}),
+                            **({"negatives_seeds": tuple(seeds)} if seeds else {}))
     embedded = data is None
     if data is None:
         data = embedded_data(p.dataset, **p.dataset_overrides)
@@ -141,13 +159,22 @@ def run_studies(preset: str, out: Path, studies: Sequence[str], data: StudyData 
     # each method's seeds in Table 5 (--seeds: the same for all); Tables 6 and 4 use `seeds`
     plan = {m: tuple(seeds) for m in METHOD_NAMES} if seeds else p.seed_plan(tuple(METHOD_NAMES))
     seeds = tuple(seeds) if seeds else p.seeds
-    if "noise" in studies and not embedded:
-        raise ValueError("noise: the noisy-correspondence study runs on the embedded data only (it sets the "
-                         "faulty-positive rate of the training split)")
+    for name in ("noise", "negatives"):
+        if name in studies and not embedded:
+            raise ValueError(f"{name}: the study runs on the embedded data only (it sets the faulty-positive rate and "
+                             f"the classes of the training split)")
     out.mkdir(parents=True, exist_ok=True)
     runner = Runner(out, data, train_kwargs, device, workers, progress)
-    meta = {"preset": preset, "seeds": list(seeds), "data": asdict(data), "train": train_kwargs,
-            "overrides": dict(train_overrides or {}), "torch": torch.__version__}
+    batch = int(train_kwargs.get("batch_size", 64))
+    labels = ClipLabels.from_embedded(data.train_root)
+    try:
+        scn = labels.same_class_negatives_per_anchor(load_id_list(data.train_list), batch) if labels else None
+    except ValueError:  # fewer than two labelled clips in the list: the runs will say what is wrong
+        scn = None
+    meta = {"preset": preset, "seeds": list(seeds),
+            "data": dict(asdict(data), batch_size=batch,
+                         same_class_negatives_per_anchor=None if scn is None else round(scn, 3)),
+            "train": train_kwargs, "overrides": dict(train_overrides or {}), "torch": torch.__version__}
     results: dict[str, Any] = {}
     t0 = time.time()
     if "figures" in studies:
@@ -156,6 +183,10 @@ def run_studies(preset: str, out: Path, studies: Sequence[str], data: StudyData 
     noise_plan = N.plan(runner, p, noise_seeds) if "noise" in studies else None
     if noise_plan is not None:
         jobs_list += noise_plan.jobs
+    negatives_plan = NG.plan(runner, p) if "negatives" in studies else None
+    if negatives_plan is not None:
+        NG.write_plan(out, p, batch)  # before any run: the plan to commit
+        jobs_list += negatives_plan.jobs
     jobs_list = list({(id(rn), spec): (rn, spec) for rn, spec in jobs_list}.values())
     execute_jobs(jobs_list, jobs if device == "cpu" else 1)
     # the measured cost of the study: every run's training + evaluation time, as recorded when it ran
@@ -176,6 +207,9 @@ def run_studies(preset: str, out: Path, studies: Sequence[str], data: StudyData 
     if noise_plan is not None:
         results["noise"] = N.study_noise(runner, noise_plan, noise_seeds, meta)
         print(Path(out / "noise.md").read_text())
+    if negatives_plan is not None:
+        results["negatives"] = NG.study_negatives(runner, negatives_plan, p, meta)
+        print(Path(out / "negatives.md").read_text())
     if "figures" in studies:
         if "table5" not in studies:
             study_table5(runner, (figure_seed(plan),), meta)

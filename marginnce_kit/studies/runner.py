@@ -4,12 +4,14 @@ set of studies needs) and :func:`execute_jobs` (several runs at a time in worker
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import multiprocessing as mp
 import os
+import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict
 from pathlib import Path
@@ -18,14 +20,91 @@ from typing import Any
 import torch
 
 from ..io import atomic_write_text
+from ..layout import RunLayout
 from ..scoring import bound_rows, evaluate_model
-from ..training.checkpoint import load_model
+from ..training.checkpoint import load_checkpoint, load_model
 from ..training.config import TrainConfig
+from ..training.diagnostics import ClipLabels
 from ..training.loop import build_test_set, build_train_set, train
 from .paper import TABLE4_RUNS, TABLE5_ROWS, TABLE6_ROWS
 from .presets import SeedPlan, StudyData, seeds_of
 
-__all__ = ["Runner", "RunSpec", "run_name", "plan_runs", "figure_seed", "execute_runs", "execute_jobs"]
+__all__ = ["Runner", "RunSpec", "run_name", "plan_runs", "figure_seed", "execute_runs", "execute_jobs",
+           "selected_eval", "SELECTIONS", "StudyInterrupted"]
+
+
+class StudyInterrupted(BaseException):
+    """SIGINT or SIGTERM reached a study while it trained: every run it started is stopped, the finished ones are
+    cached (re-running the command resumes from them); ``exit_status`` is 128 + the signal's number (130, 143). A
+    ``BaseException``, like ``KeyboardInterrupt``: no ``except Exception`` on the way (a clip decoder's failure
+    accounting) may take it for an ordinary error."""
+
+    def __init__(self, signum: int, finished: int = 0, total: int = 0) -> None:
+        super().__init__(signum)
+        self.signum, self.finished, self.total = signum, finished, total
+
+    @property
+    def exit_status(self) -> int:
+        return 128 + self.signum
+
+    def __str__(self) -> str:
+        name = signal.Signals(self.signum).name
+        return (f"interrupted by {name}: {self.finished} of {self.total} training runs finished and are cached; "
+                f"run the same command again to resume from them")
+
+
+@contextlib.contextmanager
+def _interruptible() -> Iterator[None]:
+    """SIGINT and SIGTERM raise :class:`StudyInterrupted` in the main thread for the duration (elsewhere: no-op)."""
+    def handler(signum: int, frame: object) -> None:
+        raise StudyInterrupted(signum)
+
+    try:
+        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    except ValueError:  # not the main thread: signals stay as they are
+        yield
+        return
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _worker_init() -> None:
+    """A study's worker process leaves SIGINT to its parent (Ctrl-C reaches the whole process group: the parent
+    stops every worker itself, so no worker dies with a traceback of its own)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _stop_children(grace: float = 5.0) -> None:
+    """Terminate this process's children (the pool's workers), then kill the ones still alive after ``grace`` s."""
+    children = mp.active_children()
+    for child in children:
+        child.terminate()
+    deadline = time.time() + grace
+    for child in children:
+        child.join(max(0.0, deadline - time.time()))
+        if child.is_alive():
+            child.kill()
+            child.join(1.0)
+
+#: The checkpoint selections every study row reports (:func:`selected_eval`).
+SELECTIONS = ("last", "best_val")
+
+
+def selected_eval(result: dict[str, Any], test: str, selection: str) -> dict[str, Any]:
+    """A run's evaluation on ``test`` for a checkpoint ``selection``: ``"last"`` (the last epoch) or
+    ``"best_val"`` (the best epoch on the validation split).
+
+    Raises:
+        KeyError: the run has no such evaluation (no validation split: no ``best_val``).
+    """
+    if selection == "last":
+        return result[test]
+    if selection == "best_val":
+        return result["_best_val"]["evals"][test]
+    raise KeyError(f"selection: expected one of {SELECTIONS}, got {selection!r}")
 
 
 def run_name(model: str, margin: float, seed: int, tag: str = "") -> str:
@@ -44,6 +123,29 @@ class Runner:
         self.out, self.data, self.train_kwargs = out, data, train_kwargs
         self.device, self.workers, self.progress = device, workers, progress
         self._bound_rows: dict[str, dict[str, dict[str, float]]] = {}
+        self._labels: ClipLabels | None | bool = False  # read on first use
+
+    @property
+    def labels(self) -> ClipLabels | None:
+        """The training clips' correspondences when the train root is embedded data (the mechanism's measures)."""
+        if self._labels is False:
+            self._labels = ClipLabels.from_embedded(self.data.train_root)
+        return self._labels  # type: ignore[return-value]
+
+    @property
+    def has_val(self) -> bool:
+        """Whether the study has a validation split (then every row reports ``best_val`` too)."""
+        return bool(self.data.val_list)
+
+    def val_set(self, val_list: str):
+        """The validation split (``val_list``: the study's, or the heard classes' for Table 4)."""
+        key = json.dumps([self.data.test_root, val_list, self.data.val_annotations, self.data.annotation_format,
+                          bool(self.train_kwargs.get("cache")), self.train_kwargs.get("image_size", 224)])
+        if key not in _TEST_SETS:
+            _TEST_SETS[key] = build_test_set(self.data.test_root, val_list, self.data.val_annotations,
+                                             self.data.annotation_format, cache=bool(self.train_kwargs.get("cache")),
+                                             image_size=self.train_kwargs.get("image_size", TrainConfig.image_size))
+        return _TEST_SETS[key]
 
     def test_set(self, test_list: str):
         image_size = self.train_kwargs.get("image_size", TrainConfig.image_size)
@@ -68,15 +170,24 @@ class Runner:
             self._bound_rows[test_list] = bound_rows(self.test_set(test_list))
         return self._bound_rows[test_list]
 
+    def val_list_for(self, train_list: str) -> str:
+        """The validation split of a training list: the heard classes' for the heard-class list (Table 4)."""
+        if self.data.heard_val_list and train_list == self.data.heard_train_list:
+            return self.data.heard_val_list
+        return self.data.val_list
+
     def _config(self, model: str, margin: float, seed: int, train_list: str) -> TrainConfig:
+        val = self.val_list_for(train_list) if self.has_val else ""
         return TrainConfig(model=model, margin=margin, seed=seed, train_root=self.data.train_root,
-                           train_list=train_list, device=self.device, workers=self.workers, **self.train_kwargs)
+                           train_list=train_list, device=self.device, workers=self.workers,
+                           val_root=self.data.test_root if val else "", val_list=val,
+                           val_annotations=self.data.val_annotations if val else "", **self.train_kwargs)
 
     def _cache_entry(self, model: str, margin: float, seed: int, train_list: str, test_lists: Sequence[str],
                      tag: str = "") -> tuple[Path, TrainConfig, dict[str, Any]]:
         """Where a run's result lives, its config, and the key a cached result must carry."""
         config = self._config(model, margin, seed, train_list)
-        path = self.out / "runs" / run_name(model, margin, seed, tag) / "result.json"
+        path = RunLayout(self.out / "runs" / run_name(model, margin, seed, tag)).result
         return path, config, {"config": asdict(config), "tests": list(test_lists)}
 
     def _cached(self, *spec: Any) -> dict[str, dict[str, Any]] | None:
@@ -114,11 +225,24 @@ class Runner:
         if self.progress:
             print(f"  training {name} ...", flush=True)
         # no cached result for this key: whatever run_dir holds (a stale or killed run) is replaced
+        layout = RunLayout(run_dir)
         train(config, run_dir, progress=self.progress, train_set=self.train_set(config), overwrite=True,
-              curves_every_epoch=False)
-        net, _, _ = load_model(run_dir / "checkpoint.pt")
-        results = {t: evaluate_model(net, self.test_set(t), self.device,
-                                     batch_size=64, workers=self.workers) for t in test_lists}
+              curves_every_epoch=False, val_set=self.val_set(config.val_list) if config.val_list else None,
+              labels=self.labels)
+        net, _, state = load_model(layout.checkpoint)
+        results: dict[str, Any] = {t: evaluate_model(net, self.test_set(t), self.device,
+                                                     batch_size=64, workers=self.workers) for t in test_lists}
+        history = state.get("history", [])
+        results["_epochs"] = [{k: r[k] for k in ("epoch", "loss", "val", "mechanism") if k in r} for r in history]
+        if config.val_list:
+            best = load_checkpoint(layout.best_val)
+            if best["epoch"] == state["epoch"]:  # the last epoch is the best: the same weights
+                evals = {t: results[t] for t in test_lists}
+            else:
+                net, _, _ = load_model(layout.best_val)
+                evals = {t: evaluate_model(net, self.test_set(t), self.device, batch_size=64, workers=self.workers)
+                         for t in test_lists}
+            results["_best_val"] = {"epoch": best["epoch"], "val": best.get("val"), "evals": evals}
         # wall time depends on the machine's load; CPU time (this process, all its threads) does not
         results["_seconds"] = {"train_and_eval": round(time.time() - t0, 1),
                                "cpu": round(time.process_time() - cpu0, 1)}
@@ -185,16 +309,30 @@ def execute_jobs(pairs: Sequence[tuple[Runner, RunSpec]], jobs: int) -> None:
     if not todo:
         return
     print(f"{len(todo)} training runs to do ({len(pairs) - len(todo)} cached), {jobs} at a time", flush=True)
-    if jobs <= 1:
-        for rn, r in todo:
-            rn.run(*r)
-        return
-    threads = max(1, (os.cpu_count() or 1) // jobs)
-    args = [(rn.out, rn.data, rn.train_kwargs, rn.device, rn.workers, threads, r) for rn, r in todo]
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
-        futures = [pool.submit(_run_job, a) for a in args]
-        for i, f in enumerate(as_completed(futures), 1):
-            name, seconds = f.result()
-            print(f"  [{i}/{len(todo)}] {name} done in {seconds:.0f} s", flush=True)
+    done = 0
+    with _interruptible():
+        try:
+            if jobs <= 1:
+                for rn, r in todo:
+                    rn.run(*r)
+                    done += 1
+                return
+            threads = max(1, (os.cpu_count() or 1) // jobs)
+            args = [(rn.out, rn.data, rn.train_kwargs, rn.device, rn.workers, threads, r) for rn, r in todo]
+            pool = ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"), initializer=_worker_init)
+            try:
+                futures = [pool.submit(_run_job, a) for a in args]
+                for i, f in enumerate(as_completed(futures), 1):
+                    name, seconds = f.result()
+                    done = i
+                    print(f"  [{i}/{len(todo)}] {name} done in {seconds:.0f} s", flush=True)
+            except StudyInterrupted:
+                pool.shutdown(wait=False, cancel_futures=True)  # nothing queued starts
+                _stop_children()
+                raise
+            pool.shutdown(wait=True)
+        except StudyInterrupted as e:
+            e.finished, e.total = done, len(todo)
+            raise
     gc.collect()
 

@@ -1,7 +1,9 @@
 """A study table from its runs' per-clip scores: every row on one identical set of clips
 (:func:`same_clips`), the mean and SD over seeds (:func:`table_row`), the center-prior and ceiling rows
-(:func:`bound_table_rows`), each margin's Δ against its method's m = 0 row with a paired-bootstrap
-interval (:func:`add_margin_effects`), the Markdown (:func:`markdown_table`) and the files (:func:`write_study`)."""
+(:func:`bound_table_rows`), each margin's Δ against its method's m = 0 row with its interval and p-value
+(:func:`add_margin_effects`), the same for the ``best_val`` checkpoint of every run (:func:`add_selection`),
+Holm's adjustment over a table's comparisons (:func:`apply_holm`), the Markdown (:func:`markdown_table`) and the
+files (:func:`write_study`)."""
 
 from __future__ import annotations
 
@@ -15,11 +17,16 @@ from ..evaluation import summarize_cious
 from ..io import atomic_write_text
 from .paper import METHOD_NAMES
 from .presets import SeedPlan, all_seeds, seeds_of
-from .runner import Runner
-from .stats import FEW_SEEDS, common_clips, paired_effects, stack_per_clip
+from .runner import Runner, selected_eval
+from .stats import FEW_SEEDS, LEVEL, common_clips, holm, paired_effects, stack_per_clip
 
-__all__ = ["DELTA_NOTE", "seeds_text", "table_row", "bound_table_rows", "add_margin_effects", "markdown_table", "write_study",
-           "study_note", "same_clips", "model_table"]
+__all__ = ["DELTA_NOTE", "seeds_text", "table_row", "bound_table_rows", "add_margin_effects", "add_selection",
+           "apply_holm", "markdown_table", "markdown_tables", "write_study", "study_note", "same_clips", "model_table", "ROW_METRICS"]
+
+#: The fields of a row that :func:`add_selection` repeats under ``row["best_val"]``.
+ROW_METRICS = ("ciou", "ciou_std", "auc", "auc_std", "mean_ciou", "mean_ciou_std", "per_seed", "delta_ciou",
+               "delta_ciou_ci95", "delta_auc", "delta_auc_ci95", "delta_mean_ciou", "delta_mean_ciou_ci95", "p_value",
+               "resolved", "interval", "n_seeds_paired", "few_seeds")
 
 
 def _stats(values: list[float]) -> tuple[float, float]:
@@ -81,6 +88,38 @@ def add_margin_effects(rows: list[dict[str, Any]], evals: list[list[dict[str, An
                 r[f"paper_delta_{key}"] = round(r[f"paper_{key}"] - pb[f"paper_{key}"], 2)
 
 
+def add_selection(rows: list[dict[str, Any]], results: list[list[dict[str, Any]]], test: str | Sequence[str],
+                  ids: Sequence[str], selection: str = "best_val", group: str = "method_key") -> None:
+    """For every model row: the same metrics and Δ fields (:data:`ROW_METRICS`) for checkpoint ``selection``
+    under ``row[selection]``, plus ``epochs`` (each seed's selected epoch). ``results[i][j]``: row ``i``'s seed
+    ``j``'s run results (:meth:`Runner.run`); ``rows`` is aligned with ``results``; ``test``: the test list the
+    runs were scored on, or each row's."""
+    tests = [test] * len(rows) if isinstance(test, str) else list(test)
+    evals = [[selected_eval(r, t, selection) for r in row] for row, t in zip(results, tests)]
+    shadow = [dict(r) for r in rows]
+    for r, ev in zip(shadow, evals):
+        r.update(table_row(r["method"], r["margin"], ev, None, [p["seed"] for p in r["per_seed"]], ids))
+        for key in list(r):
+            if key.startswith("delta_") or key in ("p_value", "resolved", "interval", "n_seeds_paired", "few_seeds"):
+                del r[key]
+    add_margin_effects(shadow, evals, ids, group)
+    for r, sh, res in zip(rows, shadow, results):
+        r[selection] = {k: sh[k] for k in ROW_METRICS if k in sh}
+        r[selection]["epochs"] = [x["_best_val"]["epoch"] for x in res] if selection == "best_val" else None
+
+
+def apply_holm(rows: list[dict[str, Any]]) -> None:
+    """Holm's adjustment over the table's comparisons (every row with a ``p_value``), for each selection apart:
+    ``p_holm`` and ``resolved_holm`` (adjusted p below ``1 - LEVEL``) beside ``resolved``."""
+    for where in (lambda r: r, lambda r: r.get("best_val")):
+        found = [where(r) for r in rows if where(r) and "p_value" in where(r)]
+        if not found:
+            continue
+        for block, adjusted in zip(found, holm([b["p_value"] for b in found])):
+            block["p_holm"] = float(f"{adjusted:.3g}")
+            block["resolved_holm"] = bool(adjusted < 1.0 - LEVEL)
+
+
 def _fmt(mean: float | None, std: float | None, n: int) -> str:
     if mean is None:
         return "-"
@@ -94,39 +133,66 @@ def _fmt_delta(r: dict[str, Any], key: str) -> str:
     return f"{r[f'delta_{key}']:+.2f} [{lo:+.2f}, {hi:+.2f}]"
 
 
-DELTA_NOTE = ("seeds: training runs averaged in the row; n: test clips. Δ [lo, hi]: the row minus the same method's m = 0 row (cIoU / AUC points), both scored on the same "
-              "test clips and trained with the same seeds (same initialisation and data order), with its 95% "
-              "paired-bootstrap interval: seeds resampled, then clips (one draw of clips for every drawn seed); "
-              "with one seed, clips only (scipy.stats.bootstrap, paired). resolved: the cIoU interval excludes 0. "
-              f"† 2-{FEW_SEEDS - 1} seeds: the seed level of the interval rests on that many values and comes out too narrow (a "
-              "bootstrap over S values has variance factor (S - 1) / S, half with 2 seeds): a pointer, not a finding. "
-              "paper Δ: the same difference in the paper's table. ± is the standard deviation over seeds.")
+def _yes(r: dict[str, Any], key: str) -> str:
+    if key not in r:
+        return ""
+    return ("yes" if r[key] else "no") + ("†" if r.get("few_seeds") else "")
+
+
+DELTA_NOTE = ("seeds: training runs averaged in the row; n: test clips. Δ [lo, hi]: the row minus the same method's m = 0 "
+              "row (cIoU / AUC points), both scored on the same test clips and trained with the same seeds (same "
+              "initialisation and data order), with its 95% interval: a t-interval over seeds and clips together "
+              "(a crossed design: every seed scored on every clip; the variance of the grand mean from the rows', "
+              "the columns' and the residual mean squares, Satterthwaite's degrees of freedom; covers a known effect "
+              "93-97% of the time in simulation, tests/test_stats_coverage.py); with one seed, clips only "
+              "(scipy.stats.bootstrap, paired). p: two-sided test of Δ cIoU = 0 with the same variance. resolved: the "
+              "cIoU interval excludes 0 (one comparison at a time); Holm: resolved after Holm's adjustment over every "
+              f"comparison of this table (the family-wise error rate at {1 - LEVEL:.2f}). † 2-{FEW_SEEDS - 1} seeds: "
+              "the interval rests on that many per-seed effects (valid as far as they are normal, and wide): a "
+              "pointer, not a finding. paper Δ: the same difference in the paper's table. ± is the standard deviation "
+              "over seeds. checkpoint: last = the last epoch's weights; best_val = each run's best epoch on the "
+              "validation split (clips that are neither trained on nor tested), upstream's best.pth without the "
+              "test set.")
 
 
 def markdown_table(title: str, rows: list[dict[str, Any]], note: str, split_column: bool = False,
-                   extra_column: tuple[str, str] | None = None) -> str:
+                   extra_column: tuple[str, str] | Sequence[tuple[str, str]] | None = None,
+                   selection: str = "last") -> str:
     """A study table in Markdown: ``title``, ``note`` above, the Δ definition below. ``extra_column``:
-    ``(header, row key)`` of one more leading column (e.g. the faulty-positive rate)."""
+    ``(header, row key)`` (or several) of leading columns (e.g. the faulty-positive rate). ``selection``:
+    ``"last"`` (the rows' own fields) or ``"best_val"`` (their ``best_val`` block; the bounds rows as they are)."""
+    extras = [] if extra_column is None else [extra_column] if isinstance(extra_column[0], str) else list(extra_column)
     head = ["split"] if split_column else []
-    head += [extra_column[0]] if extra_column else []
-    head += ["method", "margin", "seeds", "n", "cIoU", "AUC", "mean cIoU", "Δ cIoU [95% CI]", "Δ AUC [95% CI]", "resolved",
-             "paper cIoU", "paper AUC", "paper Δ cIoU"]
-    lines = [f"## {title}", "", note, "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in rows:
+    head += [h for h, _ in extras]  # type: ignore[misc]
+    head += ["method", "margin", "seeds", "n", "cIoU", "AUC", "mean cIoU", "Δ cIoU [95% CI]", "Δ AUC [95% CI]", "p",
+             "resolved", "Holm", "paper cIoU", "paper AUC", "paper Δ cIoU"]
+    lines = [f"## {title} (checkpoint: {selection})", "", note, "", "| " + " | ".join(head) + " |",
+             "|" + "---|" * len(head)]
+    for row in rows:
+        r = dict(row, **row[selection]) if selection != "last" and row.get(selection) else row
         n = r.get("n_seeds", 0)
-        m = "-" if r["margin"] is None else f"{r['margin']:+.1f}"
+        m = "-" if r["margin"] is None else f"{r['margin']:+.3g}"
         cells = [r["split"]] if split_column else []
-        cells += [str(r.get(extra_column[1], "")) if r.get(extra_column[1]) is not None else "-"] if extra_column else []
+        cells += [str(r[k]) if r.get(k) is not None else "-" for _, k in extras]  # type: ignore[misc]
         cells += [r["method"], m, str(n) if n else "-", str(r.get("n", r.get("n_test", ""))),
                   _fmt(r["ciou"], r["ciou_std"], n),
                   _fmt(r["auc"], r["auc_std"], n), _fmt(r["mean_ciou"], r.get("mean_ciou_std", 0.0), n),
                   _fmt_delta(r, "ciou"), _fmt_delta(r, "auc"),
-                  "" if "resolved" not in r else ("yes" if r["resolved"] else "no") + ("†" if r.get("few_seeds") else ""),
-                  "-" if r["paper_ciou"] is None else f"{r['paper_ciou']:.2f}",
-                  "-" if r["paper_auc"] is None else f"{r['paper_auc']:.2f}",
+                  f"{r['p_value']:.2g}" if "p_value" in r else "",
+                  _yes(r, "resolved"), _yes(r, "resolved_holm"),
+                  "-" if r.get("paper_ciou") is None else f"{r['paper_ciou']:.2f}",
+                  "-" if r.get("paper_auc") is None else f"{r['paper_auc']:.2f}",
                   f"{r['paper_delta_ciou']:+.2f}" if "paper_delta_ciou" in r else ""]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n\n" + DELTA_NOTE + "\n"
+
+
+def markdown_tables(title: str, rows: list[dict[str, Any]], note: str, **kwargs: Any) -> str:
+    """:func:`markdown_table` for each checkpoint selection the rows have (``last``, then ``best_val``)."""
+    parts = [markdown_table(title, rows, note, **kwargs)]
+    if any(r.get("best_val") for r in rows):
+        parts.append(markdown_table(title, rows, note, selection="best_val", **kwargs))
+    return "\n".join(parts)
 
 
 def write_study(out: Path, name: str, payload: dict[str, Any], md: str) -> None:
@@ -170,14 +236,16 @@ def model_table(runner: Runner, specs: Sequence[tuple[str, str, float, tuple[flo
     """Rows of ``specs`` = ``(model, label, margin, paper, extra)`` on one identical clip set, their Δ
     against m = 0, then the centre-prior and ceiling rows; also the clip ids and the excluded clips.
     ``seeds``: one sequence for every row, or each model's own (:data:`~.presets.SeedPlan`)."""
-    evals = [[runner.run(model, margin, s, train_list, [test], tag)[test] for s in seeds_of(seeds, model)]
-             for model, _, margin, _, _ in specs]
+    results = [[runner.run(model, margin, s, train_list, [test], tag) for s in seeds_of(seeds, model)]
+               for model, _, margin, _, _ in specs]
+    evals = [[r[test] for r in row] for row in results]
     ids, excluded = same_clips(runner, test, [e for row in evals for e in row])
-    rows = [table_row(label, margin, ev, paper, seeds_of(seeds, model), ids, **dict({"method_key": model}, **extra))
+    rows = [table_row(label, margin, ev, paper, seeds_of(seeds, model), ids,
+                      **dict({"method_key": model, "checkpoint": "last"}, **extra))
             for (model, label, margin, paper, extra), ev in zip(specs, evals)]
     add_margin_effects(rows, evals, ids, group)
+    if runner.has_val:
+        add_selection(rows, results, test, ids, "best_val", group)
+    apply_holm(rows)
     return rows + bound_table_rows(runner.bound_rows(test), ids), ids, excluded
 
-
-#: The older name of :func:`bound_table_rows`.
-reference_table_rows = bound_table_rows

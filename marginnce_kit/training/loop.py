@@ -1,4 +1,5 @@
-"""The training loop: build the model and the data of a config, train epoch by epoch, checkpoint, evaluate.
+"""The trainer: :func:`train` builds the model and the data of a config, runs :func:`~.step.train_one_epoch` epoch
+by epoch, checkpoints, scores the validation split every epoch (checkpoint selection) and evaluates at the end.
 
 See :mod:`marginnce_kit.train` for what a run writes, its reproducibility and its data-parallel behaviour.
 """
@@ -6,50 +7,48 @@ See :mod:`marginnce_kit.train` for what a run writes, its reproducibility and it
 from __future__ import annotations
 
 import json
-import math
 import shutil
-import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
+from torch.utils.data import Dataset
 
 from .._checks import check_int
 from ..cli import UsageError
 from ..data.annotations import load_id_list
-from ..data.datasets import AudioVisualDataset, collate_batch, load_annotations
+from ..data.datasets import AudioVisualDataset, load_annotations
 from ..data.seeds import derive_seed
 from ..io import atomic_write_text
+from ..layout import RunLayout
 from ..models import AudioVisualModel, build_model
 from ..scoring import evaluate_model
-from .checkpoint import CHECKPOINT_NAME, CheckpointNotFoundError, load_checkpoint, save_checkpoint
-from .config import RESUME_INDEPENDENT, ConfigError, TrainConfig, check_config, effective_config
+from .checkpoint import CheckpointNotFoundError, load_checkpoint, save_checkpoint
+from .config import RESUME_INDEPENDENT, ConfigError, TrainConfig
+from .diagnostics import ClipLabels, MechanismMeter
 from .distributed import ProcessGroup
 from .records import Scalars, check_tensorboard, epoch_line, log_record, plot_curves, provenance
+from .runtime import check_runnable, effective_config, run_device
 from .sampler import GlobalBatchSampler
-from .schedule import lr_at_step
+from .step import NonFiniteLossError, build_optimizer, train_one_epoch
 
 __all__ = ["train", "build_train_model", "build_train_set", "build_test_set", "RunExistsError",
-           "NonFiniteLossError", "RUN_FILES"]
+           "NonFiniteLossError", "RUN_FILES", "SELECTIONS"]
 
-#: The files (and folder) of ``--out`` that make up a run; any of the first four means "holds a run".
-RUN_FILES = ("config.json", CHECKPOINT_NAME, "metrics.jsonl", "final.json", "curves.png", "tensorboard")
+#: The files (and folder) of ``--out`` that make up a run (:class:`~marginnce_kit.layout.RunLayout`).
+RUN_FILES = tuple(p.name for p in RunLayout(Path(".")).run_files())
+
+#: The checkpoint selections a run reports: the last epoch, the best epoch on the validation split.
+SELECTIONS = ("last", "best_val")
+
+#: The summary of a validation evaluation kept in each epoch's record.
+_VAL_KEYS = ("ciou", "auc", "mean_ciou", "n")
 
 
 class RunExistsError(UsageError, FileExistsError):
     """``out`` already holds a run and neither ``resume`` nor ``overwrite`` was asked for."""
-
-
-class NonFiniteLossError(UsageError, FloatingPointError):
-    """The loss of a step was NaN or infinite; the message names the epoch, the step and the batch's clips."""
-
-
-def _device(config: TrainConfig, local_rank: int) -> torch.device:
-    return torch.device("cuda", local_rank) if config.device == "cuda" else torch.device("cpu")
 
 
 def build_train_model(config: TrainConfig, distributed: bool = False,
@@ -76,8 +75,8 @@ def build_train_set(c: TrainConfig) -> Dataset:
 
 def build_test_set(root: str, test_list: str, annotations: str, annotation_format: str = "vggss",
                    max_failures: float = 0.01, cache: bool = False, image_size: int = 224) -> Dataset:
-    """The annotated test split the evaluator reads (uint8 frames of side ``image_size``, normalised by
-    ``collate_batch``; the ground-truth maps stay 224 x 224, the protocol's).
+    """An annotated split the evaluator reads (test or validation; uint8 frames of side ``image_size``,
+    normalised by ``collate_batch``; the ground-truth maps stay 224 x 224, the protocol's).
 
     Raises:
         ConfigError: ``test_list`` names no clip (before anything is trained or scored).
@@ -89,6 +88,14 @@ def build_test_set(root: str, test_list: str, annotations: str, annotation_forma
     boxes = load_annotations(annotations, annotation_format, ids)
     return AudioVisualDataset(root, ids, split="test", annotations=boxes, annotation_format=annotation_format,
                               max_failures=max_failures, cache=cache, normalize=False, image_size=image_size)
+
+
+def build_val_set(c: TrainConfig) -> Dataset | None:
+    """The validation split of checkpoint selection (``None`` without ``val_list``)."""
+    if not c.val_list:
+        return None
+    return build_test_set(c.val_root or c.test_root, c.val_list, c.val_annotations or c.annotations,
+                          c.annotation_format, c.max_failures, c.cache, c.image_size)
 
 
 def _restore(config: TrainConfig, ckpt_path: Path) -> dict[str, Any]:
@@ -106,34 +113,54 @@ def _restore(config: TrainConfig, ckpt_path: Path) -> dict[str, Any]:
     return state
 
 
-def _held_run(out: Path) -> list[str]:
-    """The run files in ``out`` that mark it as holding a run."""
-    return [name for name in RUN_FILES[:4] if (out / name).exists()]
-
-
 def _nonfinite_tensors(state: dict[str, torch.Tensor]) -> list[str]:
     """Names of the floating-point tensors of ``state`` holding a NaN or an infinity."""
     return [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
 
 
+def best_val_epoch(history: list[dict[str, Any]]) -> int | None:
+    """The epoch (1-based) of the best validation cIoU in ``history``; ties go to the later epoch, as upstream
+    EZ-VSL's ``if cIoU >= best_cIoU`` (``train.py``@95ff5bf). ``None`` without validation records."""
+    best: tuple[float, int] | None = None
+    for r in history:
+        if "val" in r and (best is None or r["val"]["ciou"] >= best[0]):
+            best = (r["val"]["ciou"], r["epoch"])
+    return None if best is None else best[1]
+
+
+def best_test(history: list[dict[str, Any]], final_eval: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """Upstream's protocol (the best epoch on the test split itself: optimistic, a selection on the data it
+    reports), from the per-epoch test evaluations of ``eval_every = 1`` (``final_eval``: the last epoch's, which the
+    final evaluation is); ``None`` unless every epoch has one."""
+    evals = [(r["epoch"], r["eval"]) for r in history if "eval" in r]
+    if final_eval is not None and history and "eval" not in history[-1]:
+        evals.append((history[-1]["epoch"], final_eval))
+    if not evals or len(evals) != len(history):
+        return None
+    epoch, top = max(evals, key=lambda e: (e[1]["ciou"], e[0]))
+    return {"epoch": epoch, "optimistic": True, **{k: top[k] for k in _VAL_KEYS if k in top}}
+
+
 def train(config: TrainConfig, out: Path, resume: bool = False, progress: bool = True,
           train_set: Dataset | None = None, test_set: Dataset | None = None,
           stop_after_epoch: int | None = None, overwrite: bool = False, tensorboard: bool = False,
-          log_epochs: bool = True, curves_every_epoch: bool = True) -> dict[str, Any]:
-    """Train, checkpoint every epoch, evaluate; returns the final record (also ``out/final.json``):
+          log_epochs: bool = True, curves_every_epoch: bool = True, val_set: Dataset | None = None,
+          labels: ClipLabels | None | bool = True) -> dict[str, Any]:
+    """Train, checkpoint every epoch, select, evaluate; returns the final record (also ``out/final.json``):
     ``{"config": asdict(effective config), "provenance": {...}, "epochs_completed": int,
-    "failed_clips": {"train": {id: reason}, ["test": {...}]}, ["eval": {...}]}``.
+    "failed_clips": {"train": {id: reason}, ["test": {...}]}, ["eval": {...}], ["best_val": {"epoch", "val"}],
+    ["eval_best_val": {...}], ["best_test": {...}]}``.
 
     Args:
-        config: the run (validated here: ``TypeError`` / :class:`ConfigError` naming the field). What
-            the run records and computes is :func:`effective_config` of it.
+        config: the run (checked when made). What the run records and computes is
+            :func:`~.runtime.effective_config` of it.
         out: output folder (created once the config, data and model are checked).
         resume: continue from ``out/checkpoint.pt`` (its config must equal the effective config except
             for :data:`RESUME_INDEPENDENT` fields).
         progress: progress bars (rank 0).
-        train_set, test_set: prebuilt datasets (a study reuses its decoded clips across runs); by
-            default they are built from the config's paths. A ``train_set`` with ``set_epoch(epoch,
-            seed)`` (``AudioVisualDataset``) gets it called before every epoch.
+        train_set, test_set, val_set: prebuilt datasets (a study reuses its decoded clips across runs); by
+            default they are built from the config's paths. A ``train_set`` with ``set_epoch(epoch, seed)``
+            (``AudioVisualDataset``) gets it called before every epoch.
         stop_after_epoch: return after this epoch's checkpoint, without the final evaluation and
             without ``final.json`` (the record then has ``"stopped": True``); ``--resume`` continues.
             Not part of the config: it changes when the process stops, not what the run computes.
@@ -142,6 +169,9 @@ def train(config: TrainConfig, out: Path, resume: bool = False, progress: bool =
         log_epochs: print one line per epoch (rank 0), whatever ``progress``.
         curves_every_epoch: redraw ``out/curves.png`` after every epoch (a study's many short runs draw
             it once, at the end).
+        labels: the training clips' correspondences for the mechanism's measures (``mechanism`` in each epoch's
+            record, :mod:`~.diagnostics`); ``True``: read them from an embedded train root, when it is one;
+            ``False`` / ``None``: none.
 
     Raises:
         ConfigError: a config value that cannot run here (also a ``ValueError``).
@@ -155,200 +185,195 @@ def train(config: TrainConfig, out: Path, resume: bool = False, progress: bool =
     """
     if stop_after_epoch is not None:
         check_int("stop_after_epoch", stop_after_epoch, 1)
-    check_config(config)
-    if config.device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device: expected 'cpu' on this machine (CUDA is not available), got 'cuda'",
-                          "pass --device cpu")
-    out = Path(out)
-    if not resume and not overwrite and _held_run(out):
-        raise RunExistsError(f"--out {out} already holds a run ({', '.join(_held_run(out))})",
+    check_runnable(config)
+    layout = RunLayout(Path(out))
+    if not resume and not overwrite and layout.held():
+        raise RunExistsError(f"--out {layout.root} already holds a run ({', '.join(layout.held())})",
                              "pass --resume to continue it, --overwrite to replace it, or another --out")
     if tensorboard:
         check_tensorboard()
+    if labels is True:
+        labels = ClipLabels.from_embedded(config.train_root)
     config, not_applied = effective_config(config)
     dist = ProcessGroup(config.device)
     try:
-        check_config(config, dist.world_size)
-        device = _device(config, dist.local_rank)
+        check_runnable(config, dist.world_size)
+        device = run_device(config, dist.local_rank)
         if device.type == "cuda":
             torch.cuda.set_device(device)
         meta = {"provenance": {**provenance(device, dist.world_size), "not_applied": not_applied}}
         with torch.random.fork_rng(devices=[]):  # the caller's global RNG is left as it was
-            return _train(config, out, resume, progress, train_set, test_set, stop_after_epoch, dist, device,
-                          meta, tensorboard, log_epochs, curves_every_epoch)
+            run = _Run(config, layout, dist, device, meta, progress=progress, tensorboard=tensorboard,
+                       log_epochs=log_epochs, curves_every_epoch=curves_every_epoch,
+                       labels=labels if isinstance(labels, ClipLabels) else None)
+            return run.fit(resume, train_set, test_set, val_set, stop_after_epoch)
     finally:
         dist.close()
 
 
-def _train(config: TrainConfig, out: Path, resume: bool, progress: bool, train_set: Dataset | None,
-           test_set: Dataset | None, stop_after_epoch: int | None, dist: ProcessGroup, device: torch.device,
-           meta: dict[str, Any], tensorboard: bool, log_epochs: bool, curves_every_epoch: bool) -> dict[str, Any]:
-    # 1. check everything that can fail before anything is written: checkpoint, model, data, batch size
-    ckpt_path = out / CHECKPOINT_NAME
-    start_epoch = 0
-    history: list[dict[str, Any]] = []
-    state = _restore(config, ckpt_path) if resume else None
-    model = build_train_model(config, dist.enabled, device, load_pretrained=state is None)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start_epoch = state["epoch"]
-        history = list(state.get("history", []))
-    if train_set is None:
-        train_set = build_train_set(config)
-    if test_set is None and config.test_list:
-        test_set = build_test_set(config.test_root, config.test_list, config.annotations, config.annotation_format,
-                                  config.max_failures, config.cache, config.image_size)
-    sampler = GlobalBatchSampler(len(train_set), config.batch_size, dist.world_size, dist.rank, config.seed)  # type: ignore[arg-type]
-    if len(sampler) == 0:
-        n = len(train_set)  # type: ignore[arg-type]
-        if n == 0:
-            raise ConfigError(f"train_list: expected clip ids to train on, got none from {config.train_list!r}",
-                              "pass a train list that names clips under --train-root")
-        raise ConfigError(f"batch_size: expected at most the {n} clips of the train set (one global batch per step), "
-                          f"got {config.batch_size}", f"pass --batch-size <= {n}")
-    tracker = getattr(train_set, "failures", None)
-    if tracker is not None and history:  # the clips that failed before the checkpoint still count
-        for clip_id, reason in history[-1].get("failed_clips", {}).items():
-            tracker.record(clip_id, reason)
-    dist.barrier()  # every rank has checked the folder before rank 0 writes into it
+class _Run:
+    """One run's state while it trains (the model, its data, the history); :meth:`fit` is :func:`train`'s body."""
 
-    # 2. the run folder
-    if dist.is_main:
-        out.mkdir(parents=True, exist_ok=True)
+    def __init__(self, config: TrainConfig, layout: RunLayout, dist: ProcessGroup, device: torch.device,
+                 meta: dict[str, Any], *, progress: bool, tensorboard: bool, log_epochs: bool,
+                 curves_every_epoch: bool, labels: ClipLabels | None) -> None:
+        self.config, self.layout, self.dist, self.device, self.meta = config, layout, dist, device, meta
+        self.progress, self.tensorboard, self.log_epochs = progress, tensorboard, log_epochs
+        self.curves_every_epoch, self.labels = curves_every_epoch, labels
+        self.history: list[dict[str, Any]] = []
+        self.train_set: Dataset | None = None
+
+    def fit(self, resume: bool, train_set: Dataset | None, test_set: Dataset | None, val_set: Dataset | None,
+            stop_after_epoch: int | None) -> dict[str, Any]:
+        c, dist, layout = self.config, self.dist, self.layout
+        # 1. check everything that can fail before anything is written: checkpoint, model, data, batch size
+        state = _restore(c, layout.checkpoint) if resume else None
+        model = build_train_model(c, dist.enabled, self.device, load_pretrained=state is None)
+        optimizer = build_optimizer(model, c)
+        start_epoch = 0
         if state is not None:
-            if "history" in state:  # the log as it was at the checkpoint (drops later lines)
-                atomic_write_text("".join(json.dumps(r) + "\n" for r in history), out / "metrics.jsonl")
-        else:
-            for name in RUN_FILES:  # an --overwrite: nothing of the old run stays beside the new one
-                path = out / name
-                if path.is_dir():
-                    shutil.rmtree(path)
-                else:
-                    path.unlink(missing_ok=True)
-            atomic_write_text(json.dumps({**asdict(config), **meta}, indent=2), out / "config.json")
-    dist.barrier()
-    if stop_after_epoch is not None and stop_after_epoch <= start_epoch < config.epochs:
-        return {"config": asdict(config), "epochs_completed": start_epoch, "stopped": True}
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            start_epoch = state["epoch"]
+            self.history = list(state.get("history", []))
+        train_set = self.train_set = build_train_set(c) if train_set is None else train_set
+        if test_set is None and c.test_list:
+            test_set = build_test_set(c.test_root, c.test_list, c.annotations, c.annotation_format,
+                                      c.max_failures, c.cache, c.image_size)
+        val_set = build_val_set(c) if val_set is None else val_set
+        sampler = GlobalBatchSampler(len(train_set), c.batch_size, dist.world_size, dist.rank, c.seed)  # type: ignore[arg-type]
+        if len(sampler) == 0:
+            n = len(train_set)  # type: ignore[arg-type]
+            if n == 0:
+                raise ConfigError(f"train_list: expected clip ids to train on, got none from {c.train_list!r}",
+                                  "pass a train list that names clips under --train-root")
+            raise ConfigError(f"batch_size: expected at most the {n} clips of the train set (one global batch per "
+                              f"step), got {c.batch_size}", f"pass --batch-size <= {n}")
+        tracker = getattr(train_set, "failures", None)
+        if tracker is not None and self.history:  # the clips that failed before the checkpoint still count
+            for clip_id, reason in self.history[-1].get("failed_clips", {}).items():
+                tracker.record(clip_id, reason)
+        dist.barrier()  # every rank has checked the folder before rank 0 writes into it
 
-    net: nn.Module = model
-    if dist.enabled:
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    set_epoch = getattr(train_set, "set_epoch", None)
-    scalars = Scalars(out / "tensorboard" if tensorboard and dist.is_main else None,
-                       purge_step=start_epoch + 1 if state is not None else None)
+        # 2. the run folder
+        if dist.is_main:
+            layout.root.mkdir(parents=True, exist_ok=True)
+            if state is not None:
+                if "history" in state:  # the log as it was at the checkpoint (drops later lines)
+                    atomic_write_text("".join(json.dumps(r) + "\n" for r in self.history), layout.metrics)
+            else:
+                for path in layout.run_files():  # an --overwrite: nothing of the old run stays beside the new one
+                    if path.is_dir():
+                        shutil.rmtree(path)
+                    else:
+                        path.unlink(missing_ok=True)
+                atomic_write_text(json.dumps({**asdict(c), **self.meta}, indent=2), layout.config)
+        dist.barrier()
+        if stop_after_epoch is not None and stop_after_epoch <= start_epoch < c.epochs:
+            return {"config": asdict(c), "epochs_completed": start_epoch, "stopped": True}
 
-    def evaluate(show: bool) -> dict[str, Any]:
+        # 3. the epochs
+        net: nn.Module = model
+        if dist.enabled:
+            net = nn.parallel.DistributedDataParallel(model, device_ids=[self.device.index]
+                                                      if self.device.type == "cuda" else None)
+        set_epoch = getattr(train_set, "set_epoch", None)
+        scalars = Scalars(layout.tensorboard if self.tensorboard and dist.is_main else None,
+                          purge_step=start_epoch + 1 if state is not None else None)
+        for epoch in range(start_epoch, c.epochs):
+            torch.manual_seed(derive_seed(c.seed, "torch", epoch))  # any stray global-RNG use: (seed, epoch)
+            sampler.set_epoch(epoch)
+            if callable(set_epoch):
+                set_epoch(epoch, c.seed)
+            kept = (f"the checkpoint of epoch {self.history[-1]['epoch']} ({layout.checkpoint}) is kept"
+                    if self.history else "no checkpoint was written")
+            meter = MechanismMeter(self.labels) if self.labels is not None else None
+            record = train_one_epoch(net, train_set, sampler, optimizer, c, epoch=epoch, device=self.device,
+                                     dist=dist, model_config=model.config, progress=self.progress, meter=meter,
+                                     kept=kept)
+            record["data_failures"] = tracker.count if tracker is not None else 0
+            record["failed_clips"] = tracker.failed if tracker is not None else {}
+            if meter is not None:
+                record["mechanism"] = meter.compute()
+            bad = _nonfinite_tensors(model.state_dict())
+            if bad:  # never reached through a finite loss in practice; never saved either way
+                raise NonFiniteLossError(f"epoch {epoch + 1}: non-finite weights in {bad[:5]} after a finite loss; "
+                                         f"the previous checkpoint ({layout.checkpoint}) is kept", "lower --lr")
+            if test_set is not None and c.eval_every and (epoch + 1) % c.eval_every == 0 and epoch + 1 < c.epochs:
+                record["eval"] = self.evaluate(model, test_set, False)
+            if val_set is not None:
+                val = self.evaluate(model, val_set, False)
+                record["val"] = {k: val[k] for k in _VAL_KEYS}
+            self.history.append(record)
+            self.end_epoch(model, optimizer, record, scalars)
+            if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < c.epochs:
+                scalars.close()
+                return {"config": asdict(c), "epochs_completed": epoch + 1, "stopped": True}
+
+        # 4. the final evaluations: the last weights and, with a validation split, the best epoch's
+        final = self.finish(model, test_set)
+        if dist.is_main and "eval" in final:
+            scalars.eval(final["eval"], c.epochs)
+        scalars.close()
+        return final
+
+    def evaluate(self, model: nn.Module, dataset: Dataset, show: bool) -> dict[str, Any]:
         # every rank evaluates (same numbers, same time), so none idles at a barrier meanwhile
-        return evaluate_model(model, test_set, device, config.batch_size, config.workers,  # type: ignore[arg-type]
-                              progress=show and dist.is_main)
+        return evaluate_model(model, dataset, self.device, self.config.batch_size, self.config.workers,
+                              progress=show and self.dist.is_main)
 
-    def failed_clips() -> dict[str, dict[str, str]]:
+    def end_epoch(self, model: nn.Module, optimizer: torch.optim.Optimizer, record: dict[str, Any],
+                  scalars: Scalars) -> None:
+        c, dist, layout = self.config, self.dist, self.layout
+        if dist.is_main:
+            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": record["epoch"],
+                     "config": asdict(c), "history": self.history, "selection": "last"}
+            save_checkpoint(state, layout.checkpoint)
+            if "val" in record and best_val_epoch(self.history) == record["epoch"]:
+                save_checkpoint({"model": state["model"], "epoch": record["epoch"], "config": state["config"],
+                                 "selection": "best_val", "val": record["val"]}, layout.best_val)
+            log_record(layout.root, record)
+            scalars.epoch(record)
+            if self.curves_every_epoch:
+                self.curves()
+            if self.log_epochs:
+                print(epoch_line(record, c.epochs), flush=True)
+        dist.barrier()
+
+    def curves(self, final_eval: dict[str, Any] | None = None) -> None:
+        if self.dist.is_main:
+            plot_curves(self.history, self.layout.curves, final_eval, self.config.epochs,
+                        title=f"{self.config.model}, margin {self.config.margin:+.2f}")
+
+    def finish(self, model: AudioVisualModel, test_set: Dataset | None) -> dict[str, Any]:
+        c, dist, layout = self.config, self.dist, self.layout
+        final: dict[str, Any] = {"config": asdict(c), **self.meta, "epochs_completed": c.epochs}
+        if test_set is not None:
+            final["eval"] = self.evaluate(model, test_set, self.progress)
+        best = best_val_epoch(self.history)
+        if best is not None:
+            final["best_val"] = {"epoch": best, "val": next(r["val"] for r in self.history if r["epoch"] == best)}
+            if test_set is not None:
+                if best == c.epochs:  # the last epoch is the best: the same weights
+                    final["eval_best_val"] = final["eval"]
+                else:
+                    last = {k: v.clone() for k, v in model.state_dict().items()}
+                    model.load_state_dict(load_checkpoint(layout.best_val)["model"])
+                    final["eval_best_val"] = self.evaluate(model, test_set, False)
+                    model.load_state_dict(last)
+        top = best_test(self.history, final.get("eval"))
+        if top is not None:
+            final["best_test"] = top
+        tracker = getattr(self.train_set, "failures", None)
         found = {"train": tracker.failed if tracker is not None else {}}
         test_failures = getattr(test_set, "failures", None)
         if test_failures is not None:
             found["test"] = test_failures.failed
-        return found
-
-    def curves(final_eval: dict[str, Any] | None = None) -> None:
+        final["failed_clips"] = found
         if dist.is_main:
-            plot_curves(history, out / "curves.png", final_eval, config.epochs,
-                        title=f"{config.model}, margin {config.margin:+.2f}")
-
-    steps_per_epoch = min(len(sampler), config.limit_steps) if config.limit_steps else len(sampler)
-    total_steps = steps_per_epoch * config.epochs
-    for epoch in range(start_epoch, config.epochs):
-        torch.manual_seed(derive_seed(config.seed, "torch", epoch))  # any stray global-RNG use: (seed, epoch)
-        sampler.set_epoch(epoch)
-        if callable(set_epoch):
-            set_epoch(epoch, config.seed)
-        loader = DataLoader(train_set, batch_sampler=sampler, num_workers=config.workers, collate_fn=collate_batch,
-                            generator=torch.Generator().manual_seed(derive_seed(config.seed, "loader", epoch, dist.rank)),
-                            pin_memory=device.type == "cuda")
-        net.train()
-        lr = lr_at_step(config, epoch * steps_per_epoch, total_steps)  # the epoch's first step
-        loss_sum, steps, skipped, t0 = 0.0, 0, 0, time.time()
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not (progress and dist.is_main),
-                   leave=False, dynamic_ncols=True)
-        for batch in bar:
-            if config.limit_steps and steps + skipped >= config.limit_steps:
-                break
-            items = 0 if batch is None else int(batch["image"].shape[0])
-            failed = 1 if batch is None else len(batch["failures"])  # a None batch had only failures
-            empty_ranks, total_items, total_failed = dist.step_plan(items, failed)
-            if total_failed and tracker is not None:
-                dist.merge_failures(tracker)
-                tracker.check()  # raises DataError past the threshold (on every rank alike)
-            if empty_ranks or total_items < 2:
-                skipped += 1
-                continue
-            image = batch["image"].to(device, non_blocking=True)
-            spec = batch["spectrogram"].to(device, non_blocking=True)
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at_step(config, epoch * steps_per_epoch + steps + skipped, total_steps)
-            optimizer.zero_grad(set_to_none=True)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.amp):
-                loss, _ = net(image, spec)
-            # the mean over ranks of a rank's loss is the global-batch loss (marginnce_loss.distributed);
-            # NaN on any rank makes it NaN on every rank, so all stop together, before any update
-            step_loss = dist.mean(float(loss.detach()))
-            if not math.isfinite(step_loss):
-                ids = [i for rank_ids in dist.gather(list(batch["id"])) for i in rank_ids]
-                kept = (f"the checkpoint of epoch {history[-1]['epoch']} ({ckpt_path}) is kept" if history
-                        else "no checkpoint was written")
-                raise NonFiniteLossError(
-                    f"epoch {epoch + 1}, step {steps + skipped + 1}: the loss is {step_loss} on the batch of clips "
-                    f"{ids}; {kept}",
-                    "check these clips (python -m marginnce_kit.prepare --verify ROOT --ids LIST) and drop the broken "
-                    "ones, or lower --lr")
-            loss.backward()
-            optimizer.step()
-            loss_sum += step_loss
-            steps += 1
-            bar.set_postfix(loss=f"{loss_sum / steps:.4f}")
-        bar.close()
-        if tracker is not None:
-            dist.merge_failures(tracker)
-            tracker.check()
-        bad = _nonfinite_tensors(model.state_dict())
-        if bad:  # never reached through a finite loss in practice; never saved either way
-            raise NonFiniteLossError(f"epoch {epoch + 1}: non-finite weights in {bad[:5]} after a finite loss; "
-                                     f"the previous checkpoint ({ckpt_path}) is kept", "lower --lr")
-        record = {"epoch": epoch + 1, "loss": loss_sum / steps if steps else None, "lr": lr, "steps": steps,
-                  "skipped_batches": skipped, "seconds": round(time.time() - t0, 3),
-                  "data_failures": tracker.count if tracker is not None else 0,
-                  "failed_clips": tracker.failed if tracker is not None else {}}
-        if test_set is not None and config.eval_every and (epoch + 1) % config.eval_every == 0 \
-                and epoch + 1 < config.epochs:
-            record["eval"] = evaluate(False)
-        history.append(record)
-        if dist.is_main:
-            save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
-                         "config": asdict(config), "history": history}, ckpt_path)
-            log_record(out, record)
-            scalars.epoch(record)
-            if curves_every_epoch:
-                curves()
-            if log_epochs:
-                print(epoch_line(record, config.epochs), flush=True)
+            if "eval" in final:
+                log_record(layout.root, {"final_eval": final["eval"]})
+            self.curves(final.get("eval"))
+            atomic_write_text(json.dumps(final, indent=2), layout.final)
         dist.barrier()
-        if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < config.epochs:
-            scalars.close()
-            return {"config": asdict(config), "epochs_completed": epoch + 1, "stopped": True}
-
-    final: dict[str, Any] = {"config": asdict(config), **meta, "epochs_completed": config.epochs}
-    if test_set is not None:
-        final["eval"] = evaluate(progress)
-    final["failed_clips"] = failed_clips()
-    if dist.is_main:
-        if "eval" in final:
-            log_record(out, {"final_eval": final["eval"]})
-            scalars.eval(final["eval"], config.epochs)
-        curves(final.get("eval"))
-        atomic_write_text(json.dumps(final, indent=2), out / "final.json")
-    dist.barrier()
-    scalars.close()
-    return final
-
-
+        return final

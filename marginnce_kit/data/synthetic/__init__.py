@@ -97,7 +97,17 @@ set on disk), :mod:`.cache` (the hash-keyed cache), :mod:`.cli` (the command lin
 from .audio import render_audio
 from .cache import default_cache_root, ensure_dataset
 from .cli import main
-from .config import GENERATOR_VERSION, PRESETS, SHAPES, SPLITS, TEXTURES, SyntheticConfig, config_hash
+from .config import (
+    GENERATOR_VERSION,
+    PRESETS,
+    SHAPES,
+    SPLITS,
+    TEXTURES,
+    VGGSOUND_LIKE,
+    EmbeddedConfig,
+    SyntheticConfig,
+    config_hash,
+)
 from .image import sounding_boxes
 from .plan import BoxSizeSampler, ClassPrototype, ClipPlan, DatasetPlan, class_prototypes, plan_dataset
 from .render import RenderedClip, render_clip
@@ -108,7 +118,9 @@ __all__ = [
     "SHAPES",
     "TEXTURES",
     "SPLITS",
+    "EmbeddedConfig",
     "SyntheticConfig",
+    "VGGSOUND_LIKE",
     "PRESETS",
     "ClassPrototype",
     "class_prototypes",

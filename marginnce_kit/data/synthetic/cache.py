@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .config import PRESETS, SyntheticConfig, config_hash
+from .config import PRESETS, EmbeddedConfig, config_hash
 from .writer import generate
 
 
@@ -19,7 +19,7 @@ def default_cache_root() -> Path:
 def ensure_dataset(
     root: str | Path | None = None,
     preset: str = "default",
-    config: SyntheticConfig | None = None,
+    config: EmbeddedConfig | None = None,
     *,
     workers: int | None = None,
     **overrides: Any,
@@ -27,15 +27,15 @@ def ensure_dataset(
     """Path of the cached dataset ``<root>/<config_hash>``, generated first if absent.
 
     The config is ``config`` if given, else ``PRESETS[preset]``, with ``overrides``
-    (field names of ``SyntheticConfig``) applied. ``root`` defaults to
+    (field names of ``EmbeddedConfig``) applied. ``root`` defaults to
     ``default_cache_root()``. Returns at once when the complete dataset is there.
     """
     if config is None:
         if preset not in PRESETS:
             raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
         config = PRESETS[preset]
-    elif not isinstance(config, SyntheticConfig):
-        raise TypeError(f"config must be a SyntheticConfig or None, got {type(config).__name__}")
+    elif not isinstance(config, EmbeddedConfig):
+        raise TypeError(f"config must be an EmbeddedConfig or None, got {type(config).__name__}")
     if overrides:
         config = config.replace(**overrides)
     base = default_cache_root() if root is None else Path(root)

@@ -26,7 +26,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--faulty-positive-rate", type=float, default=None)
     parser.add_argument("--snr-db", type=float, default=None)
     parser.add_argument("--center-bias", "--centre-bias", dest="centre_bias", type=float, default=None,
-                        help="pull of the sounding box towards the frame center (SyntheticConfig.centre_bias)")
+                        help="pull of the sounding box towards the frame center (EmbeddedConfig.centre_bias)")
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it holds something else")
     args = parser.parse_args(argv)

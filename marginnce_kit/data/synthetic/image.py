@@ -8,17 +8,19 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .config import (
-    _DISTRACTOR_CANDIDATES,
-    _MIN_BOX_PX,
-    _SPLIT_CODE,
-    _STREAM_IMAGE,
-    SHAPES,
-    SPLITS,
-    TEXTURES,
-    SyntheticConfig,
+from .config import _DISTRACTOR_CANDIDATES, _SPLIT_CODE, SHAPES, SPLITS, TEXTURES, EmbeddedConfig
+from .plan import (
+    BoxSizeSampler,
+    ClassPrototype,
+    ClipPlan,
+    _box_position,
+    _box_size_px,
+    _distractor_classes,
+    _image_rng,
+    _sampler,
+    _sounding_box,
+    instance_latent,
 )
-from .plan import BoxSizeSampler, ClassPrototype, ClipPlan, _sampler
 
 
 def _hsv(h: float, s: float, v: float) -> np.ndarray:
@@ -74,30 +76,18 @@ def _texture(texture: str, px: np.ndarray, py: np.ndarray, period: float, phase:
     raise ValueError(f"texture must be one of {TEXTURES}, got {texture!r}")
 
 
-def _box_position(rng: np.random.Generator, size_px: int, frame: int, centre_bias: float, n: int = 1) -> np.ndarray:
-    """Top-left pixel(s) of a box of ``size_px`` along one axis: center ``0.5 + t (1 - w) / 2``, ``t = sign(u)|u|^g``."""
-    g = (1.0 + centre_bias) / (1.0 - centre_bias)
-    u = rng.uniform(-1.0, 1.0, size=n)
-    t = np.sign(u) * np.abs(u) ** g
-    slack = frame - size_px
-    start = np.rint(slack * (t + 1.0) / 2.0).astype(np.int64)
-    return np.clip(start, 0, slack)
-
-
-def _box_size_px(sampler: BoxSizeSampler, rng: np.random.Generator, frame: int) -> tuple[int, int]:
-    w, h = sampler.sample(rng)
-    wp = int(min(max(round(w * frame), _MIN_BOX_PX), frame))
-    hp = int(min(max(round(h * frame), _MIN_BOX_PX), frame))
-    return wp, hp
-
-
 def _draw_object(
     img: np.ndarray,
     rng: np.random.Generator,
     proto: ClassPrototype,
     box: tuple[int, int, int, int],
+    latent: float | None = None,
 ) -> np.ndarray:
-    """Paint one class object filling ``box`` into ``img`` (float32 [S, S, 3], in place); returns its mask [S, S]."""
+    """Paint one class object filling ``box`` into ``img`` (float32 [S, S, 3], in place); returns its mask [S, S].
+
+    ``latent``: the clip's coupling latent ``z`` (``EmbeddedConfig.instance_coupling``), which sets the
+    brightness ``0.875 + 0.125 z`` and the texture period ``12 + 4 z`` px in place of their random draws (drawn
+    all the same, so the rest of the stream is unchanged)."""
     x0, y0, x1, y1 = box
     w, h = x1 - x0, y1 - y0
     xs = np.arange(w, dtype=np.float32) + 0.5
@@ -108,9 +98,13 @@ def _draw_object(
     hue = proto.hue + rng.uniform(-0.015, 0.015)
     sat = rng.uniform(0.75, 1.0)
     val = rng.uniform(0.75, 1.0)
+    if latent is not None:
+        val = 0.875 + 0.125 * latent
     primary = _hsv(hue, sat, val)
     secondary = _hsv(hue, sat, val * 0.45)
     period = rng.uniform(8.0, 16.0)
+    if latent is not None:
+        period = 12.0 + 4.0 * latent
     phase = rng.uniform(0.0, period)
     pattern = _texture(proto.texture, xs[None, :], ys[:, None], period, phase)
     colour = np.where(pattern[..., None], primary, secondary)
@@ -170,47 +164,30 @@ def _least_overlap_box(
     return int(xs[j]), int(ys[j]), int(xs[j]) + wp, int(ys[j]) + hp
 
 
-def _image_rng(config: SyntheticConfig, split: str, index: int) -> np.random.Generator:
-    return np.random.default_rng([config.seed, _STREAM_IMAGE, _SPLIT_CODE[split], index])
-
-
-def _sounding_box(config: SyntheticConfig, sampler: BoxSizeSampler, rng: np.random.Generator) -> tuple[int, int, int, int]:
-    size = config.image_size
-    wp, hp = _box_size_px(sampler, rng, size)
-    x0 = int(_box_position(rng, wp, size, config.centre_bias)[0])
-    y0 = int(_box_position(rng, hp, size, config.centre_bias)[0])
-    return x0, y0, x0 + wp, y0 + hp
-
-
-def sounding_boxes(config: SyntheticConfig, split: str) -> np.ndarray:
+def sounding_boxes(config: EmbeddedConfig, split: str) -> np.ndarray:
     """Pixel boxes ``[n, 4]`` (int64, ``x0, y0, x1, y1``, end exclusive) of every clip of ``split``.
 
     The same boxes the generated files carry (``int(v * image_size)`` of the stored
     corners), computed without rendering: for quick statistics of a configuration.
     """
-    if not isinstance(config, SyntheticConfig):
-        raise TypeError(f"config must be a SyntheticConfig, got {type(config).__name__}")
+    if not isinstance(config, EmbeddedConfig):
+        raise TypeError(f"config must be an EmbeddedConfig, got {type(config).__name__}")
     if split not in _SPLIT_CODE:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    n = config.num_train if split == "train" else config.num_test
+    n = {"train": config.num_train, "test": config.num_test, "val": config.num_val}[split]
     sampler = _sampler(config)
     return np.array([_sounding_box(config, sampler, _image_rng(config, split, i)) for i in range(n)], dtype=np.int64)
 
 
 def _render_image(
-    config: SyntheticConfig,
+    config: EmbeddedConfig,
     classes: Sequence[ClassPrototype],
     sampler: BoxSizeSampler,
     clip: ClipPlan,
 ) -> tuple[np.ndarray, tuple[int, int, int, int], np.ndarray, list[tuple[int, tuple[int, int, int, int]]]]:
     size = config.image_size
     rng = _image_rng(config, clip.split, clip.index)
-    box = _sounding_box(config, sampler, rng)  # drawn first: it does not depend on anything else
-
-    pool = [c for c in clip.group if c != clip.class_index]
-    n_dist = int(rng.integers(config.min_distractors, config.max_distractors + 1))
-    n_dist = min(n_dist, len(pool))
-    dist_classes = rng.choice(pool, size=n_dist, replace=False).tolist() if n_dist else []
+    box, dist_classes = _distractor_classes(config, sampler, rng, clip.class_index, clip.group)
     distractors: list[tuple[int, tuple[int, int, int, int]]] = []
     occupied = [box]
     for c in dist_classes:
@@ -222,6 +199,7 @@ def _render_image(
     img = _background(rng, size, config.clutter)
     for c, dbox in distractors:
         _draw_object(img, rng, classes[c], dbox)
-    mask = _draw_object(img, rng, classes[clip.class_index], box)
+    latent = instance_latent(config, clip.split, clip.index) if config.instance_coupling > 0 else None
+    mask = _draw_object(img, rng, classes[clip.class_index], box, latent)
     img += rng.integers(-8, 9, size=img.shape, dtype=np.int16)  # pixel noise, uniform on {-8, .., 8}
     return np.clip(img + 0.5, 0.0, 255.0).astype(np.uint8), box, mask, distractors

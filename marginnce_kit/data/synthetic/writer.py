@@ -16,10 +16,10 @@ import numpy as np
 
 from ..._checks import check_int_in
 from ...layout import AUDIO_DIR, AUDIO_SUFFIX, FRAME_SUFFIX, FRAMES_DIR, audio_path, frame_path, make_dirs
-from .audio import render_audio
-from .config import GENERATOR_VERSION, SPLITS, SyntheticConfig, _stats_sha256, config_hash
+from .config import GENERATOR_VERSION, SPLITS, EmbeddedConfig, _stats_sha256, config_hash
 from .image import _render_image
 from .plan import BoxSizeSampler, ClipPlan, DatasetPlan, _sampler, plan_dataset
+from .render import clip_audio
 
 
 def _pixel_to_fraction(k: int, size: int) -> float:
@@ -36,14 +36,14 @@ def _box_fractions(box: tuple[int, int, int, int], size: int) -> list[float]:
     return [_pixel_to_fraction(int(v), size) for v in box]
 
 
-def _write_clip(root: Path, config: SyntheticConfig, plan: DatasetPlan, sampler: BoxSizeSampler, clip: ClipPlan) -> dict[str, Any]:
+def _write_clip(root: Path, config: EmbeddedConfig, plan: DatasetPlan, sampler: BoxSizeSampler, clip: ClipPlan) -> dict[str, Any]:
     import soundfile as sf
     from PIL import Image
 
     image, box, _, distractors = _render_image(config, plan.classes, sampler, clip)
     Image.fromarray(image).save(frame_path(root, clip.clip_id), quality=config.jpeg_quality)
     src = plan.clips[clip.split][clip.audio_source]
-    audio = render_audio(config, clip.split, src.index, src.class_index)
+    audio = clip_audio(config, plan, sampler, clip)
     sf.write(str(audio_path(root, clip.clip_id)), audio, config.sample_rate, subtype="PCM_16")
     size = config.image_size
     return {
@@ -57,11 +57,13 @@ def _write_clip(root: Path, config: SyntheticConfig, plan: DatasetPlan, sampler:
             for c, b in distractors
         ],
         "audio_source": src.clip_id,
-        "audio_class_index": src.class_index,
+        "audio_class_index": plan.audio_class(clip),
+        "silent": clip.silent,
+        "offscreen_class_index": clip.offscreen_class,
     }
 
 
-def _write_chunk(args: tuple[str, SyntheticConfig, str, int, int]) -> list[tuple[str, dict[str, Any]]]:
+def _write_chunk(args: tuple[str, EmbeddedConfig, str, int, int]) -> list[tuple[str, dict[str, Any]]]:
     root, config, split, start, stop = args
     plan = plan_dataset(config)
     sampler = _sampler(config)
@@ -77,7 +79,7 @@ def _write_json(path: Path, obj: Any, indent: int | None = None) -> None:
     path.write_text(json.dumps(obj, indent=indent) + "\n", encoding="utf-8")
 
 
-def _meta(config: SyntheticConfig, plan: DatasetPlan, counts: dict[str, int]) -> dict[str, Any]:
+def _meta(config: EmbeddedConfig, plan: DatasetPlan, counts: dict[str, int]) -> dict[str, Any]:
     return {
         "generator": "marginnce-loss synthetic audio-visual localisation set (marginnce_kit.data.synthetic)",
         "version": GENERATOR_VERSION,
@@ -98,6 +100,9 @@ def _meta(config: SyntheticConfig, plan: DatasetPlan, counts: dict[str, int]) ->
             "heard_train": "heard_train.txt",
             "heard_test": "heard_test.csv",
             "unheard_test": "unheard_test.csv",
+            "val": "val.csv",
+            "val_annotations": "val.json",
+            "heard_val": "heard_val.csv",
             "objects": "objects.json",
         },
         "counts": counts,
@@ -112,7 +117,7 @@ def read_meta(root: str | Path) -> dict[str, Any]:
         return json.load(fh)
 
 
-def is_complete(root: str | Path, config: SyntheticConfig) -> bool:
+def is_complete(root: str | Path, config: EmbeddedConfig) -> bool:
     """True when ``root`` holds a complete dataset generated from ``config`` (matching ``config_hash``)."""
     try:
         meta = read_meta(root)
@@ -130,7 +135,7 @@ def _resolve_workers(workers: int | None, n: int) -> int:
     return workers
 
 
-def _populate(tmp: Path, config: SyntheticConfig, workers: int) -> None:
+def _populate(tmp: Path, config: EmbeddedConfig, workers: int) -> None:
     plan = plan_dataset(config)
     make_dirs(tmp)
     tasks = []
@@ -156,32 +161,44 @@ def _populate(tmp: Path, config: SyntheticConfig, workers: int) -> None:
 
     train = [c.clip_id for c in plan.clips["train"]]
     test = [c.clip_id for c in plan.clips["test"]]
+    val = [c.clip_id for c in plan.clips["val"]]
     heard = set(plan.heard_classes)
     heard_train = [c.clip_id for c in plan.clips["train"] if c.class_index in heard]
     heard_test = [c.clip_id for c in plan.clips["test"] if c.class_index in heard]
     unheard_test = [c.clip_id for c in plan.clips["test"] if c.class_index not in heard]
-    annotations = [{"file": i, "class": records[i]["class"], "bbox": records[i]["bbox"]} for i in test]
-    _write_json(tmp / "vggss.json", annotations)
+    heard_val = [c.clip_id for c in plan.clips["val"] if c.class_index in heard]
+
+    def annotations(ids: list[str]) -> list[dict[str, Any]]:
+        return [{"file": i, "class": records[i]["class"], "bbox": records[i]["bbox"]} for i in ids]
+
+    _write_json(tmp / "vggss.json", annotations(test))
+    _write_json(tmp / "val.json", annotations(val))
+    _write_lines(tmp / "val.csv", val, "\r\n")
+    _write_lines(tmp / "heard_val.csv", heard_val, "\n")
     _write_lines(tmp / "train.txt", train, "\n")
     _write_lines(tmp / "test.csv", test, "\r\n")
     _write_lines(tmp / "heard_train.txt", heard_train, "\n")
     _write_lines(tmp / "heard_test.csv", heard_test, "\n")
     _write_lines(tmp / "unheard_test.csv", unheard_test, "\n")
-    _write_json(tmp / "objects.json", {i: records[i] for i in train + test})
+    _write_json(tmp / "objects.json", {i: records[i] for i in train + test + val})
     counts = {
         "train": len(train),
         "test": len(test),
         "heard_train": len(heard_train),
         "heard_test": len(heard_test),
         "unheard_test": len(unheard_test),
+        "val": len(val),
+        "heard_val": len(heard_val),
         "faulty_positives": len(plan.faulty_positives()),
+        "silent": sum(c.silent for c in plan.clips["train"]),
+        "offscreen": sum(c.offscreen_class is not None for c in plan.clips["train"]),
     }
     _write_json(tmp / "meta.json", _meta(config, plan, counts), indent=1)
 
 
 def generate(
     root: str | Path,
-    config: SyntheticConfig,
+    config: EmbeddedConfig,
     *,
     workers: int | None = None,
     overwrite: bool = False,
@@ -195,8 +212,8 @@ def generate(
     (then it is replaced). ``workers`` processes render clips (default: 1 for < 200
     clips, else ``min(2, cpu_count)``); the bytes do not depend on it.
     """
-    if not isinstance(config, SyntheticConfig):
-        raise TypeError(f"config must be a SyntheticConfig, got {type(config).__name__}")
+    if not isinstance(config, EmbeddedConfig):
+        raise TypeError(f"config must be an EmbeddedConfig, got {type(config).__name__}")
     root = Path(root)
     if is_complete(root, config):
         return root
@@ -205,7 +222,7 @@ def generate(
             f"{root} exists and is not the complete dataset of this config (hash {config_hash(config)}); "
             "pass overwrite=True to replace it"
         )
-    workers = _resolve_workers(workers, config.num_train + config.num_test)
+    workers = _resolve_workers(workers, config.num_train + config.num_test + config.num_val)
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = root.parent / f".{root.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
