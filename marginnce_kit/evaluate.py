@@ -26,18 +26,16 @@ import torch
 
 from .cli import HelpFormatter, UsageError, run_main
 from .data import DataError, gt_map, load_annotations, load_id_list
-from .evaluation import ObjectPrior
+from .evaluation import ObjectPrior, bound_rows, bound_rows_for, evaluate_model
 from .io import atomic_write_text
 from .models import imagenet_resnet18
-from .scoring import bound_rows, bound_rows_for, evaluate_model, reference_rows, reference_rows_for
 from .training.checkpoint import load_model
 from .training.config import AUTO_WORKERS
 from .training.loop import build_test_set
 from .training.options import add_data_arguments, add_field_argument, check_paths, data_error
 from .training.runtime import auto_workers
 
-__all__ = ["evaluate_model", "bound_rows", "bound_rows_for", "reference_rows", "reference_rows_for", "main"]
-# re-exported from .scoring (reference_rows*: the older names)
+__all__ = ["evaluate_model", "bound_rows", "bound_rows_for", "main"]
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -1,39 +1,31 @@
-"""Localisation metrics of the VGG-SS / SoundNet-Flickr protocol.
-
-For each clip ``k`` with response map ``s_k`` (``[H, W]``, ``H = W = 224``) and
-ground-truth map ``g_k`` (values in [0, 1], see ``marginnce_kit.data.gt_map``):
-
-1. ``normalize_map``: ``s <- (s - min s) / (max s - min s)`` (left as is when constant).
-2. Threshold ``t_k`` = element ``floor(H W / 2)`` (0-based) of ``sort(s_k)`` ascending,
-   i.e. the median; predicted mask ``p_k = [s_k >= t_k]`` (at least half the pixels,
-   more when values tie at the median).
-3. ``cIoU_k = sum(p_k g_k) / (sum(g_k) + sum(p_k [g_k == 0]))``.
-
-Summary (``summarize_cious``), all in percent:
-
-* ``ciou`` (a.k.a. AP50 / cIoU@0.5) = ``100 * mean_k [cIoU_k >= 0.5]``;
-* ``auc`` = ``100 * trapz(y, x)`` with ``x_i = 0.05 * i``, ``i = 0..20`` (computed
-  as the float ``0.05 * i``, like upstream) and ``y_i = mean_k [cIoU_k >= x_i]``
-  (same as ``sklearn.metrics.auc(x, y)`` used upstream);
-* ``mean_ciou`` = ``100 * mean_k cIoU_k``; ``n`` = number of clips.
-
-Also here: bilinear upsampling of low-resolution maps, OGL (object-guided
-localisation), a fixed centred-Gaussian "no-model" map, and the protocol's
-per-clip ceiling.
+"""Scoring a model under the localisation protocol (:mod:`marginnce_kit.protocol` holds the protocol itself: the
+maps, the median threshold, cIoU, AUC and the bounds): the metric that accumulates per-clip cIoUs
+(:class:`LocalizationEvaluator`, torchmetrics' ``update`` / ``compute`` / ``reset`` with ``validate_args``), OGL
+(object-guided localisation), the evaluation loop the trainer and ``python -m marginnce_kit.evaluate`` share
+(:func:`evaluate_model`, sharded over the ranks under DDP) and the two rows every table carries on the same clips
+(:func:`bound_rows`: the centre prior and the ceiling).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset
+from tqdm.auto import tqdm
+
+from .data.datasets import collate_batch
 
 # the protocol's metric and bounds live in marginnce_kit.protocol (below the data layer); re-exported here
 from .protocol import (  # noqa: F401
     AUC_THRESHOLDS,
     MAP_SIZE,
+    _check_gt,
+    _check_maps,
+    _to_tensor,
     center_prior_map,
     ciou_per_sample,
     median_threshold_mask,
@@ -59,13 +51,41 @@ __all__ = [
     "center_prior_map",
     "protocol_ceiling",
     "protocol_ceiling_map",
+    "evaluate_model",
+    "bound_rows",
+    "bound_rows_for",
 ]
 
 OGL_AV_WEIGHT: float = 0.4
 
 
+def _world() -> tuple[int, int]:
+    """``(rank, world size)`` of the default process group, ``(0, 1)`` without one."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _gather(obj: Any) -> list[Any]:
+    """Every rank's ``obj``, in rank order (``[obj]`` without a process group)."""
+    import torch.distributed as dist
+
+    rank, world = _world()
+    if world == 1:
+        return [obj]
+    out: list[Any] = [None] * world
+    dist.all_gather_object(out, obj)
+    return out
+
+
 class LocalizationEvaluator:
     """Accumulates per-clip cIoUs over batches; ``compute()`` gives the protocol summary.
+
+    The torchmetrics chain: :meth:`update` checks a batch's tensors once (shapes, finiteness, the ground truth's
+    range; skipped with ``validate_args=False``) and hands them to the unchecked :meth:`_update`; :meth:`sync`
+    gathers every rank's clips (rank order) under DDP; :meth:`compute` summarises; :meth:`reset` empties.
 
     Usage::
 
@@ -75,8 +95,9 @@ class LocalizationEvaluator:
         ev.compute()  # {"ciou": .., "auc": .., "mean_ciou": .., "n": ..}
     """
 
-    def __init__(self, size: int | None = MAP_SIZE) -> None:
+    def __init__(self, size: int | None = MAP_SIZE, validate_args: bool = True) -> None:
         self.size = size
+        self.validate_args = validate_args
         self._cious: list[torch.Tensor] = []
         self._ids: list[str] = []
         self._has_ids: bool | None = None
@@ -96,18 +117,41 @@ class LocalizationEvaluator:
 
         ``ids`` (optional, all batches or none) names the clips for ``per_sample()``.
         Returns this batch's cIoUs ``[N]`` (float64, CPU).
+
+        Raises:
+            TypeError, ValueError: (with ``validate_args``) maps that are not the protocol's, naming them; ids
+                given for some batches only, or not one per clip.
         """
-        c = ciou_per_sample(maps, gt_maps, self.size).detach().cpu()
         has_ids = ids is not None
         if self._has_ids is not None and has_ids != self._has_ids:
-            raise ValueError("ids must be given for every batch or for none")
-        if has_ids:
-            if isinstance(ids, str) or len(ids) != c.shape[0]:
-                raise ValueError(f"ids must be a sequence of {c.shape[0]} clip ids, got {ids!r}")
-            self._ids.extend(str(i) for i in ids)
-        self._has_ids = has_ids
-        self._cious.append(c)
+            raise ValueError("ids: expected them for every batch or for none")
+        c = ciou_per_sample(maps, gt_maps, self.size, validate_args=self.validate_args).detach().cpu()
+        if has_ids and (isinstance(ids, str) or len(ids) != c.shape[0]):  # type: ignore[arg-type]
+            raise ValueError(f"ids: expected a sequence of {c.shape[0]} clip ids, got {ids!r}")
+        self._append(c, ids)
         return c
+
+    def _update(self, maps: torch.Tensor | np.ndarray, gt_maps: torch.Tensor | np.ndarray,
+                ids: Sequence[str] | None = None) -> torch.Tensor:
+        """The unchecked update: the caller vouches for the tensors (the protocol's shapes, finite maps)."""
+        c = ciou_per_sample(maps, gt_maps, self.size, validate_args=False).detach().cpu()
+        self._append(c, ids)
+        return c
+
+    def _append(self, c: torch.Tensor, ids: Sequence[str] | None) -> None:
+        if ids is not None:
+            self._ids.extend(str(i) for i in ids)
+        self._has_ids = ids is not None
+        self._cious.append(c)
+
+    def sync(self) -> None:
+        """Under DDP, replace this rank's clips by every rank's, in rank order (a no-op without a process group)."""
+        if _world()[1] == 1:
+            return
+        parts = _gather((self.cious, self._ids, self._has_ids))
+        self._cious = [torch.from_numpy(c) for c, _, _ in parts if c.size]
+        self._ids = [i for _, ids, _ in parts for i in ids]
+        self._has_ids = any(h for _, _, h in parts)
 
     def __len__(self) -> int:
         return int(sum(c.shape[0] for c in self._cious))
@@ -133,6 +177,133 @@ class LocalizationEvaluator:
     def compute(self) -> dict[str, float]:
         """``summarize_cious`` of all clips so far (``ValueError`` when empty)."""
         return summarize_cious(self.cious)
+
+
+@torch.no_grad()
+def evaluate_model(
+    model: torch.nn.Module,
+    test_set: Dataset,
+    device: torch.device | str = "cpu",
+    batch_size: int = 64,
+    workers: int = 0,
+    progress: bool = False,
+    object_prior: ObjectPrior | None = None,
+    return_per_sample: bool = False,
+    distributed: bool = False,
+) -> dict[str, Any]:
+    """cIoU / AUC / mean cIoU (percent) of ``model.localize`` on ``test_set`` (items with ``gt_map``).
+
+    Args:
+        model: has ``localize(image [B, 3, 224, 224], spectrogram [B, 1, 257, 200]) -> [B, h, w]``;
+            its train/eval mode is restored afterwards.
+        test_set: items ``{"image", "spectrogram", "gt_map" [224, 224], "id"}``; broken items are
+            counted by its ``failures`` tracker (when it has one).
+        object_prior: OGL: the maps become ``normalise(0.4 * AV + 0.6 * OBJ)`` (EZ-VSL's object-guided
+            localisation, stoneMo/EZ-VSL@95ff5bf ``test.py``).
+        return_per_sample: also return ``per_sample`` (the evaluator's per-clip cIoU).
+        distributed: under DDP, each rank scores a contiguous shard of ``test_set`` and every rank gets the whole
+            result (clips in test-set order, failures merged before the threshold check), as one process would.
+
+    Returns:
+        ``{"ciou", "auc", "mean_ciou"}`` (percent), ``"n"`` (clips scored), ``"per_clip"``
+        (``{"id": [...], "ciou": [...]}``: each scored clip's IoU with the median-thresholded map, float64
+        in [0, 1], in test-set order, so tables can score every row on the same clips and bootstrap
+        paired differences), ``"failed"`` (``{clip id: reason}`` of the clips that could not be decoded
+        and were not scored) and, with a failure tracker, ``"data_failures"`` (their count);
+        ``per_sample`` on request.
+
+    Raises:
+        marginnce_kit.data.DataError: more broken clips than the tracker allows.
+    """
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    ev = LocalizationEvaluator()
+    rank, world = _world() if distributed else (0, 1)
+    n = len(test_set)  # type: ignore[arg-type]
+    shard: Dataset = test_set if world == 1 else Subset(test_set, range(rank * n // world, (rank + 1) * n // world))
+    loader = DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate_batch)
+    for batch in tqdm(loader, desc="evaluate", disable=not progress, leave=False, dynamic_ncols=True):
+        if batch is None:
+            continue
+        image = batch["image"].to(device)
+        maps = upsample_map(model.localize(image, batch["spectrogram"].to(device)).float()).cpu()
+        if object_prior is not None:
+            maps = ogl_map(maps, object_prior(image).cpu())
+        ev.update(maps, batch["gt_map"], ids=batch["id"])
+    failures = getattr(test_set, "failures", None)
+    if world > 1:
+        ev.sync()
+        if failures is not None:
+            for failed in _gather(dict(failures.failed)):
+                for clip_id, reason in failed.items():
+                    failures.record(clip_id, reason)
+    if failures is not None:
+        failures.check()
+    model.train(was_training)
+    result: dict[str, Any] = dict(ev.compute())
+    result["per_clip"] = {"id": ev.ids or [], "ciou": ev.cious.tolist()}
+    result["failed"] = dict(failures.failed) if failures is not None else {}
+    if failures is not None:
+        result["data_failures"] = failures.count
+    if return_per_sample:
+        result["per_sample"] = ev.per_sample()
+    return result
+
+
+
+# --------------------------------------------------------------------------- the protocol's bounds on the same clips
+
+
+def bound_rows(test_set: Dataset, batch_size: int = 256,
+                   ids: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
+    """The two rows every study table carries, on exactly the clips of ``test_set`` (or, with ``ids``,
+    on those of its clips, e.g. the ones a model was scored on): ``center prior`` (a fixed centred
+    Gaussian map for every clip) and ``ceiling`` (the best cIoU each clip can reach under the protocol,
+    given only its ground-truth map). Each row: the summary, ``n`` and ``per_clip``
+    (``{"id", "ciou"}``, as :func:`evaluate_model`).
+
+    Raises:
+        ValueError: ``ids`` names a clip that ``test_set`` does not serve.
+    """
+    all_ids = [str(i) for i in getattr(test_set, "ids", [])]
+    gts = _gt_maps(test_set)
+    if ids is not None:
+        if len(all_ids) != gts.shape[0]:
+            raise ValueError("ids: this test set does not name its clips (no .ids), so it cannot be restricted")
+        pos = {c: k for k, c in enumerate(all_ids)}
+        unknown = [i for i in ids if i not in pos]
+        if unknown:
+            raise ValueError(f"ids: expected clips of the test set, got {len(unknown)} others, e.g. {unknown[:3]}")
+        gts = gts[[pos[i] for i in ids]]
+        all_ids = list(ids)
+    return bound_rows_for(gts, batch_size, ids=all_ids or None)
+
+
+def bound_rows_for(gts: torch.Tensor, batch_size: int = 256,
+                       ids: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
+    """:func:`bound_rows` from the ground-truth maps ``[N, 224, 224]`` alone (``ids``: their clip ids,
+    recorded in ``per_clip``)."""
+    prior = LocalizationEvaluator()
+    centre = center_prior_map()
+    for start in range(0, gts.shape[0], batch_size):
+        gt = gts[start:start + batch_size]
+        prior.update(centre.expand(gt.shape[0], -1, -1), gt)
+    # tie-free ceiling: a network's continuous map predicts exactly half of the pixels
+    ceiling = protocol_ceiling(gts, allow_ties=False).numpy()
+    names = list(ids) if ids is not None else [str(k) for k in range(gts.shape[0])]
+    rows: dict[str, dict[str, Any]] = {"center prior": dict(prior.compute()), "ceiling": summarize_cious(ceiling)}
+    rows["center prior"]["per_clip"] = {"id": names, "ciou": prior.cious.tolist()}
+    rows["ceiling"]["per_clip"] = {"id": names, "ciou": ceiling.tolist()}
+    return rows
+
+
+def _gt_maps(test_set: Dataset) -> torch.Tensor:
+    gt_for = getattr(test_set, "gt_maps", None)
+    if callable(gt_for):
+        return torch.as_tensor(gt_for())
+    return torch.stack([torch.as_tensor(test_set[i]["gt_map"]) for i in range(len(test_set))])  # type: ignore[index]
+
 
 
 def ogl_map(

@@ -95,6 +95,15 @@ def upsample_map(alpha: torch.Tensor, size: int = MAP_SIZE) -> torch.Tensor:
     return F.interpolate(alpha.unsqueeze(1), size=(size, size), mode="bilinear", align_corners=True).squeeze(1)
 
 
+def _normalized(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """``(x - min) / (max - min)`` per map from the maps' ``min`` / ``max`` ``[N]``; constant maps unchanged (no host
+    sync: both branches are computed and selected on the device)."""
+    lo, rng = lo.view(-1, 1, 1), (hi - lo).view(-1, 1, 1)
+    constant = rng == 0
+    out = (x - lo).div_(torch.where(constant, torch.ones_like(rng), rng))
+    return torch.where(constant, x, out)
+
+
 def normalize_map(maps: torch.Tensor | np.ndarray) -> torch.Tensor:
     """Per-map min-max normalisation ``(s - min) / (max - min)`` of ``[N, H, W]`` maps.
 
@@ -103,26 +112,31 @@ def normalize_map(maps: torch.Tensor | np.ndarray) -> torch.Tensor:
     """
     x = _to_tensor(maps, "maps")
     lo, hi = _check_maps(x, "maps", None)
-    lo, rng = lo.view(-1, 1, 1), (hi - lo).view(-1, 1, 1)
-    constant = rng == 0
-    out = x - lo
-    out.div_(torch.where(constant, torch.ones_like(rng), rng))
-    return torch.where(constant, x, out) if bool(constant.any()) else out
+    return _normalized(x, lo, hi)
 
 
-def median_threshold_mask(maps: torch.Tensor | np.ndarray) -> torch.Tensor:
-    """Predicted masks ``[N, H, W]`` (bool): ``s >= sort(s)[floor(H W / 2)]`` after ``normalize_map``."""
-    x = normalize_map(maps)
+def _median_mask(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """The protocol's prediction of maps ``x`` with per-map ``min`` / ``max``: normalise, then ``>=`` the element at
+    0-based index ``floor(H W / 2)`` of the ascending sort."""
+    x = _normalized(x, lo, hi)
     flat = x.reshape(x.shape[0], -1)
     k = flat.shape[1] // 2  # 0-based index into the ascending sort
     thr = torch.kthvalue(flat, k + 1, dim=1).values.view(-1, 1, 1)
     return x >= thr
 
 
+def median_threshold_mask(maps: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """Predicted masks ``[N, H, W]`` (bool): ``s >= sort(s)[floor(H W / 2)]`` after ``normalize_map``."""
+    x = _to_tensor(maps, "maps")
+    lo, hi = _check_maps(x, "maps", None)
+    return _median_mask(x, lo, hi)
+
+
 def ciou_per_sample(
     maps: torch.Tensor | np.ndarray,
     gt_maps: torch.Tensor | np.ndarray,
     size: int | None = MAP_SIZE,
+    validate_args: bool = True,
 ) -> torch.Tensor:
     """``cIoU_k`` of each clip, float64 ``[N]`` (protocol steps 1-3 of the module doc).
 
@@ -131,16 +145,25 @@ def ciou_per_sample(
         gt_maps: ground-truth maps ``[N, size, size]``, values in [0, 1].
         size: required map side (224 under the protocol); ``None`` accepts any
             ``[N, H, W]`` with matching shapes (for small worked examples).
+        validate_args: check shapes, finiteness and the ground truth's range (one pass over each input, whose
+            per-map min / max the normalisation reuses); ``False`` skips the checks and their host syncs, for
+            callers that checked their inputs already (torchmetrics' ``validate_args``).
+
+    Raises:
+        TypeError, ValueError: with ``validate_args``, inputs that are not maps of the protocol (naming them).
     """
     s = _to_tensor(maps, "maps")
     g = _to_tensor(gt_maps, "gt_maps")
-    _check_maps(s, "maps", size)
-    _check_gt(g, size)
-    if s.shape != g.shape:
-        raise ValueError(f"maps and gt_maps must have the same shape, got {tuple(s.shape)} and {tuple(g.shape)}")
+    if validate_args:
+        lo, hi = _check_maps(s, "maps", size)
+        _check_gt(g, size)
+        if s.shape != g.shape:
+            raise ValueError(f"maps and gt_maps must have the same shape, got {tuple(s.shape)} and {tuple(g.shape)}")
+    else:
+        lo, hi = torch.aminmax(s.reshape(s.shape[0], -1), dim=1)
     g = g.to(device=s.device)
     n = g.shape[0]
-    pred = median_threshold_mask(s).to(g.dtype).reshape(n, -1)
+    pred = _median_mask(s, lo, hi).to(g.dtype).reshape(n, -1)
     g = g.reshape(n, -1)
     # Sums in g's dtype (exact for protocol maps: multiples of 0.5, fewer than 2**24 pixels), ratio in float64.
     inter = (pred * g).sum(dim=1).to(torch.float64)

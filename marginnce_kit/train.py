@@ -71,10 +71,10 @@ run; a process group the caller created already is used as it is and left alive)
   DDP; ``--norm group`` (GroupNorm, batch-independent) makes CPU DDP compute exactly the
   single-process step of the global batch, up to float32 summation order;
 - rank 0 alone writes ``config.json``, checkpoints, ``metrics.jsonl`` and ``final.json`` (every rank
-  reads the checkpoint on ``--resume``: on several machines ``--out`` must be a shared folder); every
-  rank evaluates (the same numbers, in the same time, so no rank idles at a barrier); broken
-  clips met on any rank are merged into every rank's failure count before the threshold check,
-  so all ranks stop together.
+  reads the checkpoint on ``--resume``: on several machines ``--out`` must be a shared folder); each
+  rank scores a contiguous shard of the validation and test splits and every rank gets the whole
+  result; broken clips met on any rank are merged into every rank's failure count before the
+  threshold check, so all ranks stop together.
 """
 
 from __future__ import annotations

@@ -19,9 +19,9 @@ from typing import Any
 
 import torch
 
+from ..evaluation import bound_rows, evaluate_model
 from ..io import atomic_write_text
 from ..layout import RunLayout
-from ..scoring import bound_rows, evaluate_model
 from ..training.checkpoint import load_checkpoint, load_model
 from ..training.config import TrainConfig
 from ..training.diagnostics import ClipLabels

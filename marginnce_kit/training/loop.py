@@ -21,10 +21,10 @@ from ..cli import UsageError
 from ..data.annotations import load_id_list
 from ..data.datasets import AudioVisualDataset, load_annotations
 from ..data.seeds import derive_seed
+from ..evaluation import evaluate_model
 from ..io import atomic_write_text
 from ..layout import RunLayout
 from ..models import AudioVisualModel, build_model
-from ..scoring import evaluate_model
 from .checkpoint import CheckpointNotFoundError, load_checkpoint, save_checkpoint
 from .config import RESUME_INDEPENDENT, ConfigError, TrainConfig
 from .diagnostics import ClipLabels, MechanismMeter
@@ -318,9 +318,9 @@ class _Run:
         return final
 
     def evaluate(self, model: nn.Module, dataset: Dataset, show: bool) -> dict[str, Any]:
-        # every rank evaluates (same numbers, same time), so none idles at a barrier meanwhile
+        # under DDP each rank scores a shard and every rank gets the whole result
         return evaluate_model(model, dataset, self.device, self.config.batch_size, self.config.workers,
-                              progress=show and self.dist.is_main)
+                              progress=show and self.dist.is_main, distributed=self.dist.enabled)
 
     def end_epoch(self, model: nn.Module, optimizer: torch.optim.Optimizer, record: dict[str, Any],
                   scalars: Scalars) -> None:
