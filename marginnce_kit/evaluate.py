@@ -29,6 +29,7 @@ from .data import DataError, gt_map, load_annotations, load_id_list
 from .evaluation import ObjectPrior, bound_rows, bound_rows_for, evaluate_model
 from .io import atomic_write_text
 from .models import imagenet_resnet18
+from .overlays import save_overlays
 from .training.checkpoint import load_model
 from .training.config import AUTO_WORKERS
 from .training.loop import build_test_set
@@ -52,6 +53,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--visual-weights", default="", metavar="PATH",
                    help="with --ogl: a local torchvision ResNet-18 state dict ('': torchvision's cache)")
     p.add_argument("--out", default="", help="write the results as JSON here")
+    p.add_argument("--save-maps", default="", metavar="DIR",
+                   help="also write an overlay PNG of every scored map to DIR/<id>.png (the map over its frame, the "
+                        "predicted region and the ground truth outlined)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     return p.parse_args(argv)
 
 
@@ -93,7 +98,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     prior = ObjectPrior(imagenet_resnet18(args.visual_weights)).to(device).eval() if args.ogl else None
     try:
         test_set = build_test_set(test_root, test_list, annotations, annotation_format, image_size=config.image_size)
-        scored = evaluate_model(model, test_set, device, args.batch_size, args.workers, True, prior)
+        save = None
+        if args.save_maps:
+            def save(batch: dict[str, Any], maps: torch.Tensor) -> None:
+                save_overlays(args.save_maps, batch["id"], batch["image"], maps, batch["gt_map"])
+
+        scored = evaluate_model(model, test_set, device, args.batch_size, args.workers, args.progress, prior,
+                                on_batch=save)
     except DataError as e:
         raise data_error(e) from e
     # every row on the same clips: the reference rows on the clips the model was scored on

@@ -8,7 +8,7 @@ maps, the median threshold, cIoU, AUC and the bounds): the metric that accumulat
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -190,6 +190,7 @@ def evaluate_model(
     object_prior: ObjectPrior | None = None,
     return_per_sample: bool = False,
     distributed: bool = False,
+    on_batch: Callable[[dict[str, Any], torch.Tensor], None] | None = None,
 ) -> dict[str, Any]:
     """cIoU / AUC / mean cIoU (percent) of ``model.localize`` on ``test_set`` (items with ``gt_map``).
 
@@ -203,6 +204,8 @@ def evaluate_model(
         return_per_sample: also return ``per_sample`` (the evaluator's per-clip cIoU).
         distributed: under DDP, each rank scores a contiguous shard of ``test_set`` and every rank gets the whole
             result (clips in test-set order, failures merged before the threshold check), as one process would.
+        on_batch: called with each batch and its scored maps (``[B, 224, 224]``, CPU), e.g. to draw them
+            (:mod:`marginnce_kit.overlays`).
 
     Returns:
         ``{"ciou", "auc", "mean_ciou"}`` (percent), ``"n"`` (clips scored), ``"per_clip"``
@@ -227,10 +230,15 @@ def evaluate_model(
         if batch is None:
             continue
         image = batch["image"].to(device)
-        maps = upsample_map(model.localize(image, batch["spectrogram"].to(device)).float()).cpu()
+        alpha = model.localize(image, batch["spectrogram"].to(device)).float()
+        if not bool(torch.isfinite(alpha).all()):  # the one check of the maps, at their own resolution
+            raise ValueError(f"maps: the model's response maps hold NaN or infinite values (clips {batch['id'][:5]})")
+        maps = upsample_map(alpha).cpu()
         if object_prior is not None:
             maps = ogl_map(maps, object_prior(image).cpu())
-        ev.update(maps, batch["gt_map"], ids=batch["id"])
+        ev._update(maps, batch["gt_map"], ids=batch["id"])  # ground truth built by the dataset: valid maps
+        if on_batch is not None:
+            on_batch(batch, maps)
     failures = getattr(test_set, "failures", None)
     if world > 1:
         ev.sync()

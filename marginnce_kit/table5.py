@@ -100,6 +100,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--noise-margins", nargs="+", type=float, default=None,
                    help="noise study: margins (None: the preset's, 0 -0.1 -0.2 -0.3; 0 must be one of them)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="every run also writes TensorBoard logs to <out>/runs/<name>/tensorboard "
+                        "(tensorboard --logdir <out>/runs)")
+    p.add_argument("--plan-only", action="store_true",
+                   help="write the requested studies' plans (negatives-plan.json) into --out and stop: the plan to "
+                        "commit before the runs")
     o = p.add_argument_group("overrides for every run of the study (None: the preset's, or the paper's with real data)")
     for name in TRAIN_OVERRIDES:
         add_field_argument(o, name, **({"default": None} if name != "pretrained" else {}))
@@ -178,7 +184,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.out) if args.out else Path("runs") / "studies" / args.preset
     try:
         run_studies(args.preset, out, studies, data, args.seeds, args.device, workers, args.progress,
-                    overrides, jobs, noise, dataset=args.dataset)
+                    overrides, jobs, noise, dataset=args.dataset, plan_only=args.plan_only,
+                    tensorboard=args.tensorboard)
     except DataError as e:  # raised in a worker process too: the main process shows it once, as one line
         raise data_error(e) from None
     except StudyInterrupted as e:  # Ctrl-C, SIGINT or SIGTERM: every run stopped; one line, 130 / 143

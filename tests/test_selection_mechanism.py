@@ -122,3 +122,19 @@ def test_training_on_embedded_data_records_the_mechanism(tmp_path: Path) -> None
     # a plain folder (no embedded labels) records none
     labels = ClipLabels.from_embedded(root)
     assert labels is not None and len(labels.faulty) == 12
+
+
+def test_selection_and_the_mechanism_do_not_change_what_is_trained(tmp_path: Path) -> None:
+    """Scoring a validation split every epoch and measuring the mechanism leave the trained weights bit for bit
+    as a run without them (no random draw, no state of the training is touched)."""
+    root = generate(tmp_path / "emb", EmbeddedConfig(num_classes=4, num_train=32, num_test=8, num_val=8,
+                                                     faulty_positive_rate=0.25, image_size=64), workers=1)
+    base = TrainConfig(model="reference", margin=-0.2, backbone="small", width=8, dim=16, epochs=2, batch_size=8,
+                       lr=1e-3, train_root=str(root), train_list=str(root / "train.txt"), device="cpu", workers=0)
+    train(base, tmp_path / "plain", progress=False, log_epochs=False, labels=False)
+    watched = base.replace(val_root=str(root), val_list=str(root / "val.csv"), val_annotations=str(root / "val.json"))
+    train(watched, tmp_path / "watched", progress=False, log_epochs=False)
+    plain = load_checkpoint(tmp_path / "plain" / "checkpoint.pt")["model"]
+    other = load_checkpoint(tmp_path / "watched" / "checkpoint.pt")
+    assert "mechanism" in other["history"][-1] and "val" in other["history"][-1]
+    assert all(torch.equal(plain[k], other["model"][k]) for k in plain)

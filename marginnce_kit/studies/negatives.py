@@ -154,7 +154,7 @@ def plan(runner: Runner, preset: StudyPreset) -> NegativesPlan:
                 d = embedded_data(spec["preset"], **spec["overrides"])
                 tag = {"factorial": "", "default proxy": "dflt_", "2x clips": "x2_"}[variant]
                 runners[name] = (Runner(runner.out, d, runner.train_kwargs, runner.device, runner.workers,
-                                        runner.progress), f"neg_{tag}K{k}_fp{rate:.1f}_")
+                                        runner.progress, runner.tensorboard), f"neg_{tag}K{k}_fp{rate:.1f}_")
         rn, tag = runners[name]
         p.cells.append(Cell(method, k, rate, margin, variant, rn, tag))
         p.jobs += [(rn, (method, margin, s, rn.data.train_list, (rn.data.test_list,), tag)) for s in p.seeds]

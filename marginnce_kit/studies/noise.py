@@ -70,8 +70,9 @@ def plan(runner: Runner, preset: StudyPreset, seeds: Sequence[int]) -> NoisePlan
             d = embedded_data(preset.dataset, **dict(preset.dataset_overrides, faulty_positive_rate=rate))
             data = replace(runner.data, train_root=d.train_root, train_list=d.train_list,
                            source=f"{runner.data.source}; train: {d.source}")
-            rn, tag = Runner(runner.out, data, runner.train_kwargs, runner.device, runner.workers, runner.progress), \
-                f"fp{rate:.1f}_"
+            rn = Runner(runner.out, data, runner.train_kwargs, runner.device, runner.workers, runner.progress,
+                        runner.tensorboard)
+            tag = f"fp{rate:.1f}_"
         p.runners[rate], p.tags[rate] = rn, tag
         p.jobs += [(rn, (m, mg, s, rn.data.train_list, (test,), tag))
                    for m in NOISE_METHODS for mg in p.margins for s in seeds]

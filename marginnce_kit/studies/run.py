@@ -137,11 +137,13 @@ def study_curves(runner: Runner, seeds: SeedPlan) -> Path:
 def run_studies(preset: str, out: Path, studies: Sequence[str], data: StudyData | None, seeds: Sequence[int] | None,
                 device: str = "cpu", workers: int = 0, progress: bool = True, train_overrides: dict[str, Any] | None = None,
                 jobs: int = 1, noise_grid: dict[str, tuple[float, ...]] | None = None,
-                dataset: str | None = None) -> dict[str, Any]:
+                dataset: str | None = None, plan_only: bool = False, tensorboard: bool = False) -> dict[str, Any]:
     """Run ``studies`` of ``preset`` (``data=None``: the embedded data) into ``out``; ``train_overrides``
     (``TrainConfig`` fields) apply to every run (recorded in the output's ``train`` and ``overrides``);
     ``noise_grid`` (``noise_rates`` / ``noise_margins``) overrides the preset's noise-study grid; ``dataset`` the
-    preset's embedded data set (a :mod:`marginnce_kit.data.synthetic` preset name).
+    preset's embedded data set (a :mod:`marginnce_kit.data.synthetic` preset name); ``plan_only``: write the
+    studies' plans (``negatives-plan.json``) and return before any run; ``tensorboard``: every run also writes its
+    TensorBoard logs (``<out>/runs/<name>/tensorboard``; ``tensorboard --logdir <out>/runs``).
 
     Raises:
         ValueError: the noise study with real data.
@@ -164,7 +166,7 @@ def run_studies(preset: str, out: Path, studies: Sequence[str], data: StudyData 
             raise ValueError(f"{name}: the study runs on the embedded data only (it sets the faulty-positive rate and "
                              f"the classes of the training split)")
     out.mkdir(parents=True, exist_ok=True)
-    runner = Runner(out, data, train_kwargs, device, workers, progress)
+    runner = Runner(out, data, train_kwargs, device, workers, progress, tensorboard)
     batch = int(train_kwargs.get("batch_size", 64))
     labels = ClipLabels.from_embedded(data.train_root)
     try:
@@ -179,13 +181,18 @@ def run_studies(preset: str, out: Path, studies: Sequence[str], data: StudyData 
     t0 = time.time()
     if "figures" in studies:
         figure_seed(plan)  # a seed every Table 5 method runs: checked before any training
+    if "negatives" in studies:
+        path = NG.write_plan(out, p, batch)  # before any run: the plan to commit
+        if plan_only:
+            print(f"plan: {path}")
+    if plan_only:
+        return results
     jobs_list = [(runner, r) for r in plan_runs(studies, data, seeds, plan)]
     noise_plan = N.plan(runner, p, noise_seeds) if "noise" in studies else None
     if noise_plan is not None:
         jobs_list += noise_plan.jobs
     negatives_plan = NG.plan(runner, p) if "negatives" in studies else None
     if negatives_plan is not None:
-        NG.write_plan(out, p, batch)  # before any run: the plan to commit
         jobs_list += negatives_plan.jobs
     jobs_list = list({(id(rn), spec): (rn, spec) for rn, spec in jobs_list}.values())
     execute_jobs(jobs_list, jobs if device == "cpu" else 1)

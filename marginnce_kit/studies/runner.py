@@ -119,9 +119,9 @@ class Runner:
     """Trains (or reuses) one run per (model, margin, seed, train list) and evaluates it on test splits."""
 
     def __init__(self, out: Path, data: StudyData, train_kwargs: dict[str, Any], device: str, workers: int,
-                 progress: bool) -> None:
+                 progress: bool, tensorboard: bool = False) -> None:
         self.out, self.data, self.train_kwargs = out, data, train_kwargs
-        self.device, self.workers, self.progress = device, workers, progress
+        self.device, self.workers, self.progress, self.tensorboard = device, workers, progress, tensorboard
         self._bound_rows: dict[str, dict[str, dict[str, float]]] = {}
         self._labels: ClipLabels | None | bool = False  # read on first use
 
@@ -228,7 +228,7 @@ class Runner:
         layout = RunLayout(run_dir)
         train(config, run_dir, progress=self.progress, train_set=self.train_set(config), overwrite=True,
               curves_every_epoch=False, val_set=self.val_set(config.val_list) if config.val_list else None,
-              labels=self.labels)
+              labels=self.labels, tensorboard=self.tensorboard)
         net, _, state = load_model(layout.checkpoint)
         results: dict[str, Any] = {t: evaluate_model(net, self.test_set(t), self.device,
                                                      batch_size=64, workers=self.workers) for t in test_lists}
@@ -285,13 +285,14 @@ def plan_runs(studies: Sequence[str], data: StudyData, seeds: Sequence[int],
 _WORKER_RUNNERS: dict[str, Runner] = {}  # per worker process (its datasets are shared: _TEST_SETS, _TRAIN_SETS)
 
 
-def _run_job(args: tuple[Path, StudyData, dict[str, Any], str, int, int, RunSpec]) -> tuple[str, float]:
-    out, data, train_kwargs, device, workers, threads, (model, margin, seed, train_list, tests, tag) = args
+def _run_job(args: tuple[Path, StudyData, dict[str, Any], str, int, bool, int, RunSpec]) -> tuple[str, float]:
+    out, data, train_kwargs, device, workers, tensorboard, threads, (model, margin, seed, train_list, tests, tag) = args
     torch.set_num_threads(threads)
     t0 = time.time()
-    key = json.dumps([str(out), asdict(data), train_kwargs, device, workers], sort_keys=True)
+    key = json.dumps([str(out), asdict(data), train_kwargs, device, workers, tensorboard], sort_keys=True)
     if key not in _WORKER_RUNNERS:
-        _WORKER_RUNNERS[key] = Runner(out, data, train_kwargs, device, workers, progress=False)
+        _WORKER_RUNNERS[key] = Runner(out, data, train_kwargs, device, workers, progress=False,
+                                      tensorboard=tensorboard)
     _WORKER_RUNNERS[key].run(model, margin, seed, train_list, tests, tag)
     return run_name(model, margin, seed, tag), time.time() - t0
 
@@ -318,7 +319,8 @@ def execute_jobs(pairs: Sequence[tuple[Runner, RunSpec]], jobs: int) -> None:
                     done += 1
                 return
             threads = max(1, (os.cpu_count() or 1) // jobs)
-            args = [(rn.out, rn.data, rn.train_kwargs, rn.device, rn.workers, threads, r) for rn, r in todo]
+            args = [(rn.out, rn.data, rn.train_kwargs, rn.device, rn.workers, rn.tensorboard, threads, r)
+                    for rn, r in todo]
             pool = ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"), initializer=_worker_init)
             try:
                 futures = [pool.submit(_run_job, a) for a in args]

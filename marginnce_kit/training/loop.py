@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -290,7 +291,7 @@ class _Run:
             meter = MechanismMeter(self.labels) if self.labels is not None else None
             record = train_one_epoch(net, train_set, sampler, optimizer, c, epoch=epoch, device=self.device,
                                      dist=dist, model_config=model.config, progress=self.progress, meter=meter,
-                                     kept=kept)
+                                     kept=kept, on_step=scalars.step if scalars.active else None)
             record["data_failures"] = tracker.count if tracker is not None else 0
             record["failed_clips"] = tracker.failed if tracker is not None else {}
             if meter is not None:
@@ -311,16 +312,18 @@ class _Run:
                 return {"config": asdict(c), "epochs_completed": epoch + 1, "stopped": True}
 
         # 4. the final evaluations: the last weights and, with a validation split, the best epoch's
-        final = self.finish(model, test_set)
+        final = self.finish(model, test_set, scalars)
         if dist.is_main and "eval" in final:
             scalars.eval(final["eval"], c.epochs)
+            scalars.hparams(asdict(c), {k: final["eval"][k] for k in ("ciou", "auc", "mean_ciou")})
         scalars.close()
         return final
 
-    def evaluate(self, model: nn.Module, dataset: Dataset, show: bool) -> dict[str, Any]:
+    def evaluate(self, model: nn.Module, dataset: Dataset, show: bool,
+                 on_batch: Callable[[dict[str, Any], torch.Tensor], None] | None = None) -> dict[str, Any]:
         # under DDP each rank scores a shard and every rank gets the whole result
         return evaluate_model(model, dataset, self.device, self.config.batch_size, self.config.workers,
-                              progress=show and self.dist.is_main, distributed=self.dist.enabled)
+                              progress=show and self.dist.is_main, distributed=self.dist.enabled, on_batch=on_batch)
 
     def end_epoch(self, model: nn.Module, optimizer: torch.optim.Optimizer, record: dict[str, Any],
                   scalars: Scalars) -> None:
@@ -345,11 +348,20 @@ class _Run:
             plot_curves(self.history, self.layout.curves, final_eval, self.config.epochs,
                         title=f"{self.config.model}, margin {self.config.margin:+.2f}")
 
-    def finish(self, model: AudioVisualModel, test_set: Dataset | None) -> dict[str, Any]:
+    def finish(self, model: AudioVisualModel, test_set: Dataset | None, scalars: Scalars) -> dict[str, Any]:
         c, dist, layout = self.config, self.dist, self.layout
         final: dict[str, Any] = {"config": asdict(c), **self.meta, "epochs_completed": c.epochs}
         if test_set is not None:
-            final["eval"] = self.evaluate(model, test_set, self.progress)
+            drawn: list[bool] = []
+
+            def draw(batch: dict[str, Any], maps: torch.Tensor) -> None:  # the first batch's maps, to TensorBoard
+                if not drawn and dist.is_main:
+                    from ..overlays import overlay_maps
+
+                    scalars.maps(overlay_maps(batch["image"][:8], maps[:8], batch["gt_map"][:8]), c.epochs)
+                    drawn.append(True)
+
+            final["eval"] = self.evaluate(model, test_set, self.progress, draw if scalars.active else None)
         best = best_val_epoch(self.history)
         if best is not None:
             final["best_val"] = {"epoch": best, "val": next(r["val"] for r in self.history if r["epoch"] == best)}

@@ -113,8 +113,11 @@ def plot_curves(history: Sequence[dict[str, Any]], path: Path, final_eval: dict[
 
 
 class Scalars:
-    """TensorBoard scalars in ``<out>/tensorboard`` (rank 0, with ``tensorboard=True``); otherwise inert.
-    Flushed after every epoch, so a run stopped by an error keeps what it logged."""
+    """TensorBoard logs in ``<out>/tensorboard`` (rank 0, with ``tensorboard=True``); otherwise inert: per-step loss
+    and learning rate (``train/step_*``, against the optimiser step), per-epoch scalars (``train/*``, ``val/*``,
+    ``eval/*``, ``mechanism/*``, against the epoch), the run's hyperparameters with its final metrics (``hparams``)
+    and response maps over their frames at the final evaluation (``eval/maps``). Flushed after every epoch, so a run
+    stopped by an error keeps what it logged."""
 
     def __init__(self, log_dir: Path | None, purge_step: int | None) -> None:
         self.writer = None
@@ -122,6 +125,16 @@ class Scalars:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
+
+    @property
+    def active(self) -> bool:
+        return self.writer is not None
+
+    def step(self, global_step: int, loss: float, lr: float) -> None:
+        if self.writer is None:
+            return
+        self.writer.add_scalar("train/step_loss", loss, global_step)
+        self.writer.add_scalar("train/step_lr", lr, global_step)
 
     def epoch(self, record: dict[str, Any]) -> None:
         if self.writer is None:
@@ -134,6 +147,12 @@ class Scalars:
         self.writer.add_scalar("data/failed_clips", record["data_failures"], step)
         if "eval" in record:
             self.eval(record["eval"], step)
+        for key in ("ciou", "auc", "mean_ciou"):
+            if key in record.get("val", {}):
+                self.writer.add_scalar(f"val/{key}", record["val"][key], step)
+        for key, value in record.get("mechanism", {}).items():
+            if value is not None:
+                self.writer.add_scalar(f"mechanism/{key}", value, step)
         self.writer.flush()
 
     def eval(self, result: dict[str, Any], step: int) -> None:
@@ -141,6 +160,21 @@ class Scalars:
             return
         for key in ("ciou", "auc", "mean_ciou"):
             self.writer.add_scalar(f"eval/{key}", result[key], step)
+        self.writer.flush()
+
+    def maps(self, overlays: Any, step: int, tag: str = "eval/maps") -> None:
+        """uint8 overlays ``[N, H, W, 3]`` (:func:`marginnce_kit.overlays.overlay_maps`) as one image grid."""
+        if self.writer is None:
+            return
+        self.writer.add_images(tag, overlays, step, dataformats="NHWC")
+        self.writer.flush()
+
+    def hparams(self, config: dict[str, Any], metrics: dict[str, float]) -> None:
+        """The run's settings (scalars and strings) beside its final metrics, for TensorBoard's HPARAMS tab."""
+        if self.writer is None:
+            return
+        hp = {k: v for k, v in config.items() if isinstance(v, (bool, int, float, str))}
+        self.writer.add_hparams(hp, {f"hparam/{k}": v for k, v in metrics.items()}, run_name=".")
         self.writer.flush()
 
     def close(self) -> None:

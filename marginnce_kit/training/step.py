@@ -98,7 +98,8 @@ def train_step(net: nn.Module, image: Tensor, spectrogram: Tensor, optimizer: to
 def train_one_epoch(net: nn.Module, train_set: Dataset, sampler: GlobalBatchSampler,
                     optimizer: torch.optim.Optimizer, config: TrainConfig, *, epoch: int, device: torch.device,
                     dist: ProcessGroup, model_config: ModelConfig, progress: bool = False,
-                    meter: MechanismMeter | None = None, kept: str = "no checkpoint was written") -> dict[str, Any]:
+                    meter: MechanismMeter | None = None, kept: str = "no checkpoint was written",
+                    on_step: Callable[[int, float, float], None] | None = None) -> dict[str, Any]:
     """Train ``epoch`` (0-based) of a run; returns the epoch's record (``loss`` (mean over its steps), ``lr``
     (at its first step), ``steps``, ``skipped_batches``, ``seconds``).
 
@@ -106,6 +107,7 @@ def train_one_epoch(net: nn.Module, train_set: Dataset, sampler: GlobalBatchSamp
     train on, or the global batch has fewer than two clips, are skipped (counted); clips that fail to load are
     merged over the ranks into ``train_set.failures`` and checked against its threshold. ``meter``: the
     mechanism's measures over the epoch's batches. ``kept``: what the error says of the last checkpoint.
+    ``on_step(global step, loss, lr)``: called after every optimiser step (TensorBoard's per-step scalars).
 
     Raises:
         NonFiniteLossError: a step's loss is NaN or infinite (naming the epoch, the step and the batch's clips);
@@ -134,10 +136,11 @@ def train_one_epoch(net: nn.Module, train_set: Dataset, sampler: GlobalBatchSamp
         if empty_ranks or total_items < 2:
             skipped += 1
             continue
+        global_step = epoch * steps_per_epoch + steps + skipped
+        step_lr = lr_at_step(config, global_step, total_steps)
         out = train_step(net, batch["image"].to(device, non_blocking=True),
                          batch["spectrogram"].to(device, non_blocking=True), optimizer, amp=config.amp,
-                         reduce=dist.mean, return_features=meter is not None,
-                         lr=lr_at_step(config, epoch * steps_per_epoch + steps + skipped, total_steps))
+                         reduce=dist.mean, return_features=meter is not None, lr=step_lr)
         if not out.updated:
             ids = [i for rank_ids in dist.gather(list(batch["id"])) for i in rank_ids]
             raise NonFiniteLossError(
@@ -148,6 +151,8 @@ def train_one_epoch(net: nn.Module, train_set: Dataset, sampler: GlobalBatchSamp
         if meter is not None and out.features is not None:
             s, w = mechanism_terms(model_config, *out.features)
             meter.update(list(batch["id"]), s, w)
+        if on_step is not None:
+            on_step(global_step, out.loss, step_lr)
         loss_sum += out.loss
         steps += 1
         bar.set_postfix(loss=f"{loss_sum / steps:.4f}")
