@@ -27,9 +27,10 @@ import importlib
 import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import NoReturn
 
-__all__ = ["UsageError", "HelpFormatter", "one_line", "run_main", "program_name",
+__all__ = ["UsageError", "HelpFormatter", "one_line", "run_main", "program_name", "make_parser",
            "train_entry", "evaluate_entry", "prepare_entry", "table5_entry"]
 
 
@@ -69,10 +70,30 @@ def one_line(text: str) -> str:
 
 
 def program_name() -> str:
-    """The command as it was invoked: the console script's name (``marginnce-table5``) or the module's file
-    name without ``.py`` (``table5`` for ``python -m marginnce_kit.table5``)."""
-    name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "marginnce_kit"
+    """The command as it was invoked: the console script's name (``marginnce-table5``), ``python -m <module>`` for a
+    kit module run with ``-m`` (``python -m marginnce_kit.table5``), else the script's file name."""
+    path = sys.argv[0] if sys.argv and sys.argv[0] else "marginnce_kit"
+    parts = list(Path(path).with_suffix("").parts)
+    if path.endswith(".py") and "marginnce_kit" in parts:
+        module = parts[len(parts) - 1 - parts[::-1].index("marginnce_kit"):]
+        if module[-1] in ("__main__", "__init__"):
+            module = module[:-1]
+        return "python -m " + ".".join(module)
+    name = os.path.basename(path)
     return name[:-3] if name.endswith(".py") else name
+
+
+def make_parser(module: str, summary: str, details: str = "") -> argparse.ArgumentParser:
+    """The parser of a kit command: usage first, naming the command as it was invoked (``marginnce-train`` from
+    the console script, ``python -m marginnce_kit.train`` otherwise), a one-line ``summary``, the options with
+    their defaults, then ``details`` (the module's longer documentation), and ``--version``."""
+    from marginnce_loss import __version__
+
+    name = program_name()
+    prog = name if name.startswith("marginnce-") else f"python -m {module}"  # the alias baselines.* reads as the kit
+    p = argparse.ArgumentParser(prog=prog, description=summary, epilog=details or None, formatter_class=HelpFormatter)
+    p.add_argument("--version", action="version", version=f"%(prog)s (marginnce-loss {__version__})")
+    return p
 
 
 def run_main(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None,

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from .cli import HelpFormatter, UsageError, run_main
+from .cli import UsageError, make_parser, run_main
 from .data import DataError, gt_map, load_annotations, load_id_list
 from .evaluation import ObjectPrior, bound_rows, bound_rows_for, evaluate_model
 from .io import atomic_write_text
@@ -40,7 +40,8 @@ __all__ = ["evaluate_model", "bound_rows", "bound_rows_for", "main"]
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m marginnce_kit.evaluate", description=__doc__, formatter_class=HelpFormatter)
+    summary, _, details = (__doc__ or "").partition("\n")
+    p = make_parser("marginnce_kit.evaluate", summary, details)
     p.add_argument("--checkpoint", default="", help="checkpoint.pt written by marginnce_kit.train")
     p.add_argument("--bound-rows", "--reference-rows", dest="bound_rows", action="store_true",
                    help="only the protocol's bounds (the center-prior and ceiling rows), from --annotations "

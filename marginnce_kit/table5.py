@@ -38,6 +38,7 @@ The code lives in :mod:`marginnce_kit.studies` (``paper``, ``presets``, ``runner
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Sequence
@@ -45,11 +46,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from .cli import HelpFormatter, UsageError, program_name, run_main
+from .cli import UsageError, make_parser, one_line, program_name, run_main
 from .data.failures import DataError
 from .data.synthetic import PRESETS as DATA_PRESETS
 from .studies.paper import METHOD_NAMES, PAPER, STUDIES, TABLE4_RUNS, TABLE5_ROWS, TABLE6_ROWS
-from .studies.presets import PRESETS, REAL_TRAIN, StudyData, StudyPreset, check_noise_grid, embedded_data
+from .studies.presets import PRESETS, REAL_TRAIN, StudyData, StudyPreset, embedded_data
 from .studies.run import run_studies, study_table, study_table4, study_table5, study_table6
 from .studies.runner import Runner, StudyInterrupted, execute_jobs, execute_runs, plan_runs, run_name
 from .studies.tables import (
@@ -63,7 +64,7 @@ from .studies.tables import (
     write_study,
 )
 from .training.config import AUTO_WORKERS, TrainConfig
-from .training.options import add_data_arguments, add_field_argument, check_paths, data_error
+from .training.options import add_data_arguments, add_field_argument, check_paths, data_error, read_config_file
 from .training.runtime import auto_workers, check_runnable
 
 __all__ = ["PRESETS", "PAPER", "METHOD_NAMES", "STUDIES", "TABLE5_ROWS", "TABLE6_ROWS", "TABLE4_RUNS", "REAL_TRAIN",
@@ -81,8 +82,13 @@ TRAIN_OVERRIDES = ("batch_size", "backbone", "image_size", "epochs", "limit_step
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m marginnce_kit.table5", description=__doc__, formatter_class=HelpFormatter)
+    summary, _, details = (__doc__ or "").partition("\n")
+    p = make_parser("marginnce_kit.table5", summary, details)
     p.add_argument("--preset", choices=tuple(PRESETS), default="default", help="how big each run is")
+    p.add_argument("--config", default="", metavar="PATH",
+                   help="a preset file (JSON / YAML, the form --print-config writes) instead of --preset")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the preset these options make (JSON, a preset file) and exit")
     p.add_argument("--out", default=None,
                    help="output folder (None: runs/studies/<preset>; the committed results live in results/ "
                         "and are only rewritten by an explicit --out results/<preset>)")
@@ -136,6 +142,34 @@ def _overrides(args: argparse.Namespace, real: bool, preset: StudyPreset) -> dic
     return overrides
 
 
+def _preset(args: argparse.Namespace) -> StudyPreset:
+    """``--config``'s preset file, else ``PRESETS[--preset]``; with ``--dataset`` and the noise grid applied.
+
+    Raises:
+        UsageError: a preset file that does not read or does not make a valid preset (one line).
+    """
+    if args.config:
+        try:
+            preset = StudyPreset.from_dict(read_config_file(args.config))
+        except (TypeError, ValueError) as e:
+            raise UsageError(f"--config {args.config!r}: {one_line(str(e))}", "fix the file (table5 --print-config "
+                             "writes one)") from None
+    else:
+        preset = PRESETS[args.preset]
+    changes: dict[str, Any] = {}
+    if args.dataset:
+        changes["dataset"] = args.dataset
+    if args.noise_rates is not None:
+        changes["noise_rates"] = tuple(args.noise_rates)
+    if args.noise_margins is not None:
+        changes["noise_margins"] = tuple(args.noise_margins)
+    try:
+        return replace(preset, **changes)
+    except ValueError as e:
+        raise UsageError(one_line(str(e)).replace("noise_rates:", "--noise-rates:")
+                         .replace("noise_margins:", "--noise-margins:")) from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m marginnce_kit.table5``; returns the exit status.
 
@@ -145,6 +179,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             accepts, too many broken clips.
     """
     args = parse_args(argv)
+    preset = _preset(args)
+    if args.print_config:
+        print(json.dumps(preset.to_dict(), indent=2))
+        return 0
     real = [args.train_root, args.train_list, args.test_root, args.test_list, args.annotations]
     data = None
     if any(real):
@@ -161,31 +199,23 @@ def main(argv: Sequence[str] | None = None) -> int:
                          args.annotation_format, args.heard_train_list, args.heard_test_list, args.unheard_test_list,
                          source=f"real:{args.train_list} -> {args.test_list}", val_list=args.val_list,
                          val_annotations=args.val_annotations or args.annotations)
-    overrides = _overrides(args, data is not None, PRESETS[args.preset])
-    studies = tuple(args.studies) if args.studies else PRESETS[args.preset].studies
+    overrides = _overrides(args, data is not None, preset)
+    studies = tuple(args.studies) if args.studies else preset.studies
     if args.jobs is not None and args.jobs < 1:
         raise UsageError(f"--jobs expects an int >= 1 (training runs at a time), got {args.jobs}")
     jobs = args.jobs if args.jobs is not None else max(1, min(2, os.cpu_count() or 1))
     workers = auto_workers(args.device) if args.workers == AUTO_WORKERS else args.workers
-    preset = PRESETS[args.preset]
-    try:
-        check_noise_grid(args.noise_rates or preset.noise_rates, args.noise_margins or preset.noise_margins)
-    except ValueError as e:
-        message = str(e).replace("noise_rates:", "--noise-rates:").replace("noise_margins:", "--noise-margins:")
-        raise UsageError(message) from None
     for name in ("noise", "negatives"):
         if name in studies and data is not None:
             raise UsageError(f"the {name} study runs on the embedded data only (it sets the faulty-positive rate "
                              f"and the classes of the training split)", f"drop --studies {name}, or the real-data paths")
     if args.dataset and data is not None:
         raise UsageError("--dataset names embedded data; real data comes from the paths", "drop --dataset")
-    noise = {k: tuple(v) for k, v in (("noise_rates", args.noise_rates), ("noise_margins", args.noise_margins))
-             if v is not None}
     out = Path(args.out) if args.out else Path("runs") / "studies" / args.preset
     try:
-        run_studies(args.preset, out, studies, data, args.seeds, args.device, workers, args.progress,
-                    overrides, jobs, noise, dataset=args.dataset, plan_only=args.plan_only,
-                    tensorboard=args.tensorboard)
+        run_studies(preset, out, studies, data, args.seeds, args.device, workers, args.progress, overrides, jobs,
+                    plan_only=args.plan_only, tensorboard=args.tensorboard,
+                    label=f"file:{args.config}" if args.config else args.preset)
     except DataError as e:  # raised in a worker process too: the main process shows it once, as one line
         raise data_error(e) from None
     except StudyInterrupted as e:  # Ctrl-C, SIGINT or SIGTERM: every run stopped; one line, 130 / 143

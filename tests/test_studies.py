@@ -424,7 +424,7 @@ def _assert_one_line_error(proc, *fragments):
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("table5: error: "), proc.stderr
+    assert len(lines) == 1 and lines[0].startswith("python -m marginnce_kit.table5: error: "), proc.stderr
     for fragment in fragments:
         assert fragment in lines[0]
 

@@ -38,7 +38,7 @@ from marginnce_kit.training.runtime import auto_workers  # noqa: E402
 from .fixtures import AVFixture, break_audio, break_frame, make_av_dataset, train_argv, train_config
 
 METRIC_KEYS = {"ciou", "auc", "mean_ciou", "n", "data_failures", "per_clip", "failed"}
-PROVENANCE_KEYS = {"git_commit", "git_dirty", "python", "torch", "torchvision", "cuda", "cudnn", "device", "world_size",
+PROVENANCE_KEYS = {"marginnce_loss", "git_commit", "git_dirty", "python", "torch", "torchvision", "cuda", "cudnn", "device", "world_size",
                    "not_applied"}
 
 

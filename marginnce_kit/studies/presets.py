@@ -17,7 +17,7 @@ Why the presets are what they are (each decided at m = 0 only, never on a margin
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +94,36 @@ class StudyPreset:
         if any(k < 2 for k in self.negatives_classes) or any(not 0.0 <= r < 1.0 for r in self.negatives_rates):
             raise ValueError(f"negatives_classes, negatives_rates: expected class counts >= 2 and rates in [0, 1), "
                              f"got {self.negatives_classes} and {self.negatives_rates}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The preset as plain JSON / YAML values (``table5 --print-config``); :meth:`from_dict` reads it back."""
+        return {"dataset": self.dataset, "seeds": list(self.seeds), "studies": list(self.studies),
+                "train": dict(self.train), "dataset_overrides": dict(self.dataset_overrides),
+                "noise_rates": list(self.noise_rates), "noise_margins": list(self.noise_margins),
+                "noise_seeds": None if self.noise_seeds is None else list(self.noise_seeds),
+                "method_seeds": {k: list(v) for k, v in self.method_seeds.items()},
+                "negatives_classes": list(self.negatives_classes), "negatives_rates": list(self.negatives_rates),
+                "negatives_seeds": list(self.negatives_seeds), "negatives_dataset": self.negatives_dataset}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> StudyPreset:
+        """A preset from :meth:`to_dict`'s form (a preset file): lists become tuples; checked when made.
+
+        Raises:
+            ValueError: an unknown key (naming it), or any check of the preset.
+        """
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"preset: unknown keys {unknown}; known: {sorted(known)}")
+        values = dict(d)
+        for key in ("seeds", "studies", "noise_rates", "noise_margins", "noise_seeds", "negatives_classes",
+                    "negatives_rates", "negatives_seeds"):
+            if values.get(key) is not None:
+                values[key] = tuple(values[key])
+        if "method_seeds" in values:
+            values["method_seeds"] = {k: tuple(v) for k, v in values["method_seeds"].items()}
+        return cls(**values)
 
     def seed_plan(self, models: Sequence[str]) -> dict[str, tuple[int, ...]]:
         """The seeds of each of ``models``' rows in Table 5."""

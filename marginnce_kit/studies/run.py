@@ -19,7 +19,7 @@ from . import negatives as NG
 from . import noise as N
 from .figures import plot_margin_sweep, plot_study_curves, study_figures
 from .paper import METHOD_NAMES, PAPER, SECONDARY_ROWS, TABLE4_RUNS, TABLE5_ROWS, TABLE6_ROWS
-from .presets import PRESETS, REAL_TRAIN, SeedPlan, StudyData, all_seeds, embedded_data, seeds_of
+from .presets import PRESETS, REAL_TRAIN, SeedPlan, StudyData, StudyPreset, all_seeds, embedded_data, seeds_of
 from .runner import Runner, execute_jobs, figure_seed, plan_runs, run_name
 from .tables import (
     add_margin_effects,
@@ -134,21 +134,24 @@ def study_curves(runner: Runner, seeds: SeedPlan) -> Path:
     return path
 
 
-def run_studies(preset: str, out: Path, studies: Sequence[str], data: StudyData | None, seeds: Sequence[int] | None,
+def run_studies(preset: str | StudyPreset, out: Path, studies: Sequence[str], data: StudyData | None, seeds: Sequence[int] | None,
                 device: str = "cpu", workers: int = 0, progress: bool = True, train_overrides: dict[str, Any] | None = None,
                 jobs: int = 1, noise_grid: dict[str, tuple[float, ...]] | None = None,
-                dataset: str | None = None, plan_only: bool = False, tensorboard: bool = False) -> dict[str, Any]:
+                dataset: str | None = None, plan_only: bool = False, tensorboard: bool = False,
+                label: str | None = None) -> dict[str, Any]:
     """Run ``studies`` of ``preset`` (``data=None``: the embedded data) into ``out``; ``train_overrides``
     (``TrainConfig`` fields) apply to every run (recorded in the output's ``train`` and ``overrides``);
     ``noise_grid`` (``noise_rates`` / ``noise_margins``) overrides the preset's noise-study grid; ``dataset`` the
     preset's embedded data set (a :mod:`marginnce_kit.data.synthetic` preset name); ``plan_only``: write the
     studies' plans (``negatives-plan.json``) and return before any run; ``tensorboard``: every run also writes its
-    TensorBoard logs (``<out>/runs/<name>/tensorboard``; ``tensorboard --logdir <out>/runs``).
+    TensorBoard logs (``<out>/runs/<name>/tensorboard``; ``tensorboard --logdir <out>/runs``); ``label``: the
+    preset's name in the output (default: ``preset`` when it is a name, else ``"file"``).
 
     Raises:
         ValueError: the noise study with real data.
     """
-    p = dataclasses.replace(PRESETS[preset], **(noise_grid or {}), **({"dataset": dataset} if dataset else {}),
+    p = dataclasses.replace(PRESETS[preset] if isinstance(preset, str) else preset, **(noise_grid or {}),
+                            **({"dataset": dataset} if dataset else {}),
                             **({"negatives_seeds": tuple(seeds)} if seeds else {}))
     embedded = data is None
     if data is None:
@@ -173,7 +176,7 @@ def run_studies(preset: str, out: Path, studies: Sequence[str], data: StudyData 
         scn = labels.same_class_negatives_per_anchor(load_id_list(data.train_list), batch) if labels else None
     except ValueError:  # fewer than two labelled clips in the list: the runs will say what is wrong
         scn = None
-    meta = {"preset": preset, "seeds": list(seeds),
+    meta = {"preset": label or (preset if isinstance(preset, str) else "file"), "seeds": list(seeds),
             "data": dict(asdict(data), batch_size=batch,
                          same_class_negatives_per_anchor=None if scn is None else round(scn, 3)),
             "train": train_kwargs, "overrides": dict(train_overrides or {}), "torch": torch.__version__}

@@ -17,7 +17,7 @@ from ..layout import AUDIO_DIR, FRAMES_DIR
 from .config import DATA_FIELDS, VAL_FIELDS, TrainConfig
 
 __all__ = ["add_config_arguments", "add_data_arguments", "add_field_argument", "config_argv", "config_from_args",
-           "check_paths", "data_error"]
+           "check_paths", "data_error", "read_config_file", "config_file_values"]
 
 ArgumentTarget = argparse.ArgumentParser | argparse._ArgumentGroup
 
@@ -58,6 +58,66 @@ def add_field_argument(p: ArgumentTarget, name: str, **override: Any) -> None:
     _add(p, _fields()[name], **override)
 
 
+def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The mapping in a JSON or YAML file (``.yaml`` / ``.yml`` need PyYAML, in the kit extra); a UTF-8 byte-order
+    mark is accepted.
+
+    Raises:
+        UsageError: no such file, or one that is not a JSON / YAML mapping (one line naming the file and the fix).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"--config: no such file {str(path)!r}", "pass a run's config.json or a YAML file")
+    text = path.read_text(encoding="utf-8-sig")
+    if path.suffix.lower() in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError:
+            raise UsageError(f"--config {str(path)!r}: reading YAML needs PyYAML",
+                             "pip install pyyaml (in the kit extra), or pass JSON") from None
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise UsageError(f"--config {str(path)!r}: not valid YAML ({one_line(str(e))})", "fix the file") from None
+    else:
+        import json
+
+        try:
+            data = json.loads(text)
+        except ValueError as e:
+            raise UsageError(f"--config {str(path)!r}: not valid JSON ({e})",
+                             "fix the file, or pass a run's config.json") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"--config {str(path)!r}: expected a mapping of settings, got {type(data).__name__}",
+                         "pass a run's config.json or a YAML mapping of TrainConfig fields")
+    return data
+
+
+def config_file_values(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The :class:`TrainConfig` fields set in a config file (a run's ``config.json``: its ``provenance`` record is
+    not a setting).
+
+    Raises:
+        UsageError: an unknown field, naming the fields and the version that wrote the file (its provenance).
+    """
+    from .config import RECORD_KEYS
+
+    data = read_config_file(path)
+    known = set(_fields())
+    unknown = sorted(set(data) - known - set(RECORD_KEYS))
+    if unknown:
+        wrote = (data.get("provenance") or {}).get("marginnce_loss") or "an unknown version"
+        raise UsageError(f"--config {str(path)!r}: unknown fields {unknown} (written by {wrote}; this is "
+                         f"{_version()})", "drop those fields, or use the version that wrote the file")
+    return {k: v for k, v in data.items() if k in known}
+
+
+def _version() -> str:
+    from marginnce_loss import __version__
+
+    return f"marginnce-loss {__version__}"
+
+
 def add_data_arguments(p: ArgumentTarget, train: bool = True, required: bool = True, val: bool = False) -> None:
     """The data options (``--train-root`` ... ``--annotation-format``; with ``val`` also ``--val-root``,
     ``--val-list``, ``--val-annotations``). ``train=False`` (evaluation): no train split, and
@@ -77,15 +137,18 @@ def add_data_arguments(p: ArgumentTarget, train: bool = True, required: bool = T
             _add(p, fs[name])
 
 
-def add_config_arguments(p: argparse.ArgumentParser) -> None:
+def add_config_arguments(p: argparse.ArgumentParser, defaults: dict[str, Any] | None = None) -> None:
     """One option per :class:`TrainConfig` field, in field order (the data options via
-    :func:`add_data_arguments`), with the field's default and help."""
+    :func:`add_data_arguments`), with the field's default and help. ``defaults`` (a config file's values) replace
+    the fields' defaults, and a train split they give is no longer required on the command line."""
+    defaults = defaults or {}
+    given = all(defaults.get(k) for k in ("train_root", "train_list"))
+    add_data_arguments(p, required=not given, val=True)
     for name, f in _fields().items():
-        if name in DATA_FIELDS or name in VAL_FIELDS:
-            if name == DATA_FIELDS[0]:
-                add_data_arguments(p, val=True)
-            continue
-        _add(p, f)
+        if name not in DATA_FIELDS and name not in VAL_FIELDS:
+            _add(p, f)
+    if defaults:
+        p.set_defaults(**defaults)
 
 
 def config_argv(config: TrainConfig) -> list[str]:

@@ -27,7 +27,8 @@ def _git(args: Sequence[str], cwd: Path) -> str | None:
 
 
 def provenance(device: torch.device | None = None, world_size: int = 1) -> dict[str, Any]:
-    """Which code and software ran: ``git_commit`` / ``git_dirty`` of the checkout holding this package
+    """Which code and software ran: ``marginnce_loss`` (the package version), ``git_commit`` / ``git_dirty`` of the
+    checkout holding this package
     (``None`` when it is not a git checkout, e.g. an installed copy, or git is missing; dirty = tracked
     files modified), ``python``, ``torch``, ``torchvision``, ``cuda`` / ``cudnn`` (``None`` without),
     ``device`` (the GPU's name or ``"cpu"``) and ``world_size``. Never raises."""
@@ -48,7 +49,9 @@ def provenance(device: torch.device | None = None, world_size: int = 1) -> dict[
     if device is not None and device.type == "cuda":
         name = str(torch.cuda.get_device_name(device))
     cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
-    return {"git_commit": commit, "git_dirty": dirty, "python": platform.python_version(),
+    from marginnce_loss import __version__
+
+    return {"marginnce_loss": __version__, "git_commit": commit, "git_dirty": dirty, "python": platform.python_version(),
             "torch": str(torch.__version__), "torchvision": tv, "cuda": torch.version.cuda, "cudnn": cudnn, "device": name, "world_size": world_size}
 
 

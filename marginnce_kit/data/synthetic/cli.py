@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,16 +12,17 @@ from .writer import generate
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m marginnce_kit.data.synthetic",
-        description="Write the synthetic audio-visual localisation dataset (VGG-SS layout).",
-    )
+    from ...cli import make_parser
+
+    parser = make_parser("marginnce_kit.data.synthetic",
+                         "Write the embedded audio-visual localisation data set (VGG-SS layout).")
     parser.add_argument("--out", type=Path, default=None, help="output directory (default: the hash-keyed cache)")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="default")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--num-train", type=int, default=None)
     parser.add_argument("--num-test", type=int, default=None)
     parser.add_argument("--num-classes", type=int, default=None)
+    parser.add_argument("--num-val", type=int, default=None, help="validation clips (EmbeddedConfig.num_val)")
     parser.add_argument("--faulty-positive-rate", type=float, default=None)
     parser.add_argument("--snr-db", type=float, default=None)
     parser.add_argument("--center-bias", "--centre-bias", dest="centre_bias", type=float, default=None,
@@ -37,6 +37,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "num_train": args.num_train,
             "num_test": args.num_test,
             "num_classes": args.num_classes,
+            "num_val": args.num_val,
             "faulty_positive_rate": args.faulty_positive_rate,
             "snr_db": args.snr_db,
             "centre_bias": args.centre_bias,
