@@ -50,7 +50,7 @@ from .cli import UsageError, make_parser, one_line, program_name, run_main
 from .data.failures import DataError
 from .data.synthetic import PRESETS as DATA_PRESETS
 from .studies.paper import METHOD_NAMES, PAPER, STUDIES, TABLE4_RUNS, TABLE5_ROWS, TABLE6_ROWS
-from .studies.presets import PRESETS, REAL_TRAIN, StudyData, StudyPreset, embedded_data
+from .studies.presets import NEGATIVES_SCOPES, PRESETS, REAL_TRAIN, StudyData, StudyPreset, embedded_data
 from .studies.run import run_studies, study_table, study_table4, study_table5, study_table6
 from .studies.runner import Runner, StudyInterrupted, execute_jobs, execute_runs, plan_runs, run_name
 from .studies.tables import (
@@ -105,6 +105,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="noise study: faulty-positive rates (None: the preset's, 0 0.2 0.4 0.6)")
     p.add_argument("--noise-margins", nargs="+", type=float, default=None,
                    help="noise study: margins (None: the preset's, 0 -0.1 -0.2 -0.3; 0 must be one of them)")
+    p.add_argument("--negatives-scope", choices=NEGATIVES_SCOPES, default=None,
+                   help="faulty-negative study: every cell of its plan, or only the primary contrast's (None: the "
+                        "preset's, all); the plan is the same, the rest can follow from the cache")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     p.add_argument("--tensorboard", action="store_true",
                    help="every run also writes TensorBoard logs to <out>/runs/<name>/tensorboard "
@@ -163,6 +166,8 @@ def _preset(args: argparse.Namespace) -> StudyPreset:
         changes["noise_rates"] = tuple(args.noise_rates)
     if args.noise_margins is not None:
         changes["noise_margins"] = tuple(args.noise_margins)
+    if args.negatives_scope is not None:
+        changes["negatives_scope"] = args.negatives_scope
     try:
         return replace(preset, **changes)
     except ValueError as e:

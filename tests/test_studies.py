@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +19,7 @@ from marginnce_kit import table5 as T5
 from marginnce_kit.cli import UsageError
 from marginnce_kit.evaluation import summarize_cious
 from marginnce_kit.studies.figures import plot_study_curves
+from marginnce_kit.studies.paper import LOGIT_MATCHED_MARGIN
 from marginnce_kit.studies.presets import PRESETS, StudyPreset, all_seeds, seeds_of
 from marginnce_kit.studies.runner import figure_seed
 from marginnce_kit.studies.stats import (
@@ -61,14 +62,15 @@ def test_smoke_preset_writes_table5(smoke):
     rows = payload["rows"]
     methods = [(r["method"], r["margin"]) for r in rows]
     assert methods == [("LVS", 0.0), ("LVS", -0.2), ("LVS", -0.3), ("EZ-VSL (w/o OGL)", 0.0), ("EZ-VSL (w/o OGL)", -0.2),
-                       ("Ours", 0.0), ("Ours", -0.2), ("center prior", None), ("ceiling", None)]
+                       ("Ours", 0.0), ("Ours", -0.2), ("EZ-VSL (w/o OGL), logit-matched", LOGIT_MATCHED_MARGIN),
+                       ("center prior", None), ("ceiling", None)]
     for r in rows:
         for key in ("method", "margin", "ciou", "auc", "paper_ciou", "paper_auc", "mean_ciou", "n_test"):
             assert key in r
         assert 0.0 <= r["ciou"] <= 100.0 and 0.0 <= r["auc"] <= 100.0
         assert r["n_test"] == r["n"] == 150  # every row on the same clips
     assert payload["excluded"] == [] and payload["n_test"] == 150
-    for r in rows[:7]:
+    for r in rows[:-2]:
         if r["margin"] != 0.0:  # the margin's effect with its paired interval (one seed: clips only)
             for key in ("ciou", "auc", "mean_ciou"):
                 lo, hi = r[f"delta_{key}_ci95"]
@@ -83,7 +85,7 @@ def test_smoke_preset_writes_table5(smoke):
     assert (by[("Ours", -0.2)]["paper_ciou"], by[("Ours", -0.2)]["paper_auc"]) == (38.25, 39.06)
     # no tie-free map beats the protocol's ceiling on the same clips
     ceiling = by[("ceiling", None)]
-    for r in rows[:7]:
+    for r in rows[:-2]:
         assert r["ciou"] <= ceiling["ciou"] + 1e-9 and r["mean_ciou"] <= ceiling["mean_ciou"] + 1e-9
     md = (out / "table5.md").read_text()
     assert "| center prior |" in md and "| ceiling |" in md and "38.25" in md and "Δ [lo, hi]:" in md
@@ -528,3 +530,19 @@ def test_study_curves_figure(tmp_path):
     assert (tmp_path / "curves.png").stat().st_size > 10_000
     with pytest.raises(ValueError, match="expected runs with a metrics.jsonl"):
         plot_study_curves([("lvs", 0.0, 1, tmp_path / "missing")], tmp_path / "none.png")
+
+
+def test_negatives_scope_primary_runs_only_the_primary_contrast_cells():
+    from marginnce_kit.studies import negatives as NG
+
+    full = PRESETS["full"]
+    primary = replace(full, negatives_scope="primary")
+    cells = NG._cells(primary, primary.negatives_scope)
+    ks = (min(full.negatives_classes), max(full.negatives_classes))
+    assert sorted(cells) == sorted(("reference", k, r, m, "factorial") for k in ks for r in full.negatives_rates
+                                   for m in (0.0, -0.2))
+    assert set(cells) < set(NG._cells(full))
+    assert NG.plan_document(primary, 64) == NG.plan_document(full, 64)  # the committed plan does not change
+    with pytest.raises(ValueError, match="negatives_scope: expected one of"):
+        replace(full, negatives_scope="some")
+    assert StudyPreset.from_dict(primary.to_dict()) == primary

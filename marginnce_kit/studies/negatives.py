@@ -104,8 +104,18 @@ def _cell_data(preset: StudyPreset, k: int, rate: float, variant: str) -> dict[s
     return {"preset": preset.negatives_dataset, "overrides": overrides}
 
 
-def _cells(preset: StudyPreset) -> list[tuple[str, int, float, float, str]]:
-    """``(method, K, rate, margin, variant)`` of every cell, in table order."""
+def _is_primary_cell(preset: StudyPreset, method: str, k: int, margin: float, variant: str) -> bool:
+    """Whether the primary contrast (:data:`PRIMARY`) reads the cell."""
+    ks = preset.negatives_classes
+    return (method == PRIMARY["method"] and variant == "factorial" and k in (min(ks), max(ks))
+            and margin in (0.0, PRIMARY["margin"]))
+
+
+def _cells(preset: StudyPreset, scope: str = "all") -> list[tuple[str, int, float, float, str]]:
+    """``(method, K, rate, margin, variant)`` of every cell in table order (``scope="primary"``: only the primary
+    contrast's)."""
+    if scope == "primary":
+        return [c for c in _cells(preset) if _is_primary_cell(preset, c[0], c[1], c[3], c[4])]
     ks, rates = preset.negatives_classes, preset.negatives_rates
     out = [(m, k, r, mg, "factorial") for m in NEGATIVES_METHODS for k in ks for r in rates
            for mg in preset.negatives_margins(m)]
@@ -144,7 +154,7 @@ def plan(runner: Runner, preset: StudyPreset) -> NegativesPlan:
     own = DATA_PRESETS[preset.dataset].replace(**preset.dataset_overrides)
     p = NegativesPlan(tuple(preset.negatives_seeds))
     runners: dict[str, tuple[Runner, str]] = {}
-    for method, k, rate, margin, variant in _cells(preset):
+    for method, k, rate, margin, variant in _cells(preset, preset.negatives_scope):
         spec = _cell_data(preset, k, rate, variant)
         name = json.dumps(spec, sort_keys=True)
         if name not in runners:
@@ -237,12 +247,17 @@ def study_negatives(runner: Runner, p: NegativesPlan, preset: StudyPreset, meta:
     _holm_contrasts(contrasts)
     payload = dict(meta, study="negatives", seeds=list(p.seeds), rows=rows, contrasts=contrasts, excluded=excluded,
                    n_test={f"K{k}:{v}": len(ids) for (k, v), ids in ids_of.items()}, batch_size=batch,
-                   plan={"path": str(plan_path), "commit": _plan_commit(plan_path), "matches": committed == document})
+                   plan={"path": str(plan_path), "commit": _plan_commit(plan_path), "matches": committed == document,
+                         "scope": preset.negatives_scope, "cells_run": len(p.cells),
+                         "cells_planned": len(document["cells"])})
     note = (f"Data: {preset.negatives_dataset}'s knobs with K classes and the faulty-positive rate set per cell "
             f"(controls: the default embedded data; twice the training clips); batch {batch}; seeds "
             f"{list(p.seeds)}; each Δ against the same data and method at m = 0, on that data's test clips "
             f"(n = {payload['n_test']}). Every row is secondary (Holm over them); the primary contrast is below. "
-            f"Plan: {plan_path.name} at commit {payload['plan']['commit']} (matches: {payload['plan']['matches']}).")
+            f"Plan: {plan_path.name} at commit {payload['plan']['commit']} (matches: {payload['plan']['matches']}); "
+            f"scope {preset.negatives_scope!r}: {len(p.cells)} of the plan's {len(document['cells'])} cells run"
+            + (" (the primary contrast's; the secondary cells were not run)" if preset.negatives_scope == "primary"
+               else "") + ".")
     md = markdown_tables("Faulty negatives: the margin's effect against the number of classes", rows, note,
                          extra_column=[("K", "num_classes"), ("same-class neg./anchor", "same_class_negatives_per_anchor"),
                                        ("faulty-positive rate", "faulty_positive_rate"), ("data", "variant")])
@@ -254,7 +269,14 @@ def study_negatives(runner: Runner, p: NegativesPlan, preset: StudyPreset, meta:
 def _contrasts(preset: StudyPreset, cells: list[Cell], results: list[list[dict[str, Any]]],
                ids_of: dict[tuple[int, str], list[str]], selections: Sequence[str]) -> list[dict[str, Any]]:
     """The primary contrast and the secondary ones (module docstring), for each checkpoint selection."""
-    def delta(method: str, k: int, rates: Sequence[float], margin: float, variant: str, sel: str) -> np.ndarray:
+    def ran(method: str, k: int, rates: Sequence[float], margin: float, variant: str) -> bool:
+        have = {(c.method, c.num_classes, c.rate, c.variant, c.margin) for c in cells}
+        return all((method, k, r, variant, mg) in have for r in rates for mg in (0.0, margin))
+
+    def delta(method: str, k: int, rates: Sequence[float], margin: float, variant: str,
+              sel: str) -> np.ndarray | None:
+        if not ran(method, k, rates, margin, variant):
+            return None
         parts = []
         for rate in rates:
             base = [j for j, c in enumerate(cells) if (c.method, c.num_classes, c.rate, c.variant, c.margin)
@@ -270,7 +292,9 @@ def _contrasts(preset: StudyPreset, cells: list[Cell], results: list[list[dict[s
     lo, hi = min(ks), max(ks)
     out: list[dict[str, Any]] = []
 
-    def add(name: str, x: np.ndarray, y: np.ndarray, sel: str, primary: bool = False) -> None:
+    def add(name: str, x: np.ndarray | None, y: np.ndarray | None, sel: str, primary: bool = False) -> None:
+        if x is None or y is None:  # a cell of the contrast was not run (negatives_scope)
+            return
         est = difference_of_effects(x, y)
         a, b = est.interval()
         out.append({"name": name, "checkpoint": sel, "primary": primary, "estimate": round(est.mean, 2),
@@ -292,13 +316,17 @@ def _contrasts(preset: StudyPreset, cells: list[Cell], results: list[list[dict[s
                             delta(method, lo, rates, mg, "factorial", sel), sel)
                 if len(rates) > 1:
                     add(f"{tag}: Δ(rate={max(rates)}) - Δ(rate={min(rates)}), mean over K",
-                        np.concatenate([delta(method, k, [max(rates)], mg, "factorial", sel) for k in ks], axis=1),
-                        np.concatenate([delta(method, k, [min(rates)], mg, "factorial", sel) for k in ks], axis=1),
-                        sel)
+                        _joined([delta(method, k, [max(rates)], mg, "factorial", sel) for k in ks]),
+                        _joined([delta(method, k, [min(rates)], mg, "factorial", sel) for k in ks]), sel)
         x2 = delta("reference", hi, [max(rates)], -0.2, "2x clips", sel)
         add(f"Ours, m = -0.2: Δ with twice the clips per class - Δ (K={hi}, rate {max(rates)})", x2,
             delta("reference", hi, [max(rates)], -0.2, "factorial", sel), sel)
     return out
+
+
+def _joined(parts: Sequence[np.ndarray | None]) -> np.ndarray | None:
+    """The per-(seed, clip) deltas of several test splits side by side (``None`` if one was not run)."""
+    return None if any(x is None for x in parts) else np.concatenate(parts, axis=1)  # type: ignore[arg-type]
 
 
 def _holm_contrasts(contrasts: list[dict[str, Any]]) -> None:

@@ -27,7 +27,10 @@ from ..training.config import TrainConfig
 from .paper import LOGIT_MATCHED_MARGIN, METHOD_NAMES, STUDIES
 
 __all__ = ["StudyPreset", "PRESETS", "REAL_TRAIN", "StudyData", "embedded_data", "SeedPlan", "seeds_of",
-           "all_seeds", "NEGATIVES_METHODS"]
+           "all_seeds", "NEGATIVES_METHODS", "NEGATIVES_SCOPES"]
+
+#: which of the faulty-negative study's cells a study runs (:attr:`StudyPreset.negatives_scope`)
+NEGATIVES_SCOPES = ("all", "primary")
 
 #: the seeds of each method's rows (``{"lvs": (0, 1, 2), "reference": (0, ..., 7)}``), or one sequence for all
 SeedPlan = Sequence[int] | Mapping[str, Sequence[int]]
@@ -62,6 +65,8 @@ class StudyPreset:
         negatives_classes, negatives_rates, negatives_seeds, negatives_dataset: the faulty-negative study's grid
             (:mod:`.negatives`): the class counts K and faulty-positive rates of ``negatives_dataset``'s knobs, each
             method at m = 0 and -0.2 (EZ-VSL also at its logit-matched margin).
+        negatives_scope: ``"all"`` runs every cell of that plan; ``"primary"`` only the cells its pre-registered
+            primary contrast needs (the plan itself is unchanged; the other cells can follow later, from the cache).
     """
 
     dataset: str
@@ -77,6 +82,7 @@ class StudyPreset:
     negatives_rates: tuple[float, ...] = (0.0, 0.2)
     negatives_seeds: tuple[int, ...] = tuple(range(16))
     negatives_dataset: str = "vggsound-like"
+    negatives_scope: str = "all"
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.method_seeds) - set(METHOD_NAMES))
@@ -91,6 +97,8 @@ class StudyPreset:
         if unknown:
             raise ValueError(f"studies: expected names among {STUDIES}, got {unknown}")
         check_noise_grid(self.noise_rates, self.noise_margins)
+        if self.negatives_scope not in NEGATIVES_SCOPES:
+            raise ValueError(f"negatives_scope: expected one of {NEGATIVES_SCOPES}, got {self.negatives_scope!r}")
         if any(k < 2 for k in self.negatives_classes) or any(not 0.0 <= r < 1.0 for r in self.negatives_rates):
             raise ValueError(f"negatives_classes, negatives_rates: expected class counts >= 2 and rates in [0, 1), "
                              f"got {self.negatives_classes} and {self.negatives_rates}")
@@ -103,7 +111,8 @@ class StudyPreset:
                 "noise_seeds": None if self.noise_seeds is None else list(self.noise_seeds),
                 "method_seeds": {k: list(v) for k, v in self.method_seeds.items()},
                 "negatives_classes": list(self.negatives_classes), "negatives_rates": list(self.negatives_rates),
-                "negatives_seeds": list(self.negatives_seeds), "negatives_dataset": self.negatives_dataset}
+                "negatives_seeds": list(self.negatives_seeds), "negatives_dataset": self.negatives_dataset,
+                "negatives_scope": self.negatives_scope}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> StudyPreset:
