@@ -10,6 +10,7 @@ import json
 import multiprocessing as mp
 import os
 import signal
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from ..evaluation import bound_rows, evaluate_model
 from ..io import atomic_write_text
@@ -73,8 +75,11 @@ def _interruptible() -> Iterator[None]:
 
 def _worker_init() -> None:
     """A study's worker process leaves SIGINT to its parent (Ctrl-C reaches the whole process group: the parent
-    stops every worker itself, so no worker dies with a traceback of its own)."""
+    stops every worker itself, so no worker dies with a traceback of its own). Its progress bars share a thread
+    lock, not tqdm's default multiprocessing lock: a worker stopped by SIGTERM never runs its exit handlers, and
+    that lock's named semaphore would be reported leaked after the study's last line."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    tqdm.set_lock(threading.RLock())
 
 
 def _stop_children(grace: float = 5.0) -> None:
@@ -88,6 +93,17 @@ def _stop_children(grace: float = 5.0) -> None:
         if child.is_alive():
             child.kill()
             child.join(1.0)
+
+
+def _stop_resource_tracker() -> None:
+    """Stop and reap the spawn context's resource tracker, a child of this process too (not an ``mp.Process``),
+    so that no process of an interrupted study outlives the command (left to CPython's shutdown, it exits after
+    the command and stays a zombie until init reaps it). Called once the pool's own semaphores are gone."""
+    from multiprocessing import resource_tracker
+
+    stop = getattr(resource_tracker._resource_tracker, "_stop", None)  # CPython's, >= 3.8
+    if stop is not None:
+        stop()
 
 #: The checkpoint selections every study row reports (:func:`selected_eval`).
 SELECTIONS = ("last", "best_val")
@@ -322,8 +338,9 @@ def execute_jobs(pairs: Sequence[tuple[Runner, RunSpec]], jobs: int) -> None:
             args = [(rn.out, rn.data, rn.train_kwargs, rn.device, rn.workers, rn.tensorboard, threads, r)
                     for rn, r in todo]
             pool = ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"), initializer=_worker_init)
+            futures: list[Any] = []
             try:
-                futures = [pool.submit(_run_job, a) for a in args]
+                futures += [pool.submit(_run_job, a) for a in args]
                 for i, f in enumerate(as_completed(futures), 1):
                     name, seconds = f.result()
                     done = i
@@ -331,6 +348,10 @@ def execute_jobs(pairs: Sequence[tuple[Runner, RunSpec]], jobs: int) -> None:
             except StudyInterrupted:
                 pool.shutdown(wait=False, cancel_futures=True)  # nothing queued starts
                 _stop_children()
+                pool.shutdown(wait=True)  # the pool's threads and queues go before the one-line report
+                del pool, futures
+                gc.collect()
+                _stop_resource_tracker()
                 raise
             pool.shutdown(wait=True)
         except StudyInterrupted as e:
