@@ -542,6 +542,9 @@ def test_negatives_scope_primary_runs_only_the_primary_contrast_cells():
     assert sorted(cells) == sorted(("reference", k, r, m, "factorial") for k in ks for r in full.negatives_rates
                                    for m in (0.0, -0.2))
     assert set(cells) < set(NG._cells(full))
+    with_controls = NG._cells(full, "primary+controls")
+    assert set(with_controls) - set(cells) == {c for c in NG._cells(full) if c[0] == "reference" and c[4] != "factorial"}
+    assert len(with_controls) == len(cells) + 4  # the default data set and twice the clips, at m = 0 and -0.2
     assert NG.plan_document(primary, 64) == NG.plan_document(full, 64)  # the committed plan does not change
     with pytest.raises(ValueError, match="negatives_scope: expected one of"):
         replace(full, negatives_scope="some")

@@ -112,10 +112,12 @@ def _is_primary_cell(preset: StudyPreset, method: str, k: int, margin: float, va
 
 
 def _cells(preset: StudyPreset, scope: str = "all") -> list[tuple[str, int, float, float, str]]:
-    """``(method, K, rate, margin, variant)`` of every cell in table order (``scope="primary"``: only the primary
-    contrast's)."""
-    if scope == "primary":
-        return [c for c in _cells(preset) if _is_primary_cell(preset, c[0], c[1], c[3], c[4])]
+    """``(method, K, rate, margin, variant)`` of every cell in table order (``scope``:
+    :attr:`~.presets.StudyPreset.negatives_scope`)."""
+    if scope in ("primary", "primary+controls"):
+        controls = scope == "primary+controls"
+        return [c for c in _cells(preset) if _is_primary_cell(preset, c[0], c[1], c[3], c[4])
+                or (controls and c[0] == "reference" and c[4] != "factorial")]
     ks, rates = preset.negatives_classes, preset.negatives_rates
     out = [(m, k, r, mg, "factorial") for m in NEGATIVES_METHODS for k in ks for r in rates
            for mg in preset.negatives_margins(m)]
@@ -256,8 +258,7 @@ def study_negatives(runner: Runner, p: NegativesPlan, preset: StudyPreset, meta:
             f"(n = {payload['n_test']}). Every row is secondary (Holm over them); the primary contrast is below. "
             f"Plan: {plan_path.name} at commit {payload['plan']['commit']} (matches: {payload['plan']['matches']}); "
             f"scope {preset.negatives_scope!r}: {len(p.cells)} of the plan's {len(document['cells'])} cells run"
-            + (" (the primary contrast's; the secondary cells were not run)" if preset.negatives_scope == "primary"
-               else "") + ".")
+            + ("" if preset.negatives_scope == "all" else " (the other cells were not run)") + ".")
     md = markdown_tables("Faulty negatives: the margin's effect against the number of classes", rows, note,
                          extra_column=[("K", "num_classes"), ("same-class neg./anchor", "same_class_negatives_per_anchor"),
                                        ("faulty-positive rate", "faulty_positive_rate"), ("data", "variant")])

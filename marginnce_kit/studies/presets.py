@@ -30,7 +30,7 @@ __all__ = ["StudyPreset", "PRESETS", "REAL_TRAIN", "StudyData", "embedded_data",
            "all_seeds", "NEGATIVES_METHODS", "NEGATIVES_SCOPES"]
 
 #: which of the faulty-negative study's cells a study runs (:attr:`StudyPreset.negatives_scope`)
-NEGATIVES_SCOPES = ("all", "primary")
+NEGATIVES_SCOPES = ("all", "primary", "primary+controls")
 
 #: the seeds of each method's rows (``{"lvs": (0, 1, 2), "reference": (0, ..., 7)}``), or one sequence for all
 SeedPlan = Sequence[int] | Mapping[str, Sequence[int]]
@@ -66,7 +66,9 @@ class StudyPreset:
             (:mod:`.negatives`): the class counts K and faulty-positive rates of ``negatives_dataset``'s knobs, each
             method at m = 0 and -0.2 (EZ-VSL also at its logit-matched margin).
         negatives_scope: ``"all"`` runs every cell of that plan; ``"primary"`` only the cells its pre-registered
-            primary contrast needs (the plan itself is unchanged; the other cells can follow later, from the cache).
+            primary contrast needs; ``"primary+controls"`` those and the reference model's two controls (the
+            default data set, twice the clips). The plan itself is unchanged; the other cells can follow later,
+            from the cache.
     """
 
     dataset: str
