@@ -9,7 +9,7 @@ maps, the median threshold, cIoU, AUC and the bounds): the metric that accumulat
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -223,14 +223,14 @@ def evaluate_model(
     model.eval()
     ev = LocalizationEvaluator()
     rank, world = _world() if distributed else (0, 1)
-    n = len(test_set)  # type: ignore[arg-type]
+    n = len(test_set)  # type: ignore[arg-type]  # a map-style Dataset: Sized
     shard: Dataset = test_set if world == 1 else Subset(test_set, range(rank * n // world, (rank + 1) * n // world))
     loader = DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate_batch)
     for batch in tqdm(loader, desc="evaluate", disable=not progress, leave=False, dynamic_ncols=True):
         if batch is None:
             continue
         image = batch["image"].to(device)
-        alpha = model.localize(image, batch["spectrogram"].to(device)).float()
+        alpha = cast(Any, model).localize(image, batch["spectrogram"].to(device)).float()  # documented above
         if not bool(torch.isfinite(alpha).all()):  # the one check of the maps, at their own resolution
             raise ValueError(f"maps: the model's response maps hold NaN or infinite values (clips {batch['id'][:5]})")
         maps = upsample_map(alpha).cpu()
@@ -310,7 +310,8 @@ def _gt_maps(test_set: Dataset) -> torch.Tensor:
     gt_for = getattr(test_set, "gt_maps", None)
     if callable(gt_for):
         return torch.as_tensor(gt_for())
-    return torch.stack([torch.as_tensor(test_set[i]["gt_map"]) for i in range(len(test_set))])  # type: ignore[index]
+    items = cast(Any, test_set)  # a map-style data set of dicts
+    return torch.stack([torch.as_tensor(items[i]["gt_map"]) for i in range(len(items))])
 
 
 
@@ -366,7 +367,7 @@ class ObjectPrior(nn.Module):
         return cls(net, size)
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        b = self.backbone
+        b: Any = self.backbone  # a torchvision ResNet (checked in __init__)
         x = b.maxpool(b.relu(b.bn1(b.conv1(images))))
         return b.layer4(b.layer3(b.layer2(b.layer1(x))))
 

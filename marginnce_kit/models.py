@@ -46,6 +46,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -217,7 +218,7 @@ def imagenet_resnet18(path: str = "", norm: str = "batch") -> nn.Module:
 def _resnet18_image(pretrained: bool, norm: str = "batch", weights: str = "") -> tuple[nn.Module, int]:
     from torchvision.models import resnet18
 
-    net = imagenet_resnet18(weights, norm) if pretrained else resnet18(weights=None, norm_layer=norm_layer(norm))
+    net: Any = imagenet_resnet18(weights, norm) if pretrained else resnet18(weights=None, norm_layer=norm_layer(norm))
     return nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3, net.layer4), 512
 
 

@@ -5,7 +5,9 @@ colour map blended over the frame, the protocol's predicted region outlined, the
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -13,6 +15,9 @@ import torch
 from .data.frames import IMAGENET_MEAN, IMAGENET_STD
 from .io import atomic_write
 from .protocol import MAP_SIZE, median_threshold_mask, normalize_map
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 __all__ = ["overlay_maps", "save_overlays"]
 
@@ -55,6 +60,10 @@ def save_overlays(folder: str | Path, ids: Sequence[str], images: torch.Tensor, 
     paths = []
     for clip_id, pixels in zip(ids, overlay_maps(images, maps, gt_maps)):
         path = folder / f"{clip_id}.png"
-        atomic_write(path, lambda tmp, p=pixels: Image.fromarray(p).save(tmp, format="PNG"), suffix=".png")
+        atomic_write(path, partial(_save_png, Image.fromarray(pixels)), suffix=".png")
         paths.append(path)
     return paths
+
+
+def _save_png(picture: Image.Image, path: Path) -> None:
+    picture.save(path, format="PNG")

@@ -134,9 +134,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DataError as e:
         raise data_error(e) from e
     if "eval" in final and int(os.environ.get("RANK", "0")) == 0:
-        e = final["eval"]
-        print(f"{config.model} margin {config.margin:+.2f}: cIoU {e['ciou']:.2f}  AUC {e['auc']:.2f}  "
-              f"mean cIoU {e['mean_ciou']:.2f}  (n = {e['n']})")
+        scores = final["eval"]
+        print(f"{config.model} margin {config.margin:+.2f}: cIoU {scores['ciou']:.2f}  AUC {scores['auc']:.2f}  "
+              f"mean cIoU {scores['mean_ciou']:.2f}  (n = {scores['n']})")
     return 0
 
 

@@ -218,17 +218,18 @@ def study_figures(runner: Any, seed: int, meta: dict[str, Any]) -> Path:
     mean = torch.tensor(IMAGENET_MEAN)[:, None, None]
     std = torch.tensor(IMAGENET_STD)[:, None, None]
     shown = [(x * std + mean).clamp(0, 1).permute(1, 2, 0).numpy() for x in image]
-    columns = [("frame + ground truth", None)] + [(f"{METHOD_NAMES[m]}\nm = {mg:+.1f}", (m, mg)) for m, mg in PAPER_TABLE5_ROWS]
+    runs: list[tuple[str, float]] = list(PAPER_TABLE5_ROWS)
+    columns: list[tuple[str, tuple[str, float] | None]] = [("frame + ground truth", None)]
+    columns += [(f"{METHOD_NAMES[m]}\nm = {mg:+.1f}", (m, mg)) for m, mg in runs]
     maps, masks, ious = {}, {}, {}
-    for _, key in columns[1:]:
-        model, margin = key
+    for model, margin in runs:
         net, _, _ = load_model(runner.out / "runs" / run_name(model, margin, seed) / "checkpoint.pt")
         net.eval()
         with torch.no_grad():
             raw = upsample_map(net.localize(image, spec).float())
-        maps[key] = normalize_map(raw).numpy()
-        masks[key] = median_threshold_mask(raw).numpy()
-        ious[key] = ciou_per_sample(raw, gt).numpy()
+        maps[(model, margin)] = normalize_map(raw).numpy()
+        masks[(model, margin)] = median_threshold_mask(raw).numpy()
+        ious[(model, margin)] = ciou_per_sample(raw, gt).numpy()
     fig, axes = plt.subplots(len(picks), len(columns), figsize=(2.3 * len(columns) + 0.8, 2.5 * len(picks)),
                              squeeze=False)
     im = None

@@ -3,6 +3,8 @@ methods' display names and which (method, margin) rows each study trains."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from ..models import TAU
 
 __all__ = ["METHOD_NAMES", "PAPER", "TABLE5_ROWS", "PAPER_TABLE5_ROWS", "TABLE6_ROWS", "TABLE4_RUNS", "STUDIES",
@@ -10,7 +12,9 @@ __all__ = ["METHOD_NAMES", "PAPER", "TABLE5_ROWS", "PAPER_TABLE5_ROWS", "TABLE6_
 
 METHOD_NAMES = {"lvs": "LVS", "ezvsl": "EZ-VSL (w/o OGL)", "reference": "Ours"}
 
-PAPER: dict[str, dict[tuple[str, float], tuple[float, float]]] = {
+#: ``PAPER[table][key] -> (cIoU, AUC)``: Tables 5 and 6 keyed ``(method, margin)``, Table 4 ``(split, method,
+#: margin)``
+PAPER: dict[str, dict[tuple[Any, ...], tuple[float, float]]] = {
     "table5": {
         ("lvs", 0.0): (33.99, 37.76), ("lvs", -0.2): (34.80, 38.17), ("lvs", -0.3): (35.73, 38.52),
         ("ezvsl", 0.0): (37.57, 38.70), ("ezvsl", -0.2): (38.70, 39.26),

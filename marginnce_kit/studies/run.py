@@ -150,9 +150,12 @@ def run_studies(preset: str | StudyPreset, out: Path, studies: Sequence[str], da
     Raises:
         ValueError: the noise study with real data.
     """
-    p = dataclasses.replace(PRESETS[preset] if isinstance(preset, str) else preset, **(noise_grid or {}),
-                            **({"dataset": dataset} if dataset else {}),
-                            **({"negatives_seeds": tuple(seeds)} if seeds else {}))
+    changes: dict[str, Any] = dict(noise_grid or {})
+    if dataset:
+        changes["dataset"] = dataset
+    if seeds:
+        changes["negatives_seeds"] = tuple(seeds)
+    p = dataclasses.replace(PRESETS[preset] if isinstance(preset, str) else preset, **changes)
     embedded = data is None
     if data is None:
         data = embedded_data(p.dataset, **p.dataset_overrides)

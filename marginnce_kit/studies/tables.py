@@ -11,7 +11,7 @@ import json
 import statistics
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from ..evaluation import summarize_cious
 from ..io import atomic_write_text
@@ -161,9 +161,12 @@ def markdown_table(title: str, rows: list[dict[str, Any]], note: str, split_colu
     """A study table in Markdown: ``title``, ``note`` above, the Δ definition below. ``extra_column``:
     ``(header, row key)`` (or several) of leading columns (e.g. the faulty-positive rate). ``selection``:
     ``"last"`` (the rows' own fields) or ``"best_val"`` (their ``best_val`` block; the bounds rows as they are)."""
-    extras = [] if extra_column is None else [extra_column] if isinstance(extra_column[0], str) else list(extra_column)
+    extras: list[tuple[str, str]] = []
+    if extra_column is not None:  # one (header, key) pair, or several
+        one = isinstance(extra_column[0], str)
+        extras = [cast(tuple[str, str], extra_column)] if one else list(cast(Sequence[tuple[str, str]], extra_column))
     head = ["split"] if split_column else []
-    head += [h for h, _ in extras]  # type: ignore[misc]
+    head += [h for h, _ in extras]
     head += ["method", "margin", "seeds", "n", "cIoU", "AUC", "mean cIoU", "Δ cIoU [95% CI]", "Δ AUC [95% CI]", "p",
              "resolved", "Holm", "paper cIoU", "paper AUC", "paper Δ cIoU"]
     lines = [f"## {title} (checkpoint: {selection})", "", note, "", "| " + " | ".join(head) + " |",
@@ -173,7 +176,7 @@ def markdown_table(title: str, rows: list[dict[str, Any]], note: str, split_colu
         n = r.get("n_seeds", 0)
         m = "-" if r["margin"] is None else f"{r['margin']:+.3g}"
         cells = [r["split"]] if split_column else []
-        cells += [str(r[k]) if r.get(k) is not None else "-" for _, k in extras]  # type: ignore[misc]
+        cells += [str(r[k]) if r.get(k) is not None else "-" for _, k in extras]
         cells += [r["method"], m, str(n) if n else "-", str(r.get("n", r.get("n_test", ""))),
                   _fmt(r["ciou"], r["ciou_std"], n),
                   _fmt(r["auc"], r["auc_std"], n), _fmt(r["mean_ciou"], r.get("mean_ciou_std", 0.0), n),

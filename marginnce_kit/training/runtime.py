@@ -50,7 +50,8 @@ def effective_config(config: TrainConfig) -> tuple[TrainConfig, dict[str, Any]]:
     not_applied = {k: getattr(config, k) for k, v in applied.items() if getattr(config, k) != v}
     workers = auto_workers(config.device) if config.workers == AUTO_WORKERS else config.workers
     decay = WEIGHT_DECAY[config.model] if config.weight_decay is None else config.weight_decay
-    return replace(config, **applied, workers=workers, weight_decay=decay), not_applied
+    return replace(config, amp=applied["amp"], sync_batchnorm=applied["sync_batchnorm"], workers=workers,
+                   weight_decay=decay), not_applied
 
 
 def check_runnable(c: TrainConfig, world_size: int = 1) -> None:
