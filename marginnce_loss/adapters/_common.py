@@ -5,7 +5,8 @@ from __future__ import annotations
 from torch import Tensor
 
 from .. import functional as F
-from .._validation import check_bool, check_features, check_finite, check_positive, opmath_dtype
+from .._numeric import opmath_dtype
+from .._validation import check_bool, check_features, check_finite, check_positive
 
 __all__ = ["margin_cross_entropy", "single_clip_loss"]
 
