@@ -432,18 +432,21 @@ def maximum(img: Tensor, aud: Tensor, alpha: Tensor | None = None) -> Tensor:
 def margin_nce_core(
     sim: Tensor,
     margin: float,
-    tau: float,
+    tau: float | Tensor,
     symmetric: bool = False,
     extra_negatives: Tensor | None = None,
     reduction: str = "mean",
 ) -> Tensor:
     r"""marginNCE (paper eq. 3) without argument checks; see :func:`marginnce_loss.functional.margin_nce`.
+    A tensor ``tau`` (learnable) goes through the same plain autograd ops, so its gradient is exact.
 
     .. math:: \ell_i = -\log\operatorname{softmax}_j\!\left(\frac{S_{ij} - m\,\delta_{ij}}{\tau}\right)_{j=i}
     """
     dtype = opmath_dtype(sim.dtype)
     if extra_negatives is not None:
         dtype = torch.promote_types(dtype, opmath_dtype(extra_negatives.dtype))
+    if isinstance(tau, Tensor):  # a learnable temperature: autograd carries d loss / d tau through these ops
+        tau = tau.to(dtype=dtype, device=sim.device)
     logits = sim.to(dtype) / tau
     b = logits.shape[0]
     # (S_ii - m) / tau on the diagonal, S_ij / tau elsewhere (the constant in the logits' dtype)
@@ -473,7 +476,7 @@ def thresholded_loss(
     beta: float,
     recompute: bool,
     margin: float,
-    tau: float,
+    tau: float | Tensor,
     symmetric: bool,
     reduction: str,
 ) -> Tensor:
@@ -481,7 +484,7 @@ def thresholded_loss(
     return margin_nce_core(thresholded(img, aud, epsilon, beta, recompute), margin, tau, symmetric, None, reduction)
 
 
-def max_loss(img: Tensor, aud: Tensor, margin: float, tau: float, symmetric: bool, reduction: str) -> Tensor:
+def max_loss(img: Tensor, aud: Tensor, margin: float, tau: float | Tensor, symmetric: bool, reduction: str) -> Tensor:
     """``margin_nce_core(maximum(img, aud), margin, tau, symmetric, None, reduction)``."""
     return margin_nce_core(maximum(img, aud), margin, tau, symmetric, None, reduction)
 

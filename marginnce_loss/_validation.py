@@ -66,7 +66,7 @@ def _real(name: str, value: object) -> float:
             raise TypeError(f"{name}: expected {expected}, got a 0-d tensor of dtype {value.dtype}")
         if value.requires_grad:
             raise TypeError(
-                f"{name}: expected {expected} without grad (a learnable {name} is not supported), "
+                f"{name}: expected {expected} without grad (only the temperature tau of eq. 3 may be learnable), "
                 f"got a 0-d tensor that requires grad; pass {name}.detach()"
             )
         return float(value.item())
@@ -104,6 +104,28 @@ def check_positive(name: str, value: object) -> float:
     if v <= 0:
         raise ValueError(f"{name}: expected a finite float > 0, got {value!r}")
     return v
+
+
+def check_temperature(name: str, value: object) -> float | torch.Tensor:
+    """The temperature of eq. 3: as :func:`check_positive`, or a 0-d floating tensor that requires grad
+    (a learnable temperature: ``nn.Parameter(torch.tensor(0.07))``, or ``1 / logit_scale.exp()``),
+    returned as that tensor so the gradient reaches it. Its value is checked (one host sync).
+
+    Raises:
+        TypeError: as :func:`check_positive`; a tensor that requires grad but is not 0-d floating point.
+        ValueError: NaN, infinite or ``<= 0``.
+    """
+    if not (isinstance(value, torch.Tensor) and value.requires_grad):
+        return check_positive(name, value)
+    if value.dim() != 0 or not value.dtype.is_floating_point:
+        raise TypeError(
+            f"{name}: expected a learnable temperature as a 0-d floating-point tensor, got shape "
+            f"{tuple(value.shape)} dtype {value.dtype}"
+        )
+    v = float(value.detach())
+    if not math.isfinite(v) or v <= 0:
+        raise ValueError(f"{name}: expected a finite float > 0, got a tensor holding {v!r}")
+    return value
 
 
 def check_choice(name: str, value: object, choices: Sequence[str]) -> str:

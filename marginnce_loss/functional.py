@@ -182,7 +182,7 @@ def thresholded_similarity(
 def _thresholded_similarity(
     img: Tensor, aud: Tensor, epsilon: float, beta: float, backend: str = "auto", recompute: bool = False
 ) -> Tensor:
-    return _compiled.run("thresholded", backend, img.device, img, aud, epsilon, beta, recompute)
+    return _compiled.thresholded(img, aud, epsilon=epsilon, beta=beta, recompute=recompute, backend=backend)
 
 
 def max_similarity(img: Tensor, aud: Tensor, backend: str = "auto") -> Tensor:
@@ -217,17 +217,18 @@ def max_similarity(img: Tensor, aud: Tensor, backend: str = "auto") -> Tensor:
 
 
 def _max_similarity(img: Tensor, aud: Tensor, backend: str = "auto") -> Tensor:
-    return _compiled.run("max", backend, img.device, img, aud)
+    return _compiled.maximum(img, aud, backend=backend)
 
 
 def _similarity_loss(
     img: Tensor,
     aud: Tensor,
+    *,
     similarity: str,
     epsilon: float,
     beta: float,
     margin: float,
-    tau: float,
+    tau: float | Tensor,
     symmetric: bool,
     reduction: str,
     backend: str = "auto",
@@ -236,20 +237,26 @@ def _similarity_loss(
 
     ``S`` is :func:`max_similarity` for ``similarity="max"``, else :func:`thresholded_similarity`.
     Under ``backend="compiled"`` the similarity, its threshold and reductions and the loss are one
-    compiled graph, forward and backward. The caller has checked every argument (``check_pair``
-    with ``same_batch``, ``check_has_negatives``, the scalars).
+    compiled graph, forward and backward (a learnable ``tau`` runs eager, see
+    :mod:`marginnce_loss._compiled`). The caller has checked every argument (``check_pair`` with
+    ``same_batch``, ``check_has_negatives``, the scalars).
     """
     if similarity == "max":
-        return _compiled.run("max_loss", backend, img.device, img, aud, margin, tau, symmetric, reduction)
-    return _compiled.run(
-        "thresholded_loss", backend, img.device, img, aud, epsilon, beta, False, margin, tau, symmetric, reduction
+        return _compiled.max_loss(
+            img, aud, margin=margin, tau=tau, symmetric=symmetric, reduction=reduction, backend=backend
+        )
+    return _compiled.thresholded_loss(
+        img, aud, epsilon=epsilon, beta=beta, recompute=False, margin=margin, tau=tau, symmetric=symmetric,
+        reduction=reduction, backend=backend,
     )
 
 
-def _max_xmil_loss(img: Tensor, aud: Tensor, tau: float, margin: float, backend: str = "auto") -> tuple[Tensor, Tensor]:
+def _max_xmil_loss(
+    img: Tensor, aud: Tensor, *, tau: float, margin: float, backend: str = "auto"
+) -> tuple[Tensor, Tensor]:
     """EZ-VSL's ``(margin_nce(max_similarity(img, aud), margin, tau, symmetric=True), alpha / tau)``
     from one matrix product (compiled as one graph under ``backend="compiled"``); checked inputs, ``B >= 2``."""
-    return _compiled.run("max_xmil", backend, img.device, img, aud, tau, margin)  # type: ignore[no-any-return]
+    return _compiled.max_xmil(img, aud, tau=tau, margin=margin, backend=backend)
 
 
 def background_similarity(img: Tensor, aud: Tensor, epsilon: float = 0.4, beta: float = 0.03) -> Tensor:

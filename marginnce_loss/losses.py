@@ -280,8 +280,8 @@ class LocalizationMarginNCE(_MarginNCEBase):
                 img, aud, self._similarity, self.margin, self.tau, self.symmetric, self.reduction, None
             )
         return F._similarity_loss(
-            img, aud, self.similarity, self.epsilon, self.beta, self.margin, self.tau, self.symmetric,
-            self.reduction, self.backend,
+            img, aud, similarity=self.similarity, epsilon=self.epsilon, beta=self.beta, margin=self.margin,
+            tau=self.tau, symmetric=self.symmetric, reduction=self.reduction, backend=self.backend,
         )
 
     def extra_repr(self) -> str:
