@@ -57,6 +57,7 @@ from ._validation import (
     check_pair,
     check_positive,
     check_sim,
+    check_temperature,
 )
 
 __all__ = [
@@ -300,7 +301,7 @@ def _background_similarity(img: Tensor, aud: Tensor, epsilon: float, beta: float
 def margin_nce(
     sim: Tensor,
     margin: float = -0.2,
-    tau: float = 0.07,
+    tau: float | Tensor = 0.07,
     symmetric: bool = False,
     extra_negatives: Tensor | None = None,
     reduction: str = "mean",
@@ -320,6 +321,12 @@ def margin_nce(
     the input dtype, so a half-precision ``sim`` gives the loss of that ``sim`` to float32 accuracy
     (the rounding of ``sim`` itself is the caller's: see the README's precision table).
 
+    A learnable temperature (CLIP-style): ``tau`` may be a 0-d tensor that requires grad, e.g.
+    ``tau = 1 / logit_scale.exp()`` with ``logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))``
+    computed afresh each step. The scale applies to the margin-shifted similarities (eq. 3): the loss
+    and the gradient reaching ``tau`` are those of ``F.cross_entropy((sim - m I) / tau, arange(B))``
+    (plain autograd ops, exact).
+
     ``sim`` should hold similarities in ``[-1, 1]`` (cosines), not logits: the loss divides by
     ``tau`` itself (for logits use :func:`marginnce_loss.adapters.margin_cross_entropy`);
     :class:`~marginnce_loss.MarginNCE` warns on the first call when it is not so.
@@ -327,7 +334,8 @@ def margin_nce(
     Args:
         sim: ``[B, B]`` similarities, row ``i`` = image ``i``, column ``j`` = audio ``j``.
         margin: ``m``, finite (a float, numpy scalar or 0-d array, 0-d tensor).
-        tau: temperature, finite and > 0.
+        tau: temperature, finite and > 0: a float (numpy scalar, 0-d tensor), or a 0-d floating tensor
+            that requires grad (learnable; its value is checked with one host sync).
         symmetric: add the column direction.
         extra_negatives: optional ``[B, K]`` further negative similarities per row
             (e.g. LVS's background similarity, ``background_similarity(...).unsqueeze(1)``).
@@ -354,7 +362,7 @@ def margin_nce(
     """
     check_sim(sim, extra_negatives)
     margin = check_finite("margin", margin)
-    tau = check_positive("tau", tau)
+    tau = check_temperature("tau", tau)
     check_bool("symmetric", symmetric)
     check_choice("reduction", reduction, REDUCTIONS)
     return _margin_nce(sim, margin, tau, symmetric, extra_negatives, reduction)
