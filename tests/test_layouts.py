@@ -142,7 +142,7 @@ def _check(kernel: str, backend: str, img_layout: str, aud_layout: str, reductio
         assert err <= rtol, f"{what}: {label} relative error {err:.3g} > {rtol:g}"
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(
     kernel=st.sampled_from(KERNELS),
     img_layout=st.sampled_from(IMG_LAYOUTS),
@@ -170,3 +170,36 @@ def test_compiled_layouts():
     """The compiled backend on non-dense layouts (compiling costs ~20 s per graph on a loaded CPU: one case,
     the reported transposed img with a strided aud slice; test_fused checks NCHW and channels-last compiled)."""
     _check("loss-thresholded", "compiled", "transposed", "slice", "mean", "both", torch.float32, 1, (4, 5, 3, 4), 3)
+
+
+# ------------------------------------------------------------ replayed upstream reports (issue 22)
+def test_replay_pytorch_64529_expanded_grad_into_custom_backward():
+    """pytorch/pytorch#64529: ``.sum()`` hands a custom Function's backward an expanded (stride-0) gradient."""
+    img = _img_layout("contiguous", 4, 5, 3, 3, torch.Generator().manual_seed(5))[0]
+    aud = _aud_layout("contiguous", 4, 5, torch.Generator().manual_seed(6))[0]
+    for ours, ref in ((lambda i, a: MF.thresholded_similarity(i, a, 0.3, 0.1, backend="eager"),
+                       lambda i, a: thresholded_ref(i, a, 0.3, 0.1)),
+                      (lambda i, a: MF.max_similarity(i, a, backend="eager"), max_ref)):
+        for threads in (1, 2):
+            leaves = [img.clone().requires_grad_(), aud.clone().requires_grad_()]
+            before = torch.get_num_threads()
+            torch.set_num_threads(threads)
+            try:
+                got = torch.autograd.grad(ours(*leaves).sum(), leaves)
+            finally:
+                torch.set_num_threads(before)
+            expected = torch.autograd.grad(ref(*leaves).sum(), leaves)
+            for x, y in zip(got, expected):
+                assert torch.allclose(x, y, rtol=1e-10, atol=1e-12)
+
+
+def test_replay_pytorch_30303_expanded_input_through_einsum():
+    """pytorch/pytorch#30303: an expanded input's gradient through einsum/reshape (the response maps use both)."""
+    g = torch.Generator().manual_seed(7)
+    base = F.normalize(torch.randn(1, 4, dtype=torch.float64, generator=g), dim=1).requires_grad_()
+    img = F.normalize(torch.randn(3, 4, 2, 2, dtype=torch.float64, generator=g), dim=1)
+    for ours, ref in ((MF.response_map, lambda i, a: (i * a[:, :, None, None]).sum(1)), (MF.pairwise_response_maps, alpha_ref)):
+        weights = torch.randn(ref(img, base.expand(3, -1)).shape, dtype=torch.float64, generator=g)
+        (got,) = torch.autograd.grad((ours(img, base.expand(3, -1)) * weights).sum(), base)
+        (expected,) = torch.autograd.grad((ref(img, base.expand(3, -1).contiguous()) * weights).sum(), base)
+        assert torch.allclose(got, expected, rtol=1e-12, atol=1e-14)

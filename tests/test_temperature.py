@@ -138,3 +138,16 @@ def test_margin_cross_entropy_with_the_tau_the_logits_were_divided_by(symmetric)
     # the documented pitfall, measured: a float tau treats -m / tau as a constant, the gradient is off
     (g_float,) = torch.autograd.grad(margin_cross_entropy(sim / tau, -0.2, 0.2, symmetric), tau)
     assert not torch.allclose(g_float, g_exp, rtol=1e-3)
+
+
+def test_replay_openai_clip_46_clamped_logit_scale():
+    """openai/CLIP#46: CLIP clamps the learned scale at 100 (``logit_scale.exp().clamp(max=100)``); through
+    MarginNCE the gradient is CE's: zero once clamped, nonzero below the clamp."""
+    sim = _sim(4, 8)
+    for start, clamped in ((math.log(1 / 0.07), False), (math.log(200.0), True)):
+        logit_scale = torch.nn.Parameter(torch.tensor(start, dtype=torch.float64))
+        tau = 1 / logit_scale.exp().clamp(max=100)
+        (grad,) = torch.autograd.grad(MarginNCE(-0.2, tau)(sim), logit_scale)
+        (expected,) = torch.autograd.grad(_ce_oracle(sim, -0.2, 1 / logit_scale.exp().clamp(max=100)), logit_scale)
+        assert torch.allclose(grad, expected, rtol=1e-10, atol=0)
+        assert (grad == 0) == clamped
