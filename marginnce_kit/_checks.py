@@ -1,12 +1,12 @@
 """Argument checks of the kit, in the package's message style (``<name>: expected <what>, got <value>``).
 
-The bool / int / finite / positive / choice checks are :mod:`marginnce_loss._validation`'s own,
+The bool / int / finite / positive / choice checks are :mod:`marginnce_loss.validation`'s own,
 re-exported; this module adds the kit's string, path and range checks.
 """
 
 from __future__ import annotations
 
-from marginnce_loss._validation import check_bool, check_choice, check_finite, check_int, check_positive
+from marginnce_loss.validation import check_bool, check_choice, check_finite, check_int, check_positive
 
 
 def check_str(name: str, value: object) -> str:

@@ -15,7 +15,7 @@ max-MIL similarity.
 torch.Size([])
 """
 
-from . import adapters, distributed, functional
+from . import adapters, distributed, functional, validation
 from .distributed import all_gather_with_grad, gathered_localization_margin_nce
 from .functional import (
     BACKENDS,
@@ -38,6 +38,7 @@ __all__ = [
     "functional",
     "adapters",
     "distributed",
+    "validation",
     "all_gather_with_grad",
     "gathered_localization_margin_nce",
     "margin_nce",

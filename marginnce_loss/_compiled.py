@@ -9,15 +9,13 @@
   around them are fused, forward and backward. A new batch size does not recompile.
 - ``"auto"``: ``"compiled"`` for CUDA tensors, ``"eager"`` otherwise (CPU compile time rarely pays
   for itself in a training loop; pass ``"compiled"`` to ask for it) -- except the max-MIL kernels
-  (:data:`CUDA_UNVERIFIED`), which stay eager on CUDA. On an H200 with torch 2.11 the compiled max-MIL
-  loss first returned the right value with all-zero gradients; after the per-block sorted backward
-  inductor failed to compile that backward (``InductorError: NotImplementedError: View`` in its
-  ``searchsorted`` lowering; ``benchmarks/results/device-check-cuda-nvidia-h200.md``). The backward now
-  finds its bag offsets with a scatter and a prefix sum instead (no ``searchsorted``); that version has
-  not run on a GPU yet, so the guard stays until the device check passes.
-  An explicit ``backend="compiled"`` for them on CUDA runs compiled and warns once per kernel;
-  ``python -m benchmarks.device_check`` runs the CUDA test
-  (``tests/test_fused.py::test_compiled_matches_eager_on_cuda``) that decides when to lift this.
+  (:data:`CUDA_UNVERIFIED`), which stay eager on CUDA until ``python -m benchmarks.device_check``
+  passes ``tests/test_fused.py::test_compiled_matches_eager_on_cuda`` (the record of why:
+  ``docs/notes/compiled-history.md``). An explicit ``backend="compiled"`` for them on CUDA runs
+  compiled and warns once per kernel.
+
+A learnable temperature (``tau`` a tensor that requires grad) runs the eager kernels, whose loss is
+plain autograd in ``tau``; asked for ``"compiled"`` (or ``"auto"`` on CUDA) it warns once per call site.
 
 If compilation is unavailable (no working C++ compiler or Triton, an unsupported Python, ...) a
 :class:`CompiledKernel` falls back to eager, warns once for that kernel and stays eager.
@@ -29,11 +27,14 @@ input signature, not once per call) and each kernel's fallback flag; nothing els
 
 from __future__ import annotations
 
+import os
+import sys
 import warnings
 from collections.abc import Callable
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from . import _kernels
 from ._validation import check_choice
@@ -46,7 +47,11 @@ __all__ = [
     "compile_dynamic",
     "compiled_available",
     "resolve_backend",
-    "run",
+    "thresholded",
+    "maximum",
+    "thresholded_loss",
+    "max_loss",
+    "max_xmil",
 ]
 
 BACKENDS = ("auto", "eager", "compiled")
@@ -113,8 +118,8 @@ class CompiledKernel:
         if not self._warned_cuda:
             self._warned_cuda = True
             warnings.warn(
-                f"marginnce_loss: backend='compiled' for {self.name} on CUDA is unverified: on an H200 with "
-                "torch 2.11 its gradients came out all zero, then its backward failed to compile; use "
+                f"marginnce_loss: backend='compiled' for {self.name} on CUDA is unverified (see "
+                "docs/notes/compiled-history.md); use "
                 "backend='eager' (what 'auto' picks) unless python -m benchmarks.device_check passes its CUDA "
                 "tests on your machine",
                 RuntimeWarning,
@@ -164,7 +169,7 @@ KERNELS: dict[str, CompiledKernel] = {
 }
 
 
-def run(name: str, backend: str, device: torch.device, *args: Any) -> Any:
+def _run(name: str, backend: str, device: torch.device, *args: Any) -> Any:
     """Run kernel ``name`` of :data:`KERNELS` eagerly or compiled, per :func:`resolve_backend`."""
     kernel = KERNELS[name]
     if resolve_backend(backend, device, name) == "compiled":
@@ -172,3 +177,61 @@ def run(name: str, backend: str, device: torch.device, *args: Any) -> Any:
             kernel.warn_unverified_on_cuda()
         return kernel(*args)
     return kernel.fn(*args)
+
+
+def _caller_stacklevel() -> int:
+    """The ``stacklevel`` of the first frame outside this package and torch (the user's call site)."""
+    level, frame = 2, sys._getframe(2)
+    while frame is not None and frame.f_code.co_filename.startswith(_INSIDE):
+        frame, level = frame.f_back, level + 1  # type: ignore[assignment]
+    return level
+
+
+_INSIDE = (os.path.dirname(os.path.abspath(__file__)), os.path.dirname(os.path.abspath(torch.__file__)))
+
+
+def _loss_backend(backend: str, device: torch.device, name: str, tau: float | torch.Tensor) -> str:
+    """``backend``, or ``"eager"`` with one warning per call site when ``tau`` is learnable and it would compile."""
+    if isinstance(tau, torch.Tensor) and resolve_backend(backend, device, name) == "compiled":
+        warnings.warn(
+            f"marginnce_loss: a learnable tau (a tensor that requires grad) runs {KERNELS[name].name} with the "
+            "eager kernels (exact gradients for tau), not backend='compiled'; pass backend='eager' to silence this",
+            RuntimeWarning,
+            stacklevel=_caller_stacklevel(),
+        )
+        return "eager"
+    return backend
+
+
+def thresholded(img: Tensor, aud: Tensor, *, epsilon: float, beta: float, recompute: bool, backend: str) -> Tensor:
+    """Eq. 1, ``[B, B']`` (:func:`marginnce_loss._kernels.thresholded`), eager or compiled."""
+    return _run("thresholded", backend, img.device, img, aud, epsilon, beta, recompute)  # type: ignore[no-any-return]
+
+
+def maximum(img: Tensor, aud: Tensor, *, backend: str) -> Tensor:
+    """Max-MIL similarity, ``[B, B']`` (:func:`marginnce_loss._kernels.maximum`), eager or compiled."""
+    return _run("max", backend, img.device, img, aud)  # type: ignore[no-any-return]
+
+
+def thresholded_loss(
+    img: Tensor, aud: Tensor, *, epsilon: float, beta: float, recompute: bool, margin: float,
+    tau: float | Tensor, symmetric: bool, reduction: str, backend: str,
+) -> Tensor:
+    """Eq. 1 + eq. 3 as one kernel (:func:`marginnce_loss._kernels.thresholded_loss`); learnable ``tau``: eager."""
+    backend = _loss_backend(backend, img.device, "thresholded_loss", tau)
+    return _run(  # type: ignore[no-any-return]
+        "thresholded_loss", backend, img.device, img, aud, epsilon, beta, recompute, margin, tau, symmetric, reduction
+    )
+
+
+def max_loss(
+    img: Tensor, aud: Tensor, *, margin: float, tau: float | Tensor, symmetric: bool, reduction: str, backend: str
+) -> Tensor:
+    """Max-MIL + eq. 3 as one kernel (:func:`marginnce_loss._kernels.max_loss`); a learnable ``tau`` runs eager."""
+    backend = _loss_backend(backend, img.device, "max_loss", tau)
+    return _run("max_loss", backend, img.device, img, aud, margin, tau, symmetric, reduction)  # type: ignore[no-any-return]
+
+
+def max_xmil(img: Tensor, aud: Tensor, *, tau: float, margin: float, backend: str) -> tuple[Tensor, Tensor]:
+    """EZ-VSL's ``(loss, Slogits)`` (:func:`marginnce_loss._kernels.max_xmil`), eager or compiled."""
+    return _run("max_xmil", backend, img.device, img, aud, tau, margin)  # type: ignore[no-any-return]

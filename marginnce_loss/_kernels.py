@@ -32,11 +32,7 @@ from torch import Tensor
 from torch.nn import functional as nnf
 from torch.utils.checkpoint import checkpoint
 
-from ._validation import opmath_dtype
-
-# float32 sigmoid leaves the normal range below about -87 (float64: -708); past a margin from that we switch
-# the soft-threshold weights to a shifted log-space form that cannot underflow.
-_STABLE_LIMIT = {torch.float32: 80.0, torch.float64: 700.0}
+from ._numeric import needs_stable_weights, opmath_dtype
 
 
 # --------------------------------------------------------------------------- response maps
@@ -83,6 +79,15 @@ def _rows_block(img: Tensor, i0: int, i1: int) -> Tensor:
 def _alpha_rows(x: Tensor, aud: Tensor, k: int) -> Tensor:
     """Response maps of a block from its rows ``x`` ``[k*HW, C]``: one product, ``[k, HW, B']`` (input dtype)."""
     return torch.mm(x, aud.t()).view(k, -1, aud.shape[0])
+
+
+def _empty_grad(img: Tensor) -> Tensor:
+    """An uninitialised gradient for ``img``: channels-last when ``img`` is, NCHW-contiguous otherwise.
+
+    Not ``empty_like``: a permuted ``img``'s strides (``x.transpose(2, 3)``) break the backward's ``view`` s.
+    """
+    fmt = torch.channels_last if _is_channels_last(img) else torch.contiguous_format
+    return torch.empty(img.shape, dtype=img.dtype, device=img.device, memory_format=fmt)
 
 
 def _write_rows(grad_img: Tensor, rows: Tensor, i0: int, i1: int) -> None:
@@ -134,7 +139,7 @@ def _fits(img: Tensor, aud: Tensor, maps: bool, rows: bool = True) -> bool:
 
 
 def _batched(img: Tensor, aud: Tensor) -> bool:
-    """Eq. 1 on an NCHW ``img`` with one CPU thread and ``B' < 4 HW``: batched products, no copies.
+    """Eq. 1 on an NCHW-contiguous ``img`` with one CPU thread and ``B' < 4 HW``: batched products, no copies.
 
     ``A @ V_i`` per image (maps ``[k, B', HW]``), ``A^T G_i`` straight into the NCHW gradient and
     ``addbmm`` for the audio gradient. The rule is measured (``python -m benchmarks.run --threads 1``
@@ -148,18 +153,13 @@ def _batched(img: Tensor, aud: Tensor) -> bool:
     return (
         img.device.type == "cpu"
         and not torch.compiler.is_compiling()
-        and not _is_channels_last(img)
+        and img.is_contiguous()
         and torch.get_num_threads() == 1
         and aud.shape[0] < 4 * h * w
     )
 
 
 # --------------------------------------------------------------------------- eq. 1 kernel
-def needs_stable_weights(epsilon: float, beta: float, dtype: torch.dtype) -> bool:
-    """Whether the soft-threshold weights of cosine responses could underflow (see ``_STABLE_LIMIT``)."""
-    return (1.0 + abs(epsilon)) / beta > _STABLE_LIMIT[opmath_dtype(dtype)]
-
-
 def _soft_weights(a: Tensor, epsilon: float, beta: float, sign: float, stable: bool, dim: int = -1) -> Tensor:
     r"""``w = sigma(sign * (a - epsilon) / beta)`` over dimension ``dim``, up to a factor per slice.
 
@@ -279,7 +279,7 @@ class ThresholdedSimilarity(torch.autograd.Function):
                 grads = list(torch.autograd.grad(dense, inputs, grad, create_graph=True))
             return (grads.pop(0) if need_img else None), (grads.pop(0) if need_aud else None), None, None, None
         op = opmath_dtype(img.dtype)
-        grad_img = torch.empty_like(img) if need_img else None
+        grad_img = _empty_grad(img) if need_img else None
         grad_aud = aud.new_zeros(aud.shape) if need_aud else None
         batched = ctx.batched
         dim = -1 if batched else 1
@@ -349,7 +349,7 @@ def _max_backward_sparse(
     b, c, h, w = img.shape
     hw = h * w
     g = grad.to(img.dtype)
-    grad_img = torch.empty_like(img) if need_img else None
+    grad_img = _empty_grad(img) if need_img else None
     grad_aud = aud.new_zeros(aud.shape) if need_aud else None
     for i0, i1 in _blocks(img, aud):
         k = i1 - i0
@@ -432,18 +432,21 @@ def maximum(img: Tensor, aud: Tensor, alpha: Tensor | None = None) -> Tensor:
 def margin_nce_core(
     sim: Tensor,
     margin: float,
-    tau: float,
+    tau: float | Tensor,
     symmetric: bool = False,
     extra_negatives: Tensor | None = None,
     reduction: str = "mean",
 ) -> Tensor:
     r"""marginNCE (paper eq. 3) without argument checks; see :func:`marginnce_loss.functional.margin_nce`.
+    A tensor ``tau`` (learnable) goes through the same plain autograd ops, so its gradient is exact.
 
     .. math:: \ell_i = -\log\operatorname{softmax}_j\!\left(\frac{S_{ij} - m\,\delta_{ij}}{\tau}\right)_{j=i}
     """
     dtype = opmath_dtype(sim.dtype)
     if extra_negatives is not None:
         dtype = torch.promote_types(dtype, opmath_dtype(extra_negatives.dtype))
+    if isinstance(tau, Tensor):  # a learnable temperature: autograd carries d loss / d tau through these ops
+        tau = tau.to(dtype=dtype, device=sim.device)
     logits = sim.to(dtype) / tau
     b = logits.shape[0]
     # (S_ii - m) / tau on the diagonal, S_ij / tau elsewhere (the constant in the logits' dtype)
@@ -473,7 +476,7 @@ def thresholded_loss(
     beta: float,
     recompute: bool,
     margin: float,
-    tau: float,
+    tau: float | Tensor,
     symmetric: bool,
     reduction: str,
 ) -> Tensor:
@@ -481,7 +484,7 @@ def thresholded_loss(
     return margin_nce_core(thresholded(img, aud, epsilon, beta, recompute), margin, tau, symmetric, None, reduction)
 
 
-def max_loss(img: Tensor, aud: Tensor, margin: float, tau: float, symmetric: bool, reduction: str) -> Tensor:
+def max_loss(img: Tensor, aud: Tensor, margin: float, tau: float | Tensor, symmetric: bool, reduction: str) -> Tensor:
     """``margin_nce_core(maximum(img, aud), margin, tau, symmetric, None, reduction)``."""
     return margin_nce_core(maximum(img, aud), margin, tau, symmetric, None, reduction)
 

@@ -11,19 +11,16 @@ steps (``functional._...``, ``_kernels``); nothing checks the same tensor twice 
 
 from __future__ import annotations
 
-import functools
-import inspect
 import math
 import numbers
 import warnings
-from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from collections.abc import Sequence
 
 import torch
 
-REDUCTIONS = ("mean", "sum", "none")
+from ._numeric import opmath_dtype
 
-_Function = TypeVar("_Function", bound=Callable[..., Any])
+REDUCTIONS = ("mean", "sum", "none")
 
 #: Largest allowed deviation of a feature's L2 norm from 1 before :func:`warn_unnormalized` warns
 #: (a float32 unit vector rounded to bfloat16 is off by at most ~2e-3).
@@ -69,7 +66,7 @@ def _real(name: str, value: object) -> float:
             raise TypeError(f"{name}: expected {expected}, got a 0-d tensor of dtype {value.dtype}")
         if value.requires_grad:
             raise TypeError(
-                f"{name}: expected {expected} without grad (a learnable {name} is not supported), "
+                f"{name}: expected {expected} without grad (only the temperature tau of eq. 3 may be learnable), "
                 f"got a 0-d tensor that requires grad; pass {name}.detach()"
             )
         return float(value.item())
@@ -109,6 +106,28 @@ def check_positive(name: str, value: object) -> float:
     return v
 
 
+def check_temperature(name: str, value: object) -> float | torch.Tensor:
+    """The temperature of eq. 3: as :func:`check_positive`, or a 0-d floating tensor that requires grad
+    (a learnable temperature: ``nn.Parameter(torch.tensor(0.07))``, or ``1 / logit_scale.exp()``),
+    returned as that tensor so the gradient reaches it. Its value is checked (one host sync).
+
+    Raises:
+        TypeError: as :func:`check_positive`; a tensor that requires grad but is not 0-d floating point.
+        ValueError: NaN, infinite or ``<= 0``.
+    """
+    if not (isinstance(value, torch.Tensor) and value.requires_grad):
+        return check_positive(name, value)
+    if value.dim() != 0 or not value.dtype.is_floating_point:
+        raise TypeError(
+            f"{name}: expected a learnable temperature as a 0-d floating-point tensor, got shape "
+            f"{tuple(value.shape)} dtype {value.dtype}"
+        )
+    v = float(value.detach())
+    if not math.isfinite(v) or v <= 0:
+        raise ValueError(f"{name}: expected a finite float > 0, got a tensor holding {v!r}")
+    return value
+
+
 def check_choice(name: str, value: object, choices: Sequence[str]) -> str:
     """One of ``choices``.
 
@@ -118,45 +137,6 @@ def check_choice(name: str, value: object, choices: Sequence[str]) -> str:
     if not isinstance(value, str) or value not in choices:
         raise ValueError(f"{name}: expected one of {tuple(choices)}, got {value!r}")
     return value
-
-
-def renamed_keyword(old: str, new: str) -> Callable[[_Function], _Function]:
-    """Keep ``old=`` working as a deprecated keyword alias of the parameter ``new``.
-
-    The decorated function is called with ``new=value`` and a ``DeprecationWarning`` names both;
-    its signature (``inspect.signature``, ``help``) shows ``new`` only.
-
-    Raises (at call time):
-        TypeError: both ``new`` (by keyword or position) and ``old`` given.
-    """
-
-    def decorate(func: _Function) -> _Function:
-        signature = inspect.signature(func)
-
-        @functools.wraps(func)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            if old in kwargs:
-                value = kwargs.pop(old)
-                try:
-                    given = signature.bind_partial(*args, **kwargs).arguments
-                except TypeError:  # another wrong call: let the function raise its own error
-                    given = {}
-                if new in given:
-                    raise TypeError(
-                        f"{old}: expected either {new} or its deprecated alias {old}, got both "
-                        f"({new}={given[new]!r}, {old}={value!r})"
-                    )
-                warnings.warn(
-                    f"{old}: deprecated alias of {new} (the same value); pass {new}={value!r}",
-                    DeprecationWarning,
-                    stacklevel=2,
-                )
-                kwargs[new] = value
-            return func(*args, **kwargs)
-
-        return wrapper  # type: ignore[return-value]
-
-    return decorate
 
 
 def check_features(name: str, tensor: object, ndim: int, layout: str) -> torch.Tensor:
@@ -265,11 +245,6 @@ def check_sim(sim: object, extra_negatives: object | None) -> torch.Tensor:
             f"extra_negatives: expected a tensor on sim's device {sim.device}, got device {extra.device}"
         )
     return sim
-
-
-def opmath_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype the reductions run in: float64 stays float64, everything else is float32."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 # ---------------------------------------------------------------- the input guard of the modules

@@ -199,7 +199,7 @@ def all_gather_with_grad(x: Tensor, group: Any | None = None) -> Tensor:
     return GatherWithGrad.apply(x, sizes, group)
 
 
-def _margin_nce_at_offset(sim: Tensor, offset: int, margin: float, tau: float) -> Tensor:
+def _margin_nce_at_offset(sim: Tensor, offset: int, margin: float, tau: float | Tensor) -> Tensor:
     r"""Per-anchor marginNCE for ``[B, N]`` scores whose row ``i`` has its positive at column ``offset + i``.
 
     Expressed through eq. 3's one implementation (``functional._margin_nce``, unchecked): the square
@@ -284,7 +284,7 @@ def _gathered_loss(
     aud: Tensor,
     similarity: Callable[[Tensor, Tensor], Tensor],
     margin: float,
-    tau: float,
+    tau: float | Tensor,
     symmetric: bool,
     reduction: str,
     group: Any | None,

@@ -57,6 +57,7 @@ from ._validation import (
     check_pair,
     check_positive,
     check_sim,
+    check_temperature,
 )
 
 __all__ = [
@@ -182,7 +183,7 @@ def thresholded_similarity(
 def _thresholded_similarity(
     img: Tensor, aud: Tensor, epsilon: float, beta: float, backend: str = "auto", recompute: bool = False
 ) -> Tensor:
-    return _compiled.run("thresholded", backend, img.device, img, aud, epsilon, beta, recompute)
+    return _compiled.thresholded(img, aud, epsilon=epsilon, beta=beta, recompute=recompute, backend=backend)
 
 
 def max_similarity(img: Tensor, aud: Tensor, backend: str = "auto") -> Tensor:
@@ -217,17 +218,18 @@ def max_similarity(img: Tensor, aud: Tensor, backend: str = "auto") -> Tensor:
 
 
 def _max_similarity(img: Tensor, aud: Tensor, backend: str = "auto") -> Tensor:
-    return _compiled.run("max", backend, img.device, img, aud)
+    return _compiled.maximum(img, aud, backend=backend)
 
 
 def _similarity_loss(
     img: Tensor,
     aud: Tensor,
+    *,
     similarity: str,
     epsilon: float,
     beta: float,
     margin: float,
-    tau: float,
+    tau: float | Tensor,
     symmetric: bool,
     reduction: str,
     backend: str = "auto",
@@ -236,20 +238,26 @@ def _similarity_loss(
 
     ``S`` is :func:`max_similarity` for ``similarity="max"``, else :func:`thresholded_similarity`.
     Under ``backend="compiled"`` the similarity, its threshold and reductions and the loss are one
-    compiled graph, forward and backward. The caller has checked every argument (``check_pair``
-    with ``same_batch``, ``check_has_negatives``, the scalars).
+    compiled graph, forward and backward (a learnable ``tau`` runs eager, see
+    :mod:`marginnce_loss._compiled`). The caller has checked every argument (``check_pair`` with
+    ``same_batch``, ``check_has_negatives``, the scalars).
     """
     if similarity == "max":
-        return _compiled.run("max_loss", backend, img.device, img, aud, margin, tau, symmetric, reduction)
-    return _compiled.run(
-        "thresholded_loss", backend, img.device, img, aud, epsilon, beta, False, margin, tau, symmetric, reduction
+        return _compiled.max_loss(
+            img, aud, margin=margin, tau=tau, symmetric=symmetric, reduction=reduction, backend=backend
+        )
+    return _compiled.thresholded_loss(
+        img, aud, epsilon=epsilon, beta=beta, recompute=False, margin=margin, tau=tau, symmetric=symmetric,
+        reduction=reduction, backend=backend,
     )
 
 
-def _max_xmil_loss(img: Tensor, aud: Tensor, tau: float, margin: float, backend: str = "auto") -> tuple[Tensor, Tensor]:
+def _max_xmil_loss(
+    img: Tensor, aud: Tensor, *, tau: float, margin: float, backend: str = "auto"
+) -> tuple[Tensor, Tensor]:
     """EZ-VSL's ``(margin_nce(max_similarity(img, aud), margin, tau, symmetric=True), alpha / tau)``
     from one matrix product (compiled as one graph under ``backend="compiled"``); checked inputs, ``B >= 2``."""
-    return _compiled.run("max_xmil", backend, img.device, img, aud, tau, margin)  # type: ignore[no-any-return]
+    return _compiled.max_xmil(img, aud, tau=tau, margin=margin, backend=backend)
 
 
 def background_similarity(img: Tensor, aud: Tensor, epsilon: float = 0.4, beta: float = 0.03) -> Tensor:
@@ -293,7 +301,7 @@ def _background_similarity(img: Tensor, aud: Tensor, epsilon: float, beta: float
 def margin_nce(
     sim: Tensor,
     margin: float = -0.2,
-    tau: float = 0.07,
+    tau: float | Tensor = 0.07,
     symmetric: bool = False,
     extra_negatives: Tensor | None = None,
     reduction: str = "mean",
@@ -313,6 +321,12 @@ def margin_nce(
     the input dtype, so a half-precision ``sim`` gives the loss of that ``sim`` to float32 accuracy
     (the rounding of ``sim`` itself is the caller's: see the README's precision table).
 
+    A learnable temperature (CLIP-style): ``tau`` may be a 0-d tensor that requires grad, e.g.
+    ``tau = 1 / logit_scale.exp()`` with ``logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))``
+    computed afresh each step. The scale applies to the margin-shifted similarities (eq. 3): the loss
+    and the gradient reaching ``tau`` are those of ``F.cross_entropy((sim - m I) / tau, arange(B))``
+    (plain autograd ops, exact).
+
     ``sim`` should hold similarities in ``[-1, 1]`` (cosines), not logits: the loss divides by
     ``tau`` itself (for logits use :func:`marginnce_loss.adapters.margin_cross_entropy`);
     :class:`~marginnce_loss.MarginNCE` warns on the first call when it is not so.
@@ -320,7 +334,8 @@ def margin_nce(
     Args:
         sim: ``[B, B]`` similarities, row ``i`` = image ``i``, column ``j`` = audio ``j``.
         margin: ``m``, finite (a float, numpy scalar or 0-d array, 0-d tensor).
-        tau: temperature, finite and > 0.
+        tau: temperature, finite and > 0: a float (numpy scalar, 0-d tensor), or a 0-d floating tensor
+            that requires grad (learnable; its value is checked with one host sync).
         symmetric: add the column direction.
         extra_negatives: optional ``[B, K]`` further negative similarities per row
             (e.g. LVS's background similarity, ``background_similarity(...).unsqueeze(1)``).
@@ -347,7 +362,7 @@ def margin_nce(
     """
     check_sim(sim, extra_negatives)
     margin = check_finite("margin", margin)
-    tau = check_positive("tau", tau)
+    tau = check_temperature("tau", tau)
     check_bool("symmetric", symmetric)
     check_choice("reduction", reduction, REDUCTIONS)
     return _margin_nce(sim, margin, tau, symmetric, extra_negatives, reduction)

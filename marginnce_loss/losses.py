@@ -6,6 +6,8 @@ e.g. by a margin schedule); ``forward`` checks its tensors once and calls the un
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
@@ -19,6 +21,7 @@ from ._validation import (
     check_pair,
     check_positive,
     check_sim,
+    check_temperature,
     warn_out_of_range,
     warn_unnormalized,
 )
@@ -33,9 +36,9 @@ class _MarginNCEBase(nn.Module):
     """The eq. 3 settings both modules share, validated on construction and on assignment."""
 
     _margin: float
-    _tau: float
+    _tau: float | Tensor
 
-    def __init__(self, margin: float, tau: float, symmetric: bool, reduction: str, check_inputs: bool) -> None:
+    def __init__(self, margin: float, tau: float | Tensor, symmetric: bool, reduction: str, check_inputs: bool) -> None:
         super().__init__()
         self.margin = margin  # the setters check and convert
         self.tau = tau
@@ -43,6 +46,14 @@ class _MarginNCEBase(nn.Module):
         self.reduction = check_choice("reduction", reduction, REDUCTIONS)
         self.check_inputs = check_bool("check_inputs", check_inputs)
         self._inputs_checked = False
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # margin and tau go through their checked properties, also for an nn.Parameter tau (which
+        # nn.Module would otherwise register as this loss's parameter, bypassing the check)
+        if name in ("margin", "tau"):
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
 
     @property
     def margin(self) -> float:
@@ -54,13 +65,14 @@ class _MarginNCEBase(nn.Module):
         self._margin = check_finite("margin", value)
 
     @property
-    def tau(self) -> float:
-        """The temperature of eq. 3 (> 0); assignable, checked."""
+    def tau(self) -> float | Tensor:
+        """The temperature of eq. 3 (> 0); assignable, checked. A float, or the learnable 0-d tensor given
+        (held by reference, not registered as this loss's parameter: optimise it where it was created)."""
         return self._tau
 
     @tau.setter
     def tau(self, value: object) -> None:
-        self._tau = check_positive("tau", value)
+        self.__dict__["_tau"] = check_temperature("tau", value)
 
     def _first_call(self) -> bool:
         """Whether the input guard should run now (``check_inputs`` and not yet run); marks it run."""
@@ -89,10 +101,17 @@ class MarginNCE(_MarginNCEBase):
     this (one reduction, one host sync) and warns once if ``|sim|`` exceeds 1 (e.g. logits already
     divided by ``tau``, or dot products of unnormalised features); later calls do not check.
 
+    Learnable temperature (CLIP-style): ``tau`` may be an ``nn.Parameter`` 0-d tensor, used as it is
+    every call; a temperature derived from a parameter (``1 / logit_scale.exp()``) is a new tensor each
+    step, so assign it before each call: ``loss_fn.tau = 1 / logit_scale.exp()`` (checked, one host
+    sync). The loss and the gradient reaching ``tau`` are those of
+    ``F.cross_entropy((S - m I) / tau, arange(B))``; the compiled backend is not used then (eager,
+    with one ``RuntimeWarning`` per call site when ``"compiled"`` would have run).
+
     Args:
         margin: ``m``; negative loosens the positive's decision boundary (paper: -0.2). A float, a
             numpy scalar or a 0-d tensor (read once; assign :attr:`margin` again to schedule it).
-        tau: temperature (> 0).
+        tau: temperature (> 0), or a learnable 0-d tensor that requires grad (see below).
         symmetric: also add the column (audio-anchor) direction, EZ-VSL style.
         reduction: ``"mean"`` | ``"sum"`` | ``"none"``.
         check_inputs: check on the first call that the similarities lie in ``[-1, 1]`` (warns).
@@ -119,7 +138,7 @@ class MarginNCE(_MarginNCEBase):
     def __init__(
         self,
         margin: float = -0.2,
-        tau: float = 0.07,
+        tau: float | Tensor = 0.07,
         symmetric: bool = False,
         reduction: str = "mean",
         check_inputs: bool = True,
@@ -178,7 +197,8 @@ class LocalizationMarginNCE(_MarginNCEBase):
     Args:
         similarity: ``"thresholded"`` (eq. 1) or ``"max"`` (max-MIL).
         margin: ``m`` of eq. 3 (paper: -0.2); a float, numpy scalar or 0-d array, 0-d tensor, assignable.
-        tau: temperature of eq. 3, > 0 (paper: 0.07; EZ-VSL: 0.03).
+        tau: temperature of eq. 3, > 0 (paper: 0.07; EZ-VSL: 0.03), or a learnable 0-d tensor
+            (CLIP-style, as in :class:`MarginNCE`; then the eager kernels run).
         epsilon: eq. 1's threshold (paper: 0.65); unused by ``"max"``.
         beta: eq. 1's sigmoid temperature, > 0 (paper: 0.03); unused by ``"max"``.
         symmetric: also add the column (audio-anchor) direction, EZ-VSL style.
@@ -214,7 +234,7 @@ class LocalizationMarginNCE(_MarginNCEBase):
         self,
         similarity: str = "thresholded",
         margin: float = -0.2,
-        tau: float = 0.07,
+        tau: float | Tensor = 0.07,
         epsilon: float = 0.65,
         beta: float = 0.03,
         symmetric: bool = False,
@@ -280,8 +300,8 @@ class LocalizationMarginNCE(_MarginNCEBase):
                 img, aud, self._similarity, self.margin, self.tau, self.symmetric, self.reduction, None
             )
         return F._similarity_loss(
-            img, aud, self.similarity, self.epsilon, self.beta, self.margin, self.tau, self.symmetric,
-            self.reduction, self.backend,
+            img, aud, similarity=self.similarity, epsilon=self.epsilon, beta=self.beta, margin=self.margin,
+            tau=self.tau, symmetric=self.symmetric, reduction=self.reduction, backend=self.backend,
         )
 
     def extra_repr(self) -> str:

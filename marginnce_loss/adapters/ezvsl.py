@@ -69,6 +69,6 @@ def max_xmil_loss(
     check_choice("backend", backend, F.BACKENDS)
     if img.shape[0] > 1:
         # max(alpha) / tau inside margin_nce is bitwise upstream's max(alpha / tau): same element, same division
-        return F._max_xmil_loss(img, aud, tau, margin, backend)
+        return F._max_xmil_loss(img, aud, tau=tau, margin=margin, backend=backend)
     alpha = _kernels.pairwise(img, aud)
     return single_clip_loss(alpha.flatten(-2).max(dim=-1).values), alpha / tau

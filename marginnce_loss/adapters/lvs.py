@@ -21,7 +21,8 @@ import torch
 from torch import Tensor
 
 from .. import functional as F
-from .._validation import check_bool, check_choice, check_finite, check_pair, check_positive, renamed_keyword
+from .._deprecation import renamed_keyword
+from .._validation import check_bool, check_choice, check_finite, check_pair, check_positive
 
 __all__ = ["lvs_logits", "DIAGONAL_MODES"]
 

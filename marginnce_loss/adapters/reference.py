@@ -60,7 +60,10 @@ def loss(
     beta = check_positive("beta", beta)
     tau = check_positive("tau", tau)
     check_choice("backend", backend, F.BACKENDS)
-    value = F._similarity_loss(img, aud, "thresholded", epsilon, beta, margin, tau, False, "mean", backend)
+    value = F._similarity_loss(
+        img, aud, similarity="thresholded", epsilon=epsilon, beta=beta, margin=margin, tau=tau, symmetric=False,
+        reduction="mean", backend=backend,
+    )
     with torch.no_grad():
         maps = F._response_map(img, aud)
     return value, maps
