@@ -346,11 +346,16 @@ def execute_jobs(pairs: Sequence[tuple[Runner, RunSpec]], jobs: int) -> None:
                     done = i
                     print(f"  [{i}/{len(todo)}] {name} done in {seconds:.0f} s", flush=True)
             except StudyInterrupted:
+                # shutdown(wait=False) forgets the pool's manager thread, so a later shutdown(wait=True) cannot
+                # join it: held here, it is joined, and with it go the queues' feeder thread and semaphores
+                manager = getattr(pool, "_executor_manager_thread", None)
                 pool.shutdown(wait=False, cancel_futures=True)  # nothing queued starts
                 _stop_children()
-                pool.shutdown(wait=True)  # the pool's threads and queues go before the one-line report
-                del pool, futures
-                gc.collect()
+                pool.shutdown(wait=True)
+                if manager is not None:
+                    manager.join(10.0)
+                del pool, futures, manager
+                gc.collect()  # the pool's semaphores are gone before its resource tracker stops
                 _stop_resource_tracker()
                 raise
             pool.shutdown(wait=True)
