@@ -2,7 +2,7 @@
 Table 4 (heard / unheard classes), the noisy-correspondence study (exploratory), the faulty-negative study and
 Fig. 1-style figures.
 
-    python -m marginnce_kit.table5                       # Table 5 on the embedded VGGSound-like data (Ours 12 seeds, LVS / EZ-VSL 2)
+    python -m marginnce_kit.table5                       # Table 5 on the embedded VGGSound-like data (Ours 8 seeds, LVS / EZ-VSL 2)
     python -m marginnce_kit.table5 --dataset default     # the same on the earlier 10-class embedded data
     python -m marginnce_kit.table5 --preset smoke        # the same study in minutes (CI runs it)
     python -m marginnce_kit.table5 --preset full         # Ours at 64 seeds, the others at 10; every study

@@ -199,7 +199,7 @@ def test_table5_seeds_per_method():
     assert seeds_text((0, 1)) == "seeds [0, 1]"
     assert seeds_text({"lvs": [0, 1], "reference": [0, 1]}) == "seeds [0, 1]"
     assert seeds_text(plan) == "seeds: LVS, EZ-VSL (w/o OGL) [0, 1]; Ours [0, 1, 2, 3]"
-    assert PRESETS["default"].seed_plan(("lvs", "reference")) == {"lvs": (0, 1), "reference": tuple(range(12))}
+    assert PRESETS["default"].seed_plan(("lvs", "reference")) == {"lvs": (0, 1), "reference": tuple(range(8))}
 
 
 def test_seed_plans_are_checked_before_training(tmp_path):
