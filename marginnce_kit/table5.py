@@ -55,13 +55,7 @@ from .studies.run import run_studies, study_table, study_table4, study_table5, s
 from .studies.runner import Runner, StudyInterrupted, execute_jobs, execute_runs, plan_runs, run_name
 from .studies.tables import (
     DELTA_NOTE,
-    add_margin_effects,
-    bound_table_rows,
     markdown_table,
-    same_clips,
-    study_note,
-    table_row,
-    write_study,
 )
 from .training.config import AUTO_WORKERS, TrainConfig
 from .training.options import add_data_arguments, add_field_argument, check_paths, data_error, read_config_file
@@ -72,10 +66,6 @@ __all__ = ["PRESETS", "PAPER", "METHOD_NAMES", "STUDIES", "TABLE5_ROWS", "TABLE6
            "run_name", "markdown_table", "DELTA_NOTE", "study_table", "study_table5", "study_table6",
            "study_table4", "run_studies", "TRAIN_OVERRIDES", "parse_args", "main"]
 
-# the names these helpers had in the single-module table5.py (kept for callers and notebooks)
-_run_name, _row, _add_margin_effects, _reference_table_rows = run_name, table_row, add_margin_effects, \
-    bound_table_rows
-_same_clips, _write, _note = same_clips, write_study, study_note
 
 #: TrainConfig fields a study run can override for every run (``--epochs`` ...); ``None``: not given
 TRAIN_OVERRIDES = ("batch_size", "backbone", "image_size", "epochs", "limit_steps", "max_failures", "pretrained")

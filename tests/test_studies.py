@@ -19,8 +19,8 @@ from marginnce_kit.studies.figures import plot_study_curves
 from marginnce_kit.studies.paper import LOGIT_MATCHED_MARGIN
 from marginnce_kit.studies.presets import PRESETS, StudyPreset, all_seeds, seeds_of
 from marginnce_kit.studies.runner import figure_seed
-from marginnce_kit.studies.tables import seeds_text
-from marginnce_kit.table5 import PAPER, StudyData, _add_margin_effects, markdown_table, plan_runs
+from marginnce_kit.studies.tables import add_margin_effects, seeds_text, table_row
+from marginnce_kit.table5 import PAPER, StudyData, markdown_table, plan_runs
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -140,9 +140,9 @@ def test_margin_effects_carry_paired_intervals_and_paper_delta():
     better = [np.clip(b + 0.2 * (rng.random(n) < 0.5), 0, 1) for b in base]  # lifts about half the clips
     same = [b.copy() for b in base]
     evals = [[_eval(b) for b in base], [_eval(b) for b in better], [_eval(b) for b in same]]
-    rows = [T5._row("Ours", m, ev, PAPER["table6"][("reference", m)], (0, 1, 2), ids, method_key="reference")
+    rows = [table_row("Ours", m, ev, PAPER["table6"][("reference", m)], (0, 1, 2), ids, method_key="reference")
             for m, ev in zip((0.0, -0.2, -0.1), evals)]
-    _add_margin_effects(rows, evals, ids)
+    add_margin_effects(rows, evals, ids)
     assert "delta_ciou" not in rows[0]
     r = rows[1]
     for key in ("ciou", "auc", "mean_ciou"):
@@ -160,7 +160,7 @@ def test_margin_effects_carry_paired_intervals_and_paper_delta():
 def test_rows_are_scored_on_the_given_clips_only():
     ids = ["a", "b", "c", "d"]
     ev = _eval([0.9, 0.1, 0.8, 0.0], ids)
-    row = T5._row("Ours", 0.0, [ev], None, (0,), ["a", "c"])
+    row = table_row("Ours", 0.0, [ev], None, (0,), ["a", "c"])
     assert row["ciou"] == 100.0 and row["n"] == row["n_test"] == 2
 
 
@@ -277,7 +277,7 @@ def test_figure1_from_checkpoints(tmp_path, monkeypatch):
     test_ids = list(runner.test_set(data.test_list).ids)
     for model, margin in T5.TABLE5_ROWS:
         config = runner._config(model, margin, 0, data.train_list)
-        d = tmp_path / "out" / "runs" / T5._run_name(model, margin, 0)
+        d = tmp_path / "out" / "runs" / T5.run_name(model, margin, 0)
         d.mkdir(parents=True)
         torch.manual_seed(0)
         atomic_save({"model": build_model(config.model_config()).state_dict(), "config": asdict(config), "epoch": 1},

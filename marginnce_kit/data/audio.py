@@ -47,7 +47,6 @@ __all__ = [
     "power_spectrogram",
     "log_spectrogram",
     "center_crop",
-    "centre_crop",
     "load_waveform",
     "load_spectrogram",
     "waveform_from_samples",
@@ -217,7 +216,6 @@ def center_crop(wave: np.ndarray | torch.Tensor, length: int = CLIP_SAMPLES):
     return wave.repeat(reps)[:length]
 
 
-centre_crop = center_crop  # the former spelling
 
 
 def waveform_from_samples(samples: np.ndarray, length: int = CLIP_SAMPLES) -> np.ndarray:

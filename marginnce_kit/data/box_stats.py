@@ -54,7 +54,6 @@ __all__ = [
     "valid_boxes",
     "box_statistics",
     "center_prior_summary",
-    "centre_prior_summary",
     "load_box_stats",
     "main",
 ]
@@ -190,7 +189,6 @@ def center_prior_summary(boxes: Sequence[Sequence[Sequence[float]]], size: int =
     return {"centre_prior": rounded(center), "protocol_ceiling": rounded(ceiling)}
 
 
-centre_prior_summary = center_prior_summary  # the former spelling
 
 
 def load_box_stats(path: str | Path | None = None) -> dict[str, Any]:

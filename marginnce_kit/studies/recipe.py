@@ -26,8 +26,7 @@ from typing import Any
 
 from ..data.synthetic import PRESETS as DATA_PRESETS
 from .presets import _EMBEDDED_TRAIN, embedded_data
-from .runner import Runner, execute_runs
-from .runner import run_name as _run_name
+from .runner import Runner, execute_runs, run_name
 
 __all__ = ["RECIPES", "measure", "main"]
 
@@ -75,7 +74,7 @@ def measure(out: Path, recipes: Sequence[str], seeds: Sequence[int], num_test: i
         for s in seeds:
             r = runner.run(*specs[seeds.index(s)])
             ev = r[data.test_list]
-            run_dir = out / folder / "runs" / _run_name("reference", 0.0, s)
+            run_dir = out / folder / "runs" / run_name("reference", 0.0, s)
             losses = [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()
                       if '"epoch"' in line]
             c = ev["per_clip"]["ciou"]
