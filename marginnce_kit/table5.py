@@ -2,14 +2,14 @@
 Table 4 (heard / unheard classes), the noisy-correspondence study (exploratory), the faulty-negative study and
 Fig. 1-style figures.
 
-    python -m marginnce_kit.table5                       # Table 5 on the embedded VGGSound-like data (Ours 8 seeds, LVS / EZ-VSL 2)
+    python -m marginnce_kit.table5                       # Table 5, embedded VGGSound-like data (Ours 8 seeds, LVS/EZ 2)
     python -m marginnce_kit.table5 --dataset default     # the same on the earlier 10-class embedded data
     python -m marginnce_kit.table5 --preset smoke        # the same study in minutes (CI runs it)
     python -m marginnce_kit.table5 --preset full         # Ours at 64 seeds, the others at 10; every study
     python -m marginnce_kit.table5 --studies table5 table6 table4 noise negatives figures
     python -m marginnce_kit.table5 --train-root data/vggsound --train-list vggss_144k.txt \
         --test-root data/vggss --test-list vggss_test.csv --annotations vggss.json --seeds 0   # the paper's protocol
-    python -m marginnce_kit.table5 ... --seeds 0 --epochs 1 --limit-steps 2 --batch-size 8 --backbone small  # a smoke run
+    python -m marginnce_kit.table5 ... --seeds 0 --epochs 1 --limit-steps 2 --batch-size 8 --backbone small  # smoke
 
 Writes ``<out>/table5.json`` (``{"rows": [...], "n_test", "excluded": [{"id", "reason"}], "data": {...,
 "batch_size", "same_class_negatives_per_anchor"}, ...}``, each row with ``method``, ``margin``, ``n``,
@@ -83,7 +83,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="output folder (None: runs/studies/<preset>; the committed results live in results/ "
                         "and are only rewritten by an explicit --out results/<preset>)")
     p.add_argument("--studies", nargs="+", choices=STUDIES, default=None, help="which studies (None: the preset's)")
-    p.add_argument("--seeds", nargs="+", type=int, default=None, help="override the preset's seeds (every method's, in every study)")
+    p.add_argument("--seeds", nargs="+", type=int, default=None,
+                   help="override the preset's seeds (every method's, in every study)")
     p.add_argument("--dataset", choices=tuple(DATA_PRESETS), default=None,
                    help="the embedded data set (None: the preset's, vggsound-like; default: the earlier 10-class set)")
     add_field_argument(p, "device", help="where to train and evaluate")
@@ -203,7 +204,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in ("noise", "negatives"):
         if name in studies and data is not None:
             raise UsageError(f"the {name} study runs on the embedded data only (it sets the faulty-positive rate "
-                             f"and the classes of the training split)", f"drop --studies {name}, or the real-data paths")
+                             f"and the classes of the training split)",
+                             f"drop --studies {name}, or the real-data paths")
     if args.dataset and data is not None:
         raise UsageError("--dataset names embedded data; real data comes from the paths", "drop --dataset")
     out = Path(args.out) if args.out else Path("runs") / "studies" / args.preset

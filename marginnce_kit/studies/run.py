@@ -90,7 +90,8 @@ def study_table4(runner: Runner, seeds: SeedPlan, meta: dict[str, Any]) -> dict[
     """
     d = runner.data
     if not (d.heard_train_list and d.heard_test_list and d.unheard_test_list):
-        raise ValueError("table4: expected --heard-train-list, --heard-test-list and --unheard-test-list with real data")
+        raise ValueError("table4: expected --heard-train-list, --heard-test-list and --unheard-test-list with real "
+                         "data")
     tests = {"heard": d.heard_test_list, "unheard": d.unheard_test_list}
     for model, margin in TABLE4_RUNS:  # one training run, evaluated on both splits
         for s in seeds_of(seeds, model):
@@ -134,8 +135,9 @@ def study_curves(runner: Runner, seeds: SeedPlan) -> Path:
     return path
 
 
-def run_studies(preset: str | StudyPreset, out: Path, studies: Sequence[str], data: StudyData | None, seeds: Sequence[int] | None,
-                device: str = "cpu", workers: int = 0, progress: bool = True, train_overrides: dict[str, Any] | None = None,
+def run_studies(preset: str | StudyPreset, out: Path, studies: Sequence[str], data: StudyData | None,
+                seeds: Sequence[int] | None, device: str = "cpu", workers: int = 0, progress: bool = True,
+                train_overrides: dict[str, Any] | None = None,
                 jobs: int = 1, noise_grid: dict[str, tuple[float, ...]] | None = None,
                 dataset: str | None = None, plan_only: bool = False, tensorboard: bool = False,
                 label: str | None = None) -> dict[str, Any]:
@@ -206,7 +208,8 @@ def run_studies(preset: str | StudyPreset, out: Path, studies: Sequence[str], da
     meta["compute"] = {"runs": len(jobs_list), "jobs": jobs,
                        "train_and_eval_seconds_total": round(sum(rn.run(*r)["_seconds"]["train_and_eval"]
                                                                  for rn, r in jobs_list), 1),
-                       "cpu_seconds_total": round(sum(rn.run(*r)["_seconds"].get("cpu", 0.0) for rn, r in jobs_list), 1),
+                       "cpu_seconds_total": round(sum(rn.run(*r)["_seconds"].get("cpu", 0.0)
+                                                      for rn, r in jobs_list), 1),
                        "runs_without_cpu_time": sum("cpu" not in rn.run(*r)["_seconds"] for rn, r in jobs_list)}
     for name in ("table5", "table6"):
         if name in studies:

@@ -21,7 +21,8 @@ from .runner import Runner, selected_eval
 from .stats import FEW_SEEDS, LEVEL, common_clips, holm, paired_effects, stack_per_clip
 
 __all__ = ["DELTA_NOTE", "seeds_text", "table_row", "bound_table_rows", "add_margin_effects", "add_selection",
-           "apply_holm", "markdown_table", "markdown_tables", "write_study", "study_note", "same_clips", "model_table", "ROW_METRICS"]
+           "apply_holm", "markdown_table", "markdown_tables", "write_study", "study_note", "same_clips", "model_table",
+           "ROW_METRICS"]
 
 #: The fields of a row that :func:`add_selection` repeats under ``row["best_val"]``.
 ROW_METRICS = ("ciou", "ciou_std", "auc", "auc_std", "mean_ciou", "mean_ciou_std", "per_seed", "delta_ciou",
@@ -139,11 +140,12 @@ def _yes(r: dict[str, Any], key: str) -> str:
     return ("yes" if r[key] else "no") + ("†" if r.get("few_seeds") else "")
 
 
-DELTA_NOTE = ("seeds: training runs averaged in the row; n: test clips. Δ [lo, hi]: the row minus the same method's m = 0 "
-              "row (cIoU / AUC points), both scored on the same test clips and trained with the same seeds (same "
-              "initialisation and data order), with its 95% interval: a t-interval over seeds and clips together "
-              "(a crossed design: every seed scored on every clip; the variance of the grand mean from the rows', "
-              "the columns' and the residual mean squares, Satterthwaite's degrees of freedom; covers a known effect "
+DELTA_NOTE = ("seeds: training runs averaged in the row; n: test clips. Δ [lo, hi]: the row minus the same "
+              "method's m = 0 row (cIoU / AUC points), both scored on the same test clips and trained with the "
+              "same seeds (same initialisation and data order), with its 95% interval: a t-interval over seeds and "
+              "clips together (a crossed design: every seed scored on every clip; the variance of the grand mean "
+              "from the rows', the columns' and the residual mean squares, Satterthwaite's degrees of freedom; "
+              "covers a known effect "
               "93-97% of the time in simulation, tests/test_stats_coverage.py); with one seed, clips only "
               "(scipy.stats.bootstrap, paired). p: two-sided test of Δ cIoU = 0 with the same variance. resolved: the "
               "cIoU interval excludes 0 (one comparison at a time); Holm: resolved after Holm's adjustment over every "
@@ -204,7 +206,8 @@ def write_study(out: Path, name: str, payload: dict[str, Any], md: str) -> None:
 
 
 def seeds_text(seeds: SeedPlan, models: Sequence[str] = tuple(METHOD_NAMES)) -> str:
-    """``"seeds [0, 1, 2]"``, or with per-method seeds ``"seeds: LVS, EZ-VSL (w/o OGL) [0, 1, 2]; Ours [0, 1, 2, 3]"``."""
+    """``"seeds [0, 1, 2]"``, or with per-method seeds
+    ``"seeds: LVS, EZ-VSL (w/o OGL) [0, 1, 2]; Ours [0, 1, 2, 3]"``."""
     if not isinstance(seeds, Mapping) or len({seeds_of(seeds, m) for m in models if m in seeds}) <= 1:
         return f"seeds {list(all_seeds(seeds))}"
     groups: dict[tuple[int, ...], list[str]] = {}
@@ -219,7 +222,8 @@ def study_note(payload: dict[str, Any]) -> str:
     plan = payload.get("seeds_by_method") or payload["seeds"]
     return (f"Data: {payload['data']['source']}; {seeds_text(plan)}; test clips n = {payload['n_test']} "
             f"(every row on the same clips; {excluded} excluded, listed in the JSON). "
-            f"Ours = cIoU (AP50) / AUC / mean cIoU in percent (mean ± std over seeds); paper = VGGSound-144K -> VGG-SS.")
+            f"Ours = cIoU (AP50) / AUC / mean cIoU in percent (mean ± std over seeds); "
+            f"paper = VGGSound-144K -> VGG-SS.")
 
 
 def same_clips(runner: Runner, test: str, evals: list[dict[str, Any]]) -> tuple[list[str], list[dict[str, str]]]:

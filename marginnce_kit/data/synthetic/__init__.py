@@ -2,7 +2,8 @@
 
 Every clip is drawn deterministically from ``(seed, split, index)``, so the same
 configuration always gives byte-identical files, and the loaders, trainers and the
-evaluator of ``marginnce_kit`` run on it unchanged (the on-disk layout of :mod:`marginnce_kit.layout`, the protocol of :mod:`marginnce_kit.protocol`).
+evaluator of ``marginnce_kit`` run on it unchanged (the on-disk layout of :mod:`marginnce_kit.layout`, the
+protocol of :mod:`marginnce_kit.protocol`).
 
 What a clip is
 --------------

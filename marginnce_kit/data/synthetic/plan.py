@@ -1,4 +1,5 @@
-"""What each clip shows and says before anything is drawn: the class prototypes, the box-size sampler (VGG-SS box statistics through a Gaussian copula) and the per-clip plan."""
+"""What each clip shows and says before anything is drawn: the class prototypes, the box-size sampler (VGG-SS box
+statistics through a Gaussian copula) and the per-clip plan."""
 
 from __future__ import annotations
 
@@ -143,7 +144,8 @@ def _quantile_cdf(quantiles: np.ndarray, levels: np.ndarray, x: np.ndarray) -> n
 
 
 def _box_position(rng: np.random.Generator, size_px: int, frame: int, centre_bias: float, n: int = 1) -> np.ndarray:
-    """Top-left pixel(s) of a box of ``size_px`` along one axis: center ``0.5 + t (1 - w) / 2``, ``t = sign(u)|u|^g``."""
+    """Top-left pixel(s) of a box of ``size_px`` along one axis: center ``0.5 + t (1 - w) / 2``,
+    ``t = sign(u)|u|^g``."""
     g = (1.0 + centre_bias) / (1.0 - centre_bias)
     u = rng.uniform(-1.0, 1.0, size=n)
     t = np.sign(u) * np.abs(u) ** g
@@ -163,7 +165,8 @@ def _image_rng(config: EmbeddedConfig, split: str, index: int) -> np.random.Gene
     return np.random.default_rng([config.seed, _STREAM_IMAGE, _SPLIT_CODE[split], index])
 
 
-def _sounding_box(config: EmbeddedConfig, sampler: BoxSizeSampler, rng: np.random.Generator) -> tuple[int, int, int, int]:
+def _sounding_box(config: EmbeddedConfig, sampler: BoxSizeSampler,
+                  rng: np.random.Generator) -> tuple[int, int, int, int]:
     size = config.image_size
     wp, hp = _box_size_px(sampler, rng, size)
     x0 = int(_box_position(rng, wp, size, config.centre_bias)[0])
