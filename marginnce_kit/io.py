@@ -1,4 +1,13 @@
-"""Atomic file writes: the one home of "write beside, then rename over".
+"""The kit's file IO: the one home of reading text files, and of "write beside, then rename over".
+
+Reading (:func:`read_text`, :func:`read_json`, :func:`read_jsonl`, :func:`read_csv_rows`): every list, CSV
+and JSON file the kit reads goes through these, so each accepts what editors and spreadsheets write -- a
+UTF-8 byte-order mark (Excel's "CSV UTF-8", Windows Notepad) and CRLF or CR line ends -- and a file that is
+not UTF-8 text or not valid JSON raises :class:`TextFileError`: one line naming the file, where it goes
+wrong and the fix (the command-line tools print it without a traceback; library callers may catch it as
+``ValueError``).
+
+Writing:
 
 A writer fills ``<folder>/.<name>.<pid>.tmp`` and :func:`os.replace` moves it over ``path`` (atomic on
 POSIX within one filesystem), so a reader (or a run killed mid-write) only ever sees the old file or
@@ -7,13 +16,109 @@ the new one, never a partial one. The temporary file is removed when the writer 
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["temp_path", "atomic_write", "atomic_write_text", "atomic_write_json", "atomic_save"]
+from .cli import UsageError
+
+__all__ = ["TextFileError", "read_text", "read_json", "read_jsonl", "read_csv_rows",
+           "temp_path", "atomic_write", "atomic_write_text", "atomic_write_json", "atomic_save"]
+
+_TEXT_FIX = "save it as UTF-8 text (an editor's or spreadsheet's 'UTF-8' encoding), or pass the right file"
+_JSON_FIX = "fix the JSON (a validator such as `python -m json.tool FILE` points at the spot), or pass the right file"
+
+
+class TextFileError(UsageError, ValueError):
+    """A file the kit reads that is not UTF-8 text, or not valid JSON: one line naming the file, the place
+    (byte offset, or line and column) and the fix. A ``ValueError`` to library callers."""
+
+
+def _label(path: Path, what: str) -> str:
+    return f"{what} {str(path)!r}" if what else repr(str(path))
+
+
+def read_text(path: str | os.PathLike[str], what: str = "") -> str:
+    """The text of ``path``: UTF-8, a leading byte-order mark dropped, CRLF and CR line ends read as ``"\\n"``
+    (Python's universal newlines).
+
+    Args:
+        path: the file.
+        what: what the file is, for the error (``"ids file"``, ``"--config"``); ``""`` names the path only.
+
+    Raises:
+        FileNotFoundError, IsADirectoryError, PermissionError: as :meth:`pathlib.Path.read_bytes`.
+        TextFileError: the bytes are not UTF-8 (the message names the first bad byte's offset).
+    """
+    path = Path(path)
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        if raw[:2] in (b"\xff\xfe", b"\xfe\xff"):
+            raise TextFileError(f"{_label(path, what)}: UTF-16 text (its byte-order mark), not UTF-8", _TEXT_FIX) from None
+        raise TextFileError(f"{_label(path, what)}: not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start}: "
+                            f"{e.reason})", _TEXT_FIX) from None
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def _json_error(path: Path, what: str, e: json.JSONDecodeError, line: int | None = None) -> TextFileError:
+    where = f"line {line}" if line is not None else f"line {e.lineno} column {e.colno}"
+    return TextFileError(f"{_label(path, what)}: not valid JSON ({e.msg} at {where})", _JSON_FIX)
+
+
+def read_json(path: str | os.PathLike[str], what: str = "") -> Any:
+    """The JSON value in ``path``, read as :func:`read_text` reads text.
+
+    Raises:
+        FileNotFoundError: no such file.
+        TextFileError: not UTF-8 text, or not valid JSON (the message names the line and column).
+    """
+    path = Path(path)
+    text = read_text(path, what)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise _json_error(path, what, e) from None
+
+
+def read_jsonl(path: str | os.PathLike[str], what: str = "") -> list[Any]:
+    """The values of a JSON-lines file (one JSON value a line; blank lines skipped), in file order.
+
+    Raises:
+        FileNotFoundError: no such file.
+        TextFileError: not UTF-8 text, or a line that is not valid JSON (the message names the line).
+    """
+    path = Path(path)
+    out = []
+    for lineno, line in enumerate(read_text(path, what).split("\n"), start=1):
+        if line.strip():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise _json_error(path, what, e, lineno) from None
+    return out
+
+
+def read_csv_rows(path: str | os.PathLike[str], what: str = "") -> list[list[str]]:
+    """The rows of a CSV file (:mod:`csv`'s default dialect; a one-column list is a CSV too), in file order;
+    a blank line is an empty row.
+
+    Raises:
+        FileNotFoundError: no such file.
+        TextFileError: not UTF-8 text, or not CSV (e.g. an unterminated quoted field).
+    """
+    path = Path(path)
+    text = read_text(path, what)
+    try:
+        return list(csv.reader(io.StringIO(text, newline="")))
+    except csv.Error as e:
+        raise TextFileError(f"{_label(path, what)}: not valid CSV ({e})", "fix the file, or pass the right file") \
+            from None
 
 
 def temp_path(path: Path, suffix: str = "") -> Path:

@@ -19,14 +19,14 @@ Ground-truth maps (``gt_map``), ``size = 224`` by default, rows = y, columns = x
 
 from __future__ import annotations
 
-import csv
-import json
 import math
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+
+from ..io import TextFileError, read_csv_rows, read_json
 
 __all__ = [
     "GT_SIZE",
@@ -110,11 +110,11 @@ def load_vggss_annotations(path: str | Path) -> dict[str, list[list[float]]]:
 
     Returns ``{id: [[x0, y0, x1, y1], ...]}`` with the raw normalised corners (not yet
     clipped; ``gt_map(boxes, "vggss")`` clips). Raises ``ValueError`` on a malformed
-    entry or a duplicate id.
+    entry or a duplicate id, :class:`marginnce_kit.io.TextFileError` (a ``ValueError``) on a file
+    that is not UTF-8 text or not JSON; a byte-order mark and CRLF line ends are accepted.
     """
     path = Path(path)
-    with path.open("r", encoding="utf-8") as fh:
-        data = json.load(fh)
+    data = read_json(path, "annotations")
     if not isinstance(data, list):
         raise ValueError(f"{path}: expected a JSON list of annotation objects, got {type(data).__name__}")
     out: dict[str, list[list[float]]] = {}
@@ -163,10 +163,16 @@ def parse_flickr_xml(path: str | Path) -> list[list[int]]:
     taken from the children named ``xmin``, ``ymin``, ``xmax``, ``ymax`` when all four
     are present; otherwise the ``bbox`` must have exactly five children and the last
     four are ``xmin, ymin, xmax, ymax`` in that order (upstream's positional rule:
-    skip the first child). Values are integers; anything else raises ``ValueError``.
+    skip the first child). Values are integers; anything else raises ``ValueError``. The XML parser
+    reads a byte-order mark, CRLF line ends and the declared encoding; a file that is not XML raises
+    :class:`marginnce_kit.io.TextFileError` (a ``ValueError``) naming it.
     """
     path = Path(path)
-    root = ET.parse(path).getroot()
+    try:
+        root = ET.parse(path).getroot()
+    except ET.ParseError as e:
+        raise TextFileError(f"flickr annotation {str(path)!r}: not valid XML ({e})",
+                            "pass the SoundNet-Flickr annotation file of that clip") from None
     boxes: list[list[int]] = []
     for child in root:
         for elem in child:
@@ -220,19 +226,20 @@ def load_id_list(path: str | Path) -> list[str]:
 
     Train lists (``vggss_144k.txt``): one id per line. Test lists
     (``vggss_test.csv``, ``flickr_test.csv``): CSV, id in the first column, other
-    columns ignored. Blank lines are skipped, whitespace around ids and ``\\r`` line
-    ends are removed. A duplicate id raises ``ValueError``.
+    columns ignored. Blank lines are skipped, whitespace around ids is removed; a UTF-8
+    byte-order mark and CRLF line ends are accepted (:func:`marginnce_kit.io.read_text`).
+    A duplicate id raises ``ValueError``; a file that is not UTF-8 text raises
+    :class:`marginnce_kit.io.TextFileError` (a ``ValueError``).
     """
     path = Path(path)
     ids: list[str] = []
     seen: set[str] = set()
-    with path.open("r", encoding="utf-8", newline="") as fh:
-        for lineno, row in enumerate(csv.reader(fh), start=1):
-            if not row or not row[0].strip():
-                continue
-            clip_id = row[0].strip()
-            if clip_id in seen:
-                raise ValueError(f"{path}:{lineno}: duplicate clip id {clip_id!r}")
-            seen.add(clip_id)
-            ids.append(clip_id)
+    for lineno, row in enumerate(read_csv_rows(path, "id list"), start=1):
+        if not row or not row[0].strip():
+            continue
+        clip_id = row[0].strip()
+        if clip_id in seen:
+            raise ValueError(f"{path}:{lineno}: duplicate clip id {clip_id!r}")
+        seen.add(clip_id)
+        ids.append(clip_id)
     return ids

@@ -48,6 +48,8 @@ from typing import Any
 
 import numpy as np
 
+from ..io import read_json
+
 __all__ = [
     "QUANTILE_LEVELS",
     "DEFAULT_STATS_PATH",
@@ -198,8 +200,7 @@ def load_box_stats(path: str | Path | None = None) -> dict[str, Any]:
     non-decreasing, or when a size quantile lies outside [0, 1].
     """
     p = DEFAULT_STATS_PATH if path is None else Path(path)
-    with p.open("r", encoding="utf-8") as fh:
-        stats = json.load(fh)
+    stats = read_json(p, "box statistics")
     if not isinstance(stats, dict):
         raise ValueError(f"{p}: expected a JSON object, got {type(stats).__name__}")
     if stats.get("quantile_levels") != list(QUANTILE_LEVELS):
@@ -228,8 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="skip the centered-map and ceiling metrics (need torch)",
     )
     args = parser.parse_args(argv)
-    with args.vggss_json.open("r", encoding="utf-8") as fh:
-        annotations = json.load(fh)
+    annotations = read_json(args.vggss_json, "vggss_json")
     stats = box_statistics(annotations)
     if not args.no_center_prior:
         stats.update(center_prior_summary([e["bbox"] for e in annotations]))

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
 from ..data.annotations import load_id_list
-from ..io import atomic_write_text
+from ..io import atomic_write_text, read_json
 
 VIDEO_EXTENSIONS = frozenset(
     {".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".flv", ".mpg", ".mpeg", ".3gp", ".ts"}
@@ -49,11 +48,12 @@ def read_ids(path: str | os.PathLike[str]) -> list[str]:
     Accepted formats: a JSON list of strings or of objects with a ``"file"`` key
     (``vggss.json``); otherwise text, one id per line, where only the part before the
     first comma counts (``vggss_test.csv``, ``flickr_test.csv``).  Blank lines are skipped,
-    whitespace and CR line ends are stripped (the data loaders' split-file rules; the JSON
-    forms are extra).
+    whitespace and CR line ends are stripped, a UTF-8 byte-order mark is dropped (the data
+    loaders' split-file rules, :func:`marginnce_kit.io.read_text`; the JSON forms are extra).
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
+        marginnce_kit.io.TextFileError: not UTF-8 text, or a ``.json`` file that is not JSON.
         ValueError: the file holds no ids, an id repeats (``entry`` counts lines or JSON
             items from 1), or an entry is not a usable id.
     """
@@ -64,7 +64,7 @@ def read_ids(path: str | os.PathLike[str]) -> list[str]:
         for clip_id in ids:
             _check_id(clip_id, f"ids file {path}")
     else:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = read_json(path, "ids file")
         if not isinstance(data, list):
             raise ValueError(f"ids file {path}: expected a JSON list, got {type(data).__name__}")
         ids = []

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -12,7 +11,7 @@ from tqdm import tqdm
 from ..data.acceptance import (
     SAMPLE_RATE,
 )
-from ..io import atomic_write_json
+from ..io import atomic_write_json, read_json
 from ..layout import AUDIO_DIR, FRAMES_DIR, audio_path, frame_path
 from .decode import _check_audio_seconds
 from .ids import _check_id, find_videos
@@ -31,7 +30,7 @@ def _write_json_atomic(path: Path, data: object) -> None:
 def _previous_clips(report_file: Path) -> dict[str, object]:
     """``clips`` of an earlier report in the same root (empty when there is none or it is unreadable)."""
     try:
-        clips = json.loads(report_file.read_text(encoding="utf-8")).get("clips", {})
+        clips = read_json(report_file, "prepare report").get("clips", {})
     except (OSError, ValueError, AttributeError):
         return {}
     return clips if isinstance(clips, dict) else {}

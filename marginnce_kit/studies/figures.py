@@ -4,7 +4,6 @@ every run of Table 5 (``curves.png``)."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ import torch
 from ..data import collate_batch, load_annotations
 from ..data.frames import IMAGENET_MEAN, IMAGENET_STD
 from ..evaluation import ciou_per_sample, median_threshold_mask, normalize_map, upsample_map
-from ..io import atomic_write
+from ..io import atomic_write, read_jsonl
 from ..protocol import MAP_SIZE
 from ..training.checkpoint import load_model
 from .paper import METHOD_NAMES, PAPER_TABLE5_ROWS
@@ -289,7 +288,7 @@ def plot_study_curves(runs: Sequence[tuple[str, float, int, Path]], path: Path, 
         log = Path(folder) / "metrics.jsonl"
         if not log.exists():
             continue
-        records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+        records = read_jsonl(log, "metrics log")
         points = [(r["epoch"], r["loss"]) for r in records if r.get("loss") is not None]
         if not points:
             continue

@@ -38,7 +38,7 @@ import numpy as np
 
 from ..data.annotations import load_id_list
 from ..data.synthetic import PRESETS as DATA_PRESETS
-from ..io import atomic_write_text
+from ..io import atomic_write_text, read_json
 from ..training.diagnostics import ClipLabels
 from .figures import plot_negatives
 from .paper import LOGIT_MATCHED_MARGIN, METHOD_NAMES
@@ -207,7 +207,7 @@ def study_negatives(runner: Runner, p: NegativesPlan, preset: StudyPreset, meta:
     batch = int(runner.train_kwargs.get("batch_size", 64))
     document = plan_document(preset, batch)
     plan_path = write_plan(runner.out, preset, batch)
-    committed = json.loads(plan_path.read_text(encoding="utf-8"))
+    committed = read_json(plan_path, "study plan")
     results = [[c.runner.run(c.method, c.margin, s, c.runner.data.train_list, [c.runner.data.test_list], c.tag)
                 for s in p.seeds] for c in p.cells]
     selections = ("last", "best_val") if runner.has_val else ("last",)

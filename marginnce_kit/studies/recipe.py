@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data.synthetic import PRESETS as DATA_PRESETS
+from ..io import read_jsonl
 from .presets import _EMBEDDED_TRAIN, embedded_data
 from .runner import Runner, execute_runs, run_name
 
@@ -75,8 +76,7 @@ def measure(out: Path, recipes: Sequence[str], seeds: Sequence[int], num_test: i
             r = runner.run(*specs[seeds.index(s)])
             ev = r[data.test_list]
             run_dir = out / folder / "runs" / run_name("reference", 0.0, s)
-            losses = [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()
-                      if '"epoch"' in line]
+            losses = [rec["loss"] for rec in read_jsonl(run_dir / "metrics.jsonl", "metrics log") if "epoch" in rec]
             c = ev["per_clip"]["ciou"]
             per_seed.append({"seed": s, "ciou": ev["ciou"], "auc": ev["auc"], "mean_ciou": ev["mean_ciou"],
                              "ciou_first500": 100.0 * sum(v >= 0.5 for v in c[:500]) / min(500, len(c)),

@@ -22,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..evaluation import bound_rows, evaluate_model
-from ..io import atomic_write_text
+from ..io import atomic_write_text, read_json
 from ..layout import RunLayout
 from ..training.checkpoint import load_checkpoint, load_model
 from ..training.config import TrainConfig
@@ -214,7 +214,7 @@ class Runner:
         path, _, key = self._cache_entry(*spec)
         if path.exists():
             try:  # a file cut short (hand edit, full disk) or a key this code cannot read: not a cached result
-                cached = json.loads(path.read_text())
+                cached = read_json(path, "cached run")
                 old = cached.get("key") or {}
                 same = old.get("tests") == key["tests"] and \
                     asdict(TrainConfig.from_dict(old.get("config", {}))) == key["config"] and "results" in cached

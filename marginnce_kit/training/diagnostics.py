@@ -20,7 +20,6 @@ For EZ-VSL (symmetric) ``w_i`` is the mean of the image-anchor and the audio-anc
 
 from __future__ import annotations
 
-import json
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ from torch import Tensor
 from marginnce_loss import functional as MF
 from marginnce_loss.adapters import lvs
 
+from ..io import read_json
 from ..models import TAU, ModelConfig
 
 __all__ = ["ClipLabels", "MechanismMeter", "mechanism_terms"]
@@ -53,7 +53,7 @@ class ClipLabels:
         path = Path(root) / "objects.json"
         if not path.is_file() or not (Path(root) / "meta.json").is_file():
             return None
-        objects = json.loads(path.read_text(encoding="utf-8"))
+        objects = read_json(path, "embedded labels")
         image = {k: int(v["class_index"]) for k, v in objects.items()}
         audio = {k: int(v["audio_class_index"]) for k, v in objects.items()}
         faulty = frozenset(k for k, v in objects.items() if v.get("audio_source", k) != k)

@@ -13,6 +13,7 @@ from typing import Any
 
 from ..cli import UsageError, one_line
 from ..data.datasets import DataError
+from ..io import read_json, read_text
 from ..layout import AUDIO_DIR, FRAMES_DIR
 from .config import DATA_FIELDS, VAL_FIELDS, TrainConfig
 
@@ -68,8 +69,8 @@ def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"--config: no such file {str(path)!r}", "pass a run's config.json or a YAML file")
-    text = path.read_text(encoding="utf-8-sig")
     if path.suffix.lower() in (".yaml", ".yml"):
+        text = read_text(path, "--config")
         try:
             import yaml
         except ImportError:
@@ -80,13 +81,7 @@ def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
         except yaml.YAMLError as e:
             raise UsageError(f"--config {str(path)!r}: not valid YAML ({one_line(str(e))})", "fix the file") from None
     else:
-        import json
-
-        try:
-            data = json.loads(text)
-        except ValueError as e:
-            raise UsageError(f"--config {str(path)!r}: not valid JSON ({e})",
-                             "fix the file, or pass a run's config.json") from None
+        data = read_json(path, "--config")
     if not isinstance(data, dict):
         raise UsageError(f"--config {str(path)!r}: expected a mapping of settings, got {type(data).__name__}",
                          "pass a run's config.json or a YAML mapping of TrainConfig fields")

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..._checks import check_int_in
+from ...io import read_json
 from ...layout import AUDIO_DIR, AUDIO_SUFFIX, FRAME_SUFFIX, FRAMES_DIR, audio_path, frame_path, make_dirs
 from .config import GENERATOR_VERSION, SPLITS, EmbeddedConfig, _stats_sha256, config_hash
 from .image import _render_image
@@ -113,15 +114,14 @@ def _meta(config: EmbeddedConfig, plan: DatasetPlan, counts: dict[str, int]) -> 
 def read_meta(root: str | Path) -> dict[str, Any]:
     """``meta.json`` of a generated dataset (``FileNotFoundError`` if it is not a complete dataset)."""
     path = Path(root) / "meta.json"
-    with path.open("r", encoding="utf-8") as fh:
-        return json.load(fh)
+    return read_json(path, "dataset meta")
 
 
 def is_complete(root: str | Path, config: EmbeddedConfig) -> bool:
     """True when ``root`` holds a complete dataset generated from ``config`` (matching ``config_hash``)."""
     try:
         meta = read_meta(root)
-    except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):
+    except (FileNotFoundError, NotADirectoryError, ValueError):  # TextFileError: not JSON (cut short)
         return False
     return meta.get("config_hash") == config_hash(config) and meta.get("version") == GENERATOR_VERSION
 
