@@ -15,6 +15,7 @@ from ..data import collate_batch, load_annotations
 from ..data.frames import IMAGENET_MEAN, IMAGENET_STD
 from ..evaluation import ciou_per_sample, median_threshold_mask, normalize_map, upsample_map
 from ..io import atomic_write, read_jsonl
+from ..layout import RunLayout
 from ..protocol import MAP_SIZE
 from ..training.checkpoint import load_model
 from .paper import METHOD_NAMES, PAPER_TABLE5_ROWS
@@ -222,7 +223,7 @@ def study_figures(runner: Any, seed: int, meta: dict[str, Any]) -> Path:
     columns += [(f"{METHOD_NAMES[m]}\nm = {mg:+.1f}", (m, mg)) for m, mg in runs]
     maps, masks, ious = {}, {}, {}
     for model, margin in runs:
-        net, _, _ = load_model(runner.out / "runs" / run_name(model, margin, seed) / "checkpoint.pt")
+        net, _, _ = load_model(RunLayout(runner.out / "runs" / run_name(model, margin, seed)).checkpoint)
         net.eval()
         with torch.no_grad():
             raw = upsample_map(net.localize(image, spec).float())
@@ -285,7 +286,7 @@ def plot_study_curves(runs: Sequence[tuple[str, float, int, Path]], path: Path, 
     styles: dict[float, str] = {}
     drawn, labelled = 0, set()
     for model, margin, _seed, folder in runs:
-        log = Path(folder) / "metrics.jsonl"
+        log = RunLayout(Path(folder)).metrics
         if not log.exists():
             continue
         records = read_jsonl(log, "metrics log")

@@ -16,7 +16,6 @@ a margin's effect, and apply to every method alike.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -25,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from ..data.synthetic import PRESETS as DATA_PRESETS
-from ..io import read_jsonl
+from ..io import atomic_write_json, read_jsonl
+from ..layout import RunLayout
 from .presets import _EMBEDDED_TRAIN, embedded_data
 from .runner import Runner, execute_runs, run_name
 
@@ -76,7 +76,7 @@ def measure(out: Path, recipes: Sequence[str], seeds: Sequence[int], num_test: i
             r = runner.run(*specs[seeds.index(s)])
             ev = r[data.test_list]
             run_dir = out / folder / "runs" / run_name("reference", 0.0, s)
-            losses = [rec["loss"] for rec in read_jsonl(run_dir / "metrics.jsonl", "metrics log") if "epoch" in rec]
+            losses = [rec["loss"] for rec in read_jsonl(RunLayout(run_dir).metrics, "metrics log") if "epoch" in rec]
             c = ev["per_clip"]["ciou"]
             per_seed.append({"seed": s, "ciou": ev["ciou"], "auc": ev["auc"], "mean_ciou": ev["mean_ciou"],
                              "ciou_first500": 100.0 * sum(v >= 0.5 for v in c[:500]) / min(500, len(c)),
@@ -92,7 +92,7 @@ def measure(out: Path, recipes: Sequence[str], seeds: Sequence[int], num_test: i
             "last_epoch_loss_drop_mean": round(statistics.fmean(p["last_epoch_loss_drop"] for p in per_seed), 4),
         }
     out.mkdir(parents=True, exist_ok=True)
-    (out / "recipes.json").write_text(json.dumps(summary, indent=2) + "\n")
+    atomic_write_json(summary, out / "recipes.json")
     lines = ["# Recipe measurements at m = 0 (reference model)", "", f"`{summary['command']}`.", "",
              "| recipe | data | seeds | cIoU mean | center prior cIoU | cIoU SD (all test clips) | cIoU SD (first 500) | "
              "AUC SD | mean cIoU SD | loss drop in last epoch | s per run |", "|---|---|---|---|---|---|---|---|---|---|---|"]

@@ -14,6 +14,7 @@ import torch
 
 from ..cli import UsageError
 from ..io import atomic_write
+from ..layout import RunLayout
 
 __all__ = ["provenance", "log_record", "epoch_line", "plot_curves", "Scalars", "check_tensorboard"]
 
@@ -57,7 +58,7 @@ def provenance(device: torch.device | None = None, world_size: int = 1) -> dict[
 
 def log_record(out: Path, record: dict[str, Any]) -> None:
     """Append ``record`` as one JSON line to ``out/metrics.jsonl``."""
-    with open(out / "metrics.jsonl", "a") as f:
+    with open(RunLayout(out).metrics, "a") as f:
         f.write(json.dumps(record) + "\n")
 
 
