@@ -6,14 +6,20 @@
   path and the variable in the reason, when it is missing; the header of every run says where it
   was looked for. Module-level skip conditions use :data:`UPSTREAM_METADATA`.
 - ``one_thread``: one intra-op thread for the duration of a test (tiny convolutions gain nothing
-  from more, and on a busy machine several threads per process can slow them down many times over).
+  from more, and on a busy machine several threads per process can slow them down many times over);
+  :func:`torch_threads` is the same for a block of a test.
+- ``av_dataset``: a factory of the tiny audio-visual data sets of ``tests/fixtures.py``, each written once
+  per session for its arguments and shared read-only (a test that breaks clips makes its own).
+- ``embedded_cache`` / ``use_embedded_cache``: one ``MARGINNCE_CACHE`` for the session's study tests.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -42,13 +48,39 @@ def upstream_metadata() -> Path:
     return UPSTREAM_METADATA
 
 
+@contextmanager
+def torch_threads(n: int) -> Iterator[int]:
+    """``n`` intra-op torch threads inside the block, the previous count restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield n
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.fixture
 def one_thread() -> Iterator[None]:
     """One intra-op torch thread for the test, restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with torch_threads(1):
+        yield
+
+
+@pytest.fixture(scope="session")
+def av_dataset(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Any]:
+    """``av_dataset(n_train=16, n_test=8, **kwargs)``: :func:`tests.fixtures.make_av_dataset` written once per
+    session for each set of arguments; callers must not modify it."""
+    from .fixtures import make_av_dataset
+
+    made: dict[tuple[tuple[str, Any], ...], Any] = {}
+
+    def make(**kwargs: Any) -> Any:
+        key = tuple(sorted(kwargs.items()))
+        if key not in made:
+            made[key] = make_av_dataset(tmp_path_factory.mktemp("av") / "data", **kwargs)
+        return made[key]
+
+    return make
 
 
 @pytest.fixture(scope="session")

@@ -30,17 +30,12 @@ from .fixtures import AVFixture, make_av_dataset, train_argv  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
-def fx(tmp_path_factory: pytest.TempPathFactory) -> AVFixture:
-    return make_av_dataset(tmp_path_factory.mktemp("av") / "data", n_train=8, n_test=4)
+def fx(av_dataset) -> AVFixture:  # tests/conftest.py
+    return av_dataset(n_train=8, n_test=4)
 
 
 @pytest.fixture(scope="module")

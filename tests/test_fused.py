@@ -17,6 +17,7 @@ from marginnce_loss import _kernels as K
 from marginnce_loss import functional as MF
 from marginnce_loss.adapters import ezvsl, lvs, reference
 
+from .conftest import torch_threads
 from .oracles import margin_nce_ref, max_ref, normalized_features, thresholded_ref, trained_like_features
 
 LAYOUTS = ("nchw", "channels_last")
@@ -74,10 +75,8 @@ def _features(kind, b, c, h, w, seed):
 @pytest.fixture(params=[1, 2], ids=["1 thread", "2 threads"])
 def threads(request):
     """The NCHW audio gradient takes a different product with one intra-op thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(request.param)
-    yield request.param
-    torch.set_num_threads(before)
+    with torch_threads(request.param):
+        yield request.param
 
 
 @pytest.mark.parametrize("blocks", ["one block", "block of 2", "block of 1", "nothing kept, block of 2"])
@@ -429,9 +428,7 @@ def test_cuda_eager_kernels_match_float64_reference(kernel):
 
 def test_one_thread_eq1_products_follow_the_measured_rule():
     """One thread, NCHW: batched products (no rows copy saved) while B' < 4 HW, the rows product from there."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         for b, h, w, copy in ((7, 2, 1, False), (8, 2, 1, True)):
             img64, aud64 = normalized_features(b, 5, h, w, seed=2)  # C = 5: no size coincides with B^2
             img, aud = _leaves(img64, aud64, dtype=torch.float32)
@@ -442,8 +439,6 @@ def test_one_thread_eq1_products_follow_the_measured_rule():
             got = _value_and_grads(lambda i, a: K.thresholded(i, a, 0.65, 0.03), img, aud, weights)
             for x, y in zip(got, expected):
                 assert_rel(x, y, 2e-5)
-    finally:
-        torch.set_num_threads(before)
 
 
 def test_explicit_compiled_max_on_cuda_warns_once():

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from marginnce_loss import LocalizationMarginNCE
 from marginnce_loss import functional as MF
 
+from .conftest import torch_threads
 from .oracles import alpha_ref, background_ref, margin_nce_ref, max_ref, thresholded_ref
 
 View = Callable[[torch.Tensor], torch.Tensor]
@@ -123,13 +124,9 @@ def _check(kernel: str, backend: str, img_layout: str, aud_layout: str, reductio
     expected_grads = torch.autograd.grad((expected * weights).sum(), wanted)
 
     leaves = [img_store.to(dtype).requires_grad_(need[0]), aud_store.to(dtype).requires_grad_(need[1])]
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         got = ours(img_view(leaves[0]), aud_view(leaves[1]))
         got_grads = torch.autograd.grad((got * weights.to(got.dtype)).sum(), [t for t, n in zip(leaves, need) if n])
-    finally:
-        torch.set_num_threads(before)
     rtol = 1e-9 if dtype == torch.float64 else 5e-5
     what = f"{kernel}/{backend} img={img_layout} aud={aud_layout} {reduction} grads={grads} {dtype} threads={threads}"
     assert got.shape == expected.shape, what
@@ -182,12 +179,8 @@ def test_replay_pytorch_64529_expanded_grad_into_custom_backward():
                       (lambda i, a: MF.max_similarity(i, a, backend="eager"), max_ref)):
         for threads in (1, 2):
             leaves = [img.clone().requires_grad_(), aud.clone().requires_grad_()]
-            before = torch.get_num_threads()
-            torch.set_num_threads(threads)
-            try:
+            with torch_threads(threads):
                 got = torch.autograd.grad(ours(*leaves).sum(), leaves)
-            finally:
-                torch.set_num_threads(before)
             expected = torch.autograd.grad(ref(*leaves).sum(), leaves)
             for x, y in zip(got, expected):
                 assert torch.allclose(x, y, rtol=1e-10, atol=1e-12)

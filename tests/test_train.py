@@ -50,8 +50,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
-def fx(tmp_path_factory: pytest.TempPathFactory) -> AVFixture:
-    return make_av_dataset(tmp_path_factory.mktemp("av") / "data", n_train=16, n_test=8)
+def fx(av_dataset) -> AVFixture:  # tests/conftest.py
+    return av_dataset(n_train=16, n_test=8)
 
 
 def _records(out: Path):

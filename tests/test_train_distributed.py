@@ -61,6 +61,7 @@ from marginnce_kit.train import (  # noqa: E402
     train,
 )
 
+from .conftest import torch_threads  # noqa: E402
 from .fixtures import AVFixture, break_audio, break_frame, make_av_dataset, train_argv, train_config  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
@@ -154,9 +155,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread(one_thread):  # tests/conftest.py
-    pass
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
@@ -167,13 +166,9 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     break_frame(bad, bad.train_ids[2])
     break_audio(bad, bad.train_ids[5])
     mp.spawn(_worker, args=(str(tmp), _free_port(), fx, bad), nprocs=WORLD, join=True)
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         for name in ("reference", "ezvsl"):
             train(_configs(fx)[name], tmp / f"single_{name}", progress=False)
-    finally:
-        torch.set_num_threads(before)
     return {"tmp": tmp, "fx": fx, "bad": bad, "ranks": [torch.load(tmp / f"rank{r}.pt") for r in range(WORLD)]}
 
 
