@@ -76,6 +76,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from marginnce_kit.training.config import TrainConfig
+from marginnce_kit.training.step import build_optimizer
 
 from .machine import device_name, write_results
 
@@ -493,27 +498,29 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _train_config(cfg: dict[str, Any]):
-    from marginnce_kit.train import TrainConfig
+def _train_config(cfg: dict[str, Any]) -> TrainConfig:
+    """The run the workers train, as the trainer resolves it on this machine
+    (:func:`marginnce_kit.training.runtime.effective_config`: bfloat16 autocast on CUDA only, the method's weight
+    decay)."""
+    from marginnce_kit.training.config import TrainConfig
+    from marginnce_kit.training.runtime import effective_config
 
-    return TrainConfig(model="reference", backbone=cfg["backbone"], width=cfg["width"], dim=cfg["dim"],
-                       batch_size=cfg["batch"], train_root=cfg["train_root"], train_list=cfg["train_list"],
-                       device=cfg["device"], workers=cfg["workers"], amp=True)
+    config = TrainConfig(model="reference", backbone=cfg["backbone"], width=cfg["width"], dim=cfg["dim"],
+                         batch_size=cfg["batch"], train_root=cfg["train_root"], train_list=cfg["train_list"],
+                         device=cfg["device"], workers=cfg["workers"], amp=True)
+    return effective_config(config)[0]
 
 
-def _loader(config, world_size: int = 1, rank: int = 0):
-    """The trainer's epoch-0 loader over the training set (its dataset, sampler and collate)."""
-    from torch.utils.data import DataLoader
-
-    from marginnce_kit.data import collate_batch
-    from marginnce_kit.train import GlobalBatchSampler, build_train_set
+def _loader(config: TrainConfig, device: torch.device, world_size: int = 1, rank: int = 0) -> DataLoader:
+    """The trainer's epoch-0 loader (:func:`marginnce_kit.training.step.epoch_loader` over its training set and
+    sampler)."""
+    from marginnce_kit.training.loop import build_train_set
+    from marginnce_kit.training.sampler import GlobalBatchSampler
+    from marginnce_kit.training.step import epoch_loader
 
     train_set = build_train_set(config)
-    train_set.set_epoch(0, config.seed)
-    sampler = GlobalBatchSampler(len(train_set), config.batch_size, world_size, rank, config.seed)
-    loader = DataLoader(train_set, batch_sampler=sampler, num_workers=config.workers, collate_fn=collate_batch,
-                        pin_memory=config.device == "cuda")
-    return train_set, loader
+    sampler = GlobalBatchSampler(len(train_set), config.batch_size, world_size, rank, config.seed)  # type: ignore[arg-type]
+    return epoch_loader(train_set, sampler, config, epoch=0, device=device, rank=rank)
 
 
 def _preload(loader, device: torch.device, limit: int) -> dict[str, Any]:
@@ -539,16 +546,14 @@ def _preload(loader, device: torch.device, limit: int) -> dict[str, Any]:
             "clips_per_s_after_first": later / (end - first) if first is not None and later > 0 and end > first else None}
 
 
-def _trainer_step(model, optimizer, device: torch.device, use_amp: bool) -> Callable[[Any, Any], torch.Tensor]:
-    """One optimisation step exactly as ``marginnce_kit.train``'s loop takes it."""
+def _trainer_step(net: nn.Module, optimizer: torch.optim.Optimizer, config: TrainConfig,
+                  reduce: Callable[[float], float] = float) -> Callable[[Tensor, Tensor], float]:
+    """The trainer's own step (:func:`marginnce_kit.training.step.train_step`) on a batch already on the device;
+    returns the step's global-batch loss (a host float, as the trainer reads it; ``reduce``: the ranks' mean)."""
+    from marginnce_kit.training.step import train_step
 
-    def step(image, spec) -> torch.Tensor:
-        optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-            loss, _ = model(image, spec)
-        loss.backward()
-        optimizer.step()
-        return loss.detach()
+    def step(image: Tensor, spec: Tensor) -> float:
+        return train_step(net, image, spec, optimizer, amp=config.amp, reduce=reduce).loss
 
     return step
 
@@ -566,14 +571,14 @@ def worker_train_slice(cfg: dict[str, Any]) -> dict[str, Any]:
         warnings.simplefilter("always")
         model = build_train_model(config, distributed=False, device=device)
         model.train()
-        optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-        use_amp = config.amp and device.type == "cuda"
-        _, loader = _loader(config)
+        optimizer = build_optimizer(model, config)
+        use_amp = config.amp
+        loader = _loader(config, device)
         pre = _preload(loader, device, cfg["preload_batches"])
         batches = pre["batches"]
         if not batches:
             raise RuntimeError("the embedded training set gave no batch")
-        step = _trainer_step(model, optimizer, device, use_amp)
+        step = _trainer_step(model, optimizer, config)
 
         def nth(i: int):
             return batches[i % len(batches)]
@@ -597,7 +602,7 @@ def worker_train_slice(cfg: dict[str, Any]) -> dict[str, Any]:
         timed_s = time.perf_counter() - t0
         peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
         reserved = torch.cuda.max_memory_reserved(device) if device.type == "cuda" else None
-        loss_values = torch.stack(losses).float().cpu()
+        loss_values = torch.tensor(losses, dtype=torch.float64)
 
         # the loss's share: the loss's forward + backward on one step's features vs the whole step
         image, spec = nth(0)
@@ -658,6 +663,7 @@ def worker_ddp(cfg: dict[str, Any]) -> dict[str, Any] | None:
     from torch.nn.parallel import DistributedDataParallel
 
     from marginnce_kit.train import build_train_model
+    from marginnce_kit.training.distributed import ProcessGroup
 
     cuda = cfg["device"] == "cuda"
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -679,10 +685,10 @@ def worker_ddp(cfg: dict[str, Any]) -> dict[str, Any] | None:
         plain = build_train_model(config, distributed=False, device=device)
         sync_bn = sum(isinstance(m, nn.SyncBatchNorm) for m in ddp_model.modules())
         net = DistributedDataParallel(ddp_model, device_ids=[local_rank] if cuda else None)
-        _, loader = _loader(config, world, rank)
+        loader = _loader(config, device, world, rank)
         pre = _preload(loader, device, cfg["steps"] + 1)
         image, spec = pre["batches"][0]
-        use_amp = config.amp and cuda
+        use_amp = config.amp
 
         def loss_and_grads(model, params):
             for p in params:
@@ -697,14 +703,14 @@ def worker_ddp(cfg: dict[str, Any]) -> dict[str, Any] | None:
         loss_rel = float((loss_ddp - loss_plain).abs() / loss_plain.abs().clamp_min(1e-30))
         grad_rel = float((grad_ddp - grad_plain).norm() / grad_plain.norm().clamp_min(1e-30))
 
-        optimizer = torch.optim.Adam(ddp_model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-        step = _trainer_step(net, optimizer, device, use_amp)
+        optimizer = build_optimizer(ddp_model, config)
+        step = _trainer_step(net, optimizer, config, reduce=ProcessGroup(cfg["device"]).mean)
         _sync(device)
         t0 = time.perf_counter()
         losses = [step(*pre["batches"][1 + i % max(1, len(pre["batches"]) - 1)]) for i in range(cfg["steps"])]
         _sync(device)
         steps_s = time.perf_counter() - t0
-        values = torch.stack(losses).float().cpu()
+        values = torch.tensor(losses, dtype=torch.float64)
         # every rank agrees on the mean loss (the trainer's Distributed.mean)
         mean = torch.tensor([float(values.mean())], dtype=torch.float64, device=device)
         dist.all_reduce(mean)

@@ -278,14 +278,10 @@ class _Run:
         if dist.enabled:
             net = nn.parallel.DistributedDataParallel(model, device_ids=[self.device.index]
                                                       if self.device.type == "cuda" else None)
-        set_epoch = getattr(train_set, "set_epoch", None)
         scalars = Scalars(layout.tensorboard if self.tensorboard and dist.is_main else None,
                           purge_step=start_epoch + 1 if state is not None else None)
         for epoch in range(start_epoch, c.epochs):
             torch.manual_seed(derive_seed(c.seed, "torch", epoch))  # any stray global-RNG use: (seed, epoch)
-            sampler.set_epoch(epoch)
-            if callable(set_epoch):
-                set_epoch(epoch, c.seed)
             kept = (f"the checkpoint of epoch {self.history[-1]['epoch']} ({layout.checkpoint}) is kept"
                     if self.history else "no checkpoint was written")
             meter = MechanismMeter(self.labels) if self.labels is not None else None

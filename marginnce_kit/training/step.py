@@ -4,7 +4,8 @@ the device check and the benchmarks all call these, so what they time is what us
 
 * :func:`build_optimizer`: Adam with the run's learning rate and weight decay;
 * :func:`make_train_loader`: an epoch's loader over a :class:`~marginnce_kit.training.sampler.GlobalBatchSampler`
-  (seeded from ``(seed, epoch, rank)``);
+  (seeded from ``(seed, epoch, rank)``); :func:`epoch_loader`: the same after setting the sampler's and the
+  dataset's epoch (what :func:`train_one_epoch` and the device check iterate);
 * :func:`train_step`: forward under autocast, the global-batch loss, backward and the optimiser step (skipped,
   and reported, when the loss is not finite);
 * :func:`train_one_epoch`: the epoch's steps with the per-step learning rate, failure accounting, the
@@ -34,7 +35,7 @@ from .distributed import ProcessGroup
 from .sampler import GlobalBatchSampler
 from .schedule import lr_at_step
 
-__all__ = ["StepOutput", "NonFiniteLossError", "build_optimizer", "make_train_loader", "train_step",
+__all__ = ["StepOutput", "NonFiniteLossError", "build_optimizer", "make_train_loader", "epoch_loader", "train_step",
            "train_one_epoch"]
 
 
@@ -56,6 +57,20 @@ def make_train_loader(train_set: Dataset, sampler: GlobalBatchSampler, *, worker
     return DataLoader(train_set, batch_sampler=sampler, num_workers=workers, collate_fn=collate_batch,
                       generator=torch.Generator().manual_seed(derive_seed(seed, "loader", epoch, rank)),
                       pin_memory=pin_memory)
+
+
+def epoch_loader(train_set: Dataset, sampler: GlobalBatchSampler, config: TrainConfig, *, epoch: int,
+                 device: torch.device, rank: int = 0) -> DataLoader:
+    """The training loader of ``epoch`` (0-based) of a run: ``sampler.set_epoch(epoch)``, the dataset's
+    ``set_epoch(epoch, config.seed)`` when it has one (:class:`~marginnce_kit.data.datasets.AudioVisualDataset`:
+    the epoch's crops and flips), then :func:`make_train_loader` with ``config.workers`` (resolved: see
+    :func:`~marginnce_kit.training.runtime.effective_config`) and pinned memory on CUDA."""
+    sampler.set_epoch(epoch)
+    set_epoch = getattr(train_set, "set_epoch", None)
+    if callable(set_epoch):
+        set_epoch(epoch, config.seed)
+    return make_train_loader(train_set, sampler, workers=config.workers, seed=config.seed, epoch=epoch, rank=rank,
+                             pin_memory=device.type == "cuda")
 
 
 @dataclass
@@ -117,8 +132,7 @@ def train_one_epoch(net: nn.Module, train_set: Dataset, sampler: GlobalBatchSamp
     tracker = getattr(train_set, "failures", None)
     steps_per_epoch = min(len(sampler), config.limit_steps) if config.limit_steps else len(sampler)
     total_steps = steps_per_epoch * config.epochs
-    loader = make_train_loader(train_set, sampler, workers=config.workers, seed=config.seed, epoch=epoch,
-                               rank=dist.rank, pin_memory=device.type == "cuda")
+    loader = epoch_loader(train_set, sampler, config, epoch=epoch, device=device, rank=dist.rank)
     net.train()
     lr = lr_at_step(config, epoch * steps_per_epoch, total_steps)  # the epoch's first step
     loss_sum, steps, skipped, t0 = 0.0, 0, 0, time.time()
