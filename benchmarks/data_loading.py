@@ -230,6 +230,8 @@ def compare_outputs(root: Path, ids: Sequence[str], small_root: Path | None) -> 
         ref_spec = up.audio_transform(up.log_spectrogram(root / "audio" / f"{clip_id}.wav"))
         for name, ds in datasets.items():
             item = ds[ds.ids.index(clip_id)]
+            if not isinstance(item, dict):  # a FailedSample: the comparison needs every clip
+                raise RuntimeError(f"clip {clip_id!r} failed to load in {name!r}: {item.reason}")
             add(name, "upstream", _image_stats(item["image"], ref_up))
             add(name, "source", _image_stats(item["image"], ref_src))
             spec_max[name] = max(spec_max[name], float((item["spectrogram"].double() - ref_spec).abs().max()))

@@ -33,6 +33,7 @@ import json
 import math
 import statistics
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -97,12 +98,14 @@ def relative_errors(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     parser.add_argument("--device", default="cpu", help="torch device of the features")
     parser.add_argument("--backend", default="eager", choices=("eager", "compiled", "auto"), help="kernel backend")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
-    cases = []
+    cases: list[dict[str, Any]] = []
     for kernel in KERNELS:
         for name, dtype in DTYPES.items():
             for kind in KINDS:
@@ -111,19 +114,28 @@ def main(argv: list[str] | None = None) -> int:
                         for seed in range(SEEDS):
                             img, aud = features(kind, b, c, H, W, seed)
                             err = relative_errors(kernel, dtype, img.to(device), aud.to(device), args.backend)
-                            cases.append({"kernel": kernel, "dtype": name, "features": kind, "B": b, "C": c,
-                                          "seed": seed, **err})
+                            cases.append(
+                                {"kernel": kernel, "dtype": name, "features": kind, "B": b, "C": c, "seed": seed, **err}
+                            )
     rows = []
     for kernel in KERNELS:
         for name in DTYPES:
             sel = [c for c in cases if c["kernel"] == kernel and c["dtype"] == name]
-            rows.append({
-                "kernel": kernel, "dtype": name, "cases": len(sel),
-                "loss_median": statistics.median(c["loss"] for c in sel), "loss_max": max(c["loss"] for c in sel),
-                "grad_median": statistics.median(c["grad"] for c in sel), "grad_max": max(c["grad"] for c in sel),
-                "input_median": statistics.median(c["input"] for c in sel), "input_max": max(c["input"] for c in sel),
-                "value_min": min(c["value"] for c in sel), "value_max": max(c["value"] for c in sel),
-            })
+            rows.append(
+                {
+                    "kernel": kernel,
+                    "dtype": name,
+                    "cases": len(sel),
+                    "loss_median": statistics.median(c["loss"] for c in sel),
+                    "loss_max": max(c["loss"] for c in sel),
+                    "grad_median": statistics.median(c["grad"] for c in sel),
+                    "grad_max": max(c["grad"] for c in sel),
+                    "input_median": statistics.median(c["input"] for c in sel),
+                    "input_max": max(c["input"] for c in sel),
+                    "value_min": min(c["value"] for c in sel),
+                    "value_max": max(c["value"] for c in sel),
+                }
+            )
     tag = f"{device.type}-{args.backend}"
     header = (
         f"# Loss accuracy per input dtype ({tag})\n\n"
@@ -146,8 +158,19 @@ def main(argv: list[str] | None = None) -> int:
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"precision-{tag}.md").write_text(table, encoding="utf-8")
     (RESULTS / f"precision-{tag}.json").write_text(
-        json.dumps({"torch": torch.__version__, "device": str(device), "backend": args.backend,
-                    "summary": rows, "cases": cases}, indent=1) + "\n", encoding="utf-8")
+        json.dumps(
+            {
+                "torch": torch.__version__,
+                "device": str(device),
+                "backend": args.backend,
+                "summary": rows,
+                "cases": cases,
+            },
+            indent=1,
+        )
+        + "\n",
+        encoding="utf-8",
+    )
     print(table)
     return 0
 
