@@ -4,6 +4,9 @@ end to end and writes its report; a failing or hanging step is recorded and the 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -28,7 +31,18 @@ def test_tiny_cpu_dry_run_writes_every_step(tmp_path: Path, monkeypatch: pytest.
     meta = report["meta"]
     for key in ("device", "torch", "cuda", "python", "cpu_count", "date", "command", "total_seconds", "budget_s"):
         assert key in meta
-    assert meta["tiny"] is True and meta["complete"] is True and meta["device_type"] == "cpu"
+    assert meta["tiny"] is True and meta["complete"] is True and meta["device_type"] == "cpu" and meta["stopped"] is None
+    assert meta["budget_s"] == DC.DEFAULT_BUDGET_S == 360
+    assert meta["matmul"] == {"float32_matmul_precision": torch.get_float32_matmul_precision(),
+                              "cuda_matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+                              "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
+                              "cuda_matmul_allow_bf16_reduced_precision_reduction":
+                                  torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction,
+                              "cuda_matmul_allow_fp16_reduced_precision_reduction":
+                                  torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction}
+    caches = meta["compile_caches"]  # inside the work folder, unless the environment sets them
+    assert all(Path(v).is_relative_to(tmp_path / "work") for v in caches.values())
+    assert ("TORCHINDUCTOR_CACHE_DIR" in caches) != bool(os.environ.get("TORCHINDUCTOR_CACHE_DIR"))
 
     for name, s in steps.items():
         assert s["status"] in DC.STATUSES and s["command"] and s["seconds"] > 0, name
@@ -38,6 +52,14 @@ def test_tiny_cpu_dry_run_writes_every_step(tmp_path: Path, monkeypatch: pytest.
     assert tests["failed"] == tests["error"] == 0 and tests["skipped"] >= 1 and tests["total"] >= tests["skipped"]
     assert any("cuda" in reason.lower() for reason in tests["skip_reasons"])
     assert "CUDA" in steps["cuda_tests"]["error"]
+
+    kernels = steps["kernels"]["results"]  # the most valuable step runs first
+    assert [c["case"] for c in kernels["cases"]] == list(DC.KERNEL_CASES) and len(kernels["cases"]) == 6
+    assert all(c["eager_vs_float64"] <= kernels["eager_tol"] for c in kernels["cases"])
+    (compiled,) = [c for c in kernels["cases"] if c["compiled"]]  # --tiny: one compile on the CPU
+    assert compiled["case"] == "max_similarity" and compiled["fallback"] is None and "error" not in compiled
+    assert compiled["compiled_vs_eager"] <= kernels["compiled_tol"] and compiled["first_call_s"] > 0
+    assert all(kernels["checks"].values()) and len(kernels["checks"]) == 6 + 2
 
     data = steps["embedded_data"]["results"]
     assert (data["num_train"], data["num_test"]) == (32, 8) and Path(data["root"]).is_relative_to(tmp_path)
@@ -49,6 +71,9 @@ def test_tiny_cpu_dry_run_writes_every_step(tmp_path: Path, monkeypatch: pytest.
     assert slice_["loss_backend"] == "auto" and slice_["loss_backend_resolved"] == "eager"  # compiled on CUDA only
     assert all(slice_["checks"].values()) and slice_["data_failures"] == 0
     assert slice_["peak_allocated_GiB"] is None  # measured on CUDA only
+    # loader and step together: the steps after the first of a fresh epoch's loader
+    assert slice_["pipeline_steps"] == 2 and slice_["pipeline_clips"] == 16 and slice_["pipeline_clips_per_s"] > 0
+    assert slice_["loader_vs_step"] > 0 and slice_["matmul"] == meta["matmul"]
 
     ddp = steps["torchrun_ddp"]["results"]
     assert ddp["backend"] == "gloo" and ddp["world_size"] == 1 and all(ddp["checks"].values())
@@ -59,6 +84,8 @@ def test_tiny_cpu_dry_run_writes_every_step(tmp_path: Path, monkeypatch: pytest.
 
     bench = steps["benchmarks_run"]["results"]
     assert {r["formulation"] for r in bench["losses"]} == {"max-MIL", "eq1"}
+    largest = json.loads((out / bench["json"]).read_text())["scale"]["largest_batch"]  # the largest B in 16 GiB
+    assert {(r["formulation"], r["budget_GiB"]) for r in largest} == {("max-MIL", 16.0), ("eq1", 16.0)}
     assert all(r["matches_upstream"] is not False for r in bench["losses"])
     assert (out / bench["json"]).is_file() and (out / bench["markdown"]).is_file()
 
@@ -66,7 +93,8 @@ def test_tiny_cpu_dry_run_writes_every_step(tmp_path: Path, monkeypatch: pytest.
     assert md.startswith(f"# Device check: {meta['device']}")
     for name in DC.STEPS:
         assert f"| {name} | {steps[name]['status']} |" in md
-    assert "## benchmarks.run tables" in md
+    assert "## benchmarks.run tables" in md and "Partial results" not in md
+    assert "| TF32: matmul / cuDNN |" in md and "| max_similarity | 8x16x3x3 |" in md
 
 
 def test_a_failing_step_is_recorded_and_the_rest_still_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -133,3 +161,75 @@ def test_pytest_outcomes_are_read_from_junit_xml_or_verbose_output(tmp_path: Pat
     got = DC._verbose_counts(text)
     assert (got["passed"], got["failed"], got["skipped"], got["total"]) == (1, 1, 1, 3)
     assert got["tests"][1]["test"] == "tests/test_a.py::test_x[a b]"
+
+
+def test_a_check_whose_budget_is_spent_after_its_first_step_leaves_valid_partial_results(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "out"
+    seen: list[dict] = []
+
+    def first(ctx, rec):
+        (path,) = out.glob("*.json")  # written before the step: it shows the step running, the rest not yet run
+        seen.append({s["name"]: s["status"] for s in json.loads(path.read_text())["steps"]})
+        time.sleep(1.5)
+        rec.status, rec.seconds, rec.command, rec.results = "ok", 1.5, "true", {"measured": 1}
+
+    def never(ctx, rec):
+        raise AssertionError("a step ran past the budget")
+
+    monkeypatch.setattr(DC, "STEP_FUNCTIONS", {name: first if name == DC.STEPS[0] else never for name in DC.STEPS})
+    assert DC.main(["--device", "cpu", "--tiny", "--out", str(out), "--budget", "6",
+                    "--work", str(tmp_path / "work")]) == 0
+    assert seen == [{name: "running" if name == DC.STEPS[0] else "skipped" for name in DC.STEPS}]
+    (path,) = out.glob("*.json")
+    report = json.loads(path.read_text())
+    steps = {s["name"]: s for s in report["steps"]}
+    assert steps[DC.STEPS[0]]["status"] == "ok" and steps[DC.STEPS[0]]["results"] == {"measured": 1}
+    for name in DC.STEPS[1:]:
+        assert steps[name]["status"] == "skipped" and "budget (6 s) is spent" in steps[name]["error"], name
+    md = path.with_suffix(".md").read_text()
+    assert f"| {DC.STEPS[0]} | ok |" in md and f"| {DC.STEPS[1]} | skipped |" in md
+
+
+def _processes_naming(text: str) -> list[int]:
+    """Live processes whose command line contains ``text`` (Linux ``/proc``)."""
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if text in cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+                pids.append(int(cmdline.parent.name))
+        except OSError:
+            continue
+    return pids
+
+
+@pytest.mark.skipif(not Path("/proc/self/cmdline").is_file(), reason="reads /proc to find the step's processes")
+def test_a_check_stopped_by_sigterm_mid_step_leaves_valid_partial_results(tmp_path: Path) -> None:
+    out, work = tmp_path / "out", tmp_path / "work"
+    env = {**os.environ, "MARGINNCE_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(Path(DC.REPO)), os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, "-m", "benchmarks.device_check", "--device", "cpu", "--tiny", "--out", str(out),
+           "--work", str(work), "--steps", "embedded_data", "train_slice", "torchrun_ddp"]
+    proc = subprocess.Popen(cmd, cwd=DC.REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    marker = str(work / "train_slice.config.json")  # on the train_slice worker's command line
+    try:
+        deadline = time.monotonic() + 240
+        while not _processes_naming(marker):  # the check is inside train_slice, its worker running
+            assert proc.poll() is None and time.monotonic() < deadline, "train_slice's worker never started"
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert _processes_naming(marker) == []  # the step's processes were stopped with the check
+    (path,) = out.glob("*.json")
+    report = json.loads(path.read_text())
+    assert report["meta"]["stopped"] == "SIGTERM" and report["meta"]["complete"] is False
+    steps = {s["name"]: s for s in report["steps"]}
+    assert steps["embedded_data"]["status"] == "ok" and steps["embedded_data"]["results"]["num_train"] == 32
+    assert steps["train_slice"]["status"] == "interrupted" and "SIGTERM" in steps["train_slice"]["error"]
+    assert steps["torchrun_ddp"]["status"] == "skipped" and "stopped (SIGTERM)" in steps["torchrun_ddp"]["error"]
+    assert steps["kernels"]["error"] == "not asked for (--steps)"
+    md = path.with_suffix(".md").read_text()
+    assert "**Partial results** (stopped by SIGTERM)" in md and "| train_slice | interrupted |" in md

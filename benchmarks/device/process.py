@@ -31,10 +31,25 @@ class Completed:
     tail: list[str]
 
 
+def _kill_group(proc: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL, to the process group ``proc`` leads (torchrun's and DataLoader's children too)."""
+    for sig, grace in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=grace)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
 def run_process(cmd: Sequence[str], limit_s: float, log_path: Path, env: dict[str, str] | None = None,
                 prefix: str = "") -> Completed:
     """Run ``cmd`` in the repository root in a new process group, echo its output (``prefix``ed) and
-    write it to ``log_path``; past ``limit_s`` seconds the whole group is killed."""
+    write it to ``log_path``; past ``limit_s`` seconds, or when the caller is interrupted (any exception while
+    waiting, re-raised), the whole group is killed."""
     full_env = dict(os.environ)
     full_env["PYTHONUNBUFFERED"] = "1"
     full_env["PYTHONPATH"] = os.pathsep.join(
@@ -71,16 +86,10 @@ def run_process(cmd: Sequence[str], limit_s: float, log_path: Path, env: dict[st
             proc.wait(timeout=max(limit_s, 1.0))
         except subprocess.TimeoutExpired:
             timed_out = True
-            for sig, grace in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
-                try:
-                    os.killpg(proc.pid, sig)  # the group this call started (torchrun's and DataLoader's children)
-                except ProcessLookupError:
-                    break
-                try:
-                    proc.wait(timeout=grace)
-                    break
-                except subprocess.TimeoutExpired:
-                    continue
+            _kill_group(proc)
+        except BaseException:  # the check itself was stopped (SIGTERM, Ctrl-C): its step's processes go too
+            _kill_group(proc)
+            raise
         reader.join(timeout=10.0)
     return Completed(proc.returncode, time.perf_counter() - start, timed_out, list(tail))
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from ..machine import device_name
+from ..machine import device_name, matmul_settings
 from .plan import StepRecord
 
 __all__ = ["device_meta", "markdown"]
@@ -25,6 +25,7 @@ def device_meta(device: torch.device) -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
+        "matmul": matmul_settings(),
     }
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
@@ -53,10 +54,23 @@ def _fmt(v: Any, digits: int = 2) -> str:
     return str(v)
 
 
+def _sci(v: Any) -> str:
+    return "–" if v is None else f"{v:.1e}"
+
+
 def _key_numbers(rec: StepRecord) -> str:
     r = rec.results
     if not r:
         return rec.error or ""
+    if rec.name == "kernels" and r.get("cases"):
+        cases = r["cases"]
+        compiled = [c for c in cases if c["compiled"]]
+        text = f"{len(cases)} cases, eager vs float64 <= {max(c['eager_vs_float64'] for c in cases):.1e}"
+        if compiled:
+            worst = max(c.get("compiled_vs_eager", float("inf")) for c in compiled)
+            bad = [c["case"] for c in compiled if c.get("fallback") or c.get("error")]
+            text += f"; {len(compiled)} compiled, vs eager <= {worst:.1e}" + (f", FELL BACK: {bad}" if bad else "")
+        return text
     if rec.name == "embedded_data":
         return f"{r['num_train']} train / {r['num_test']} test clips" + (" (cached)" if r.get("was_cached") else "")
     if rec.name == "cuda_tests":
@@ -109,7 +123,19 @@ def markdown(meta: dict[str, Any], records: list[StepRecord], bench_md: str | No
         ("python", meta["python"]),
         ("CPU cores", meta["cpu_count"]),
     ]
+    m = meta.get("matmul") or {}
+    if m:
+        env += [
+            ("float32 matmul precision", m["float32_matmul_precision"]),
+            ("TF32: matmul / cuDNN", f"{m['cuda_matmul_allow_tf32']} / {m['cudnn_allow_tf32']}"),
+            ("reduced-precision reductions: bf16 / fp16",
+             f"{m['cuda_matmul_allow_bf16_reduced_precision_reduction']} / "
+             f"{m['cuda_matmul_allow_fp16_reduced_precision_reduction']}"),
+        ]
     lines += ["| | |", "|:---|:---|"] + [f"| {k} | {_fmt(v)} |" for k, v in env if v is not None] + [""]
+    if not meta.get("complete"):
+        why = f"stopped by {meta['stopped']}" if meta.get("stopped") else "still running, or cut before its end"
+        lines += [f"**Partial results** ({why}): the steps below that ran are complete; the others are marked.", ""]
     lines += ["## Steps", "", "| step | status | seconds | result |", "|:---|:---|---:|:---|"]
     for rec in records:
         lines.append(f"| {rec.name} | {rec.status} | {rec.seconds:.1f} | {_key_numbers(rec)} |")
@@ -152,10 +178,30 @@ def markdown(meta: dict[str, Any], records: list[StepRecord], bench_md: str | No
                         ),
                     ),
                     ("data failures", r["data_failures"]),
+                    ("loader / step clips per s (>= 1: the loader keeps up)", r.get("loader_vs_step")),
+                    (
+                        "loader and step together: clips / s",
+                        f"{_fmt(r.get('pipeline_clips_per_s'), 0)} ({r.get('pipeline_steps')} steps after the first)",
+                    ),
                 )
             ]
             if r.get("warnings"):
                 lines += ["", "Warnings: " + "; ".join(f"`{w}`" for w in r["warnings"])]
+        elif rec.name == "kernels" and r.get("cases"):
+            lines += ["", f"Relative errors `||x - y|| / ||y||`, worst of the value and both gradients (checks: eager "
+                      f"vs float64 <= {r['eager_tol']:g}, compiled vs eager <= {r['compiled_tol']:g}); ms: one "
+                      "forward + backward, median.", "",
+                      "| case | B x C x H x W | eager vs f64 | compiled vs eager | compiled vs f64 | first call s | "
+                      "eager ms | compiled ms | fallback / error |", "|:---|:---|---:|---:|---:|---:|---:|---:|:---|"]
+            for c in r["cases"]:
+                size = f"{c['B']}x{c['C']}x{c['H']}x{c['W']}"
+                problem = c.get("error") or c.get("fallback") or ""
+                lines.append(f"| {c['case']} | {size} | {c['eager_vs_float64']:.1e} | "
+                             f"{_sci(c.get('compiled_vs_eager'))} | "
+                             f"{_sci(c.get('compiled_vs_float64'))} | {_fmt(c.get('first_call_s'))} | "
+                             f"{_fmt(c['eager_ms'])} | {_fmt(c.get('compiled_ms'))} | {problem} |")
+            if "checks" in r:
+                lines += ["", "Checks: " + ", ".join(f"{k} {'ok' if v else 'FAILED'}" for k, v in r["checks"].items())]
         elif rec.name == "cuda_tests" and r.get("tests"):
             lines += ["", "| test | outcome | s | message |", "|:---|:---|---:|:---|"]
             lines += [f"| {t['test']} | {t['outcome']} | {t['seconds']:.2f} | {t['message']} |" for t in r["tests"]]

@@ -14,9 +14,16 @@ from pathlib import Path
 from typing import Any
 
 from .plan import Context, StepRecord, _data_config, _data_root, _finish, _workers
-from .process import REPO, _python, _shown, _torchrun, run_process
+from .process import REPO, Completed, _python, _shown, _torchrun, run_process
 
 __all__ = ["STEP_FUNCTIONS"]
+
+
+def _run(ctx: Context, rec: StepRecord, cmd: list[str]) -> Completed:
+    """``cmd`` under the step's time limit, with the check's environment (the compile caches); its output echoed
+    with the step's name and logged to ``<work>/logs/<step>.log``."""
+    return run_process(cmd, ctx.limit(rec.name), ctx.work / "logs" / f"{rec.name}.log", prefix=f"[{rec.name}] ",
+                       env=ctx.env)
 
 
 def _worker_step(ctx: Context, rec: StepRecord, worker: str, config: dict[str, Any], torchrun: bool) -> dict[str, Any]:
@@ -24,19 +31,35 @@ def _worker_step(ctx: Context, rec: StepRecord, worker: str, config: dict[str, A
     config_path = ctx.work / f"{worker}.config.json"
     result_path = ctx.work / f"{worker}.result.json"
     result_path.unlink(missing_ok=True)
+    result_path.with_name(f"{worker}.partial.json").unlink(missing_ok=True)
     config_path.write_text(json.dumps(config))
     args = ("-m", "benchmarks.device_check", "--run-step", worker, "--step-config", str(config_path),
             "--step-result", str(result_path))
     cmd = _torchrun(*args) if torchrun else _python(*args)
     rec.command = _shown(cmd)
-    done = run_process(cmd, ctx.limit(rec.name), ctx.work / "logs" / f"{rec.name}.log", prefix=f"[{rec.name}] ")
-    results = json.loads(result_path.read_text()) if result_path.is_file() else {}
-    checks = results.get("checks", {})
-    problems = [f"check failed: {name}" for name, passed in checks.items() if not passed]
-    if done.returncode == 0 and not result_path.is_file():
-        problems.append("the worker wrote no result")
+    done = _run(ctx, rec, cmd)
+    partial_path = result_path.with_name(f"{worker}.partial.json")
+    problems: list[str] = []
+    if result_path.is_file():
+        results = json.loads(result_path.read_text())
+    elif partial_path.is_file():  # cut before its end: what it had finished
+        results = {**json.loads(partial_path.read_text()), "partial": True}
+        problems.append("the worker stopped before its end (partial result)")
+    else:
+        results = {}
+        if done.returncode == 0:
+            problems.append("the worker wrote no result")
+    problems = [f"check failed: {name}" for name, passed in results.get("checks", {}).items() if not passed] + problems
     _finish(rec, done, problems)
     return results
+
+
+def step_kernels(ctx: Context, rec: StepRecord) -> None:
+    """Compiled vs eager vs float64 for the kernels and adapters (:mod:`benchmarks.device.kernels`)."""
+    s = ctx.sizes
+    config = {"device": ctx.device, **s.kernel_sizes, "repeats": s.kernel_repeats,
+              "compiled": None if s.kernel_compiled is None else list(s.kernel_compiled)}
+    rec.results = _worker_step(ctx, rec, "kernels", config, torchrun=False)
 
 
 def step_embedded_data(ctx: Context, rec: StepRecord) -> None:
@@ -50,7 +73,7 @@ def step_embedded_data(ctx: Context, rec: StepRecord) -> None:
         cmd += [f"--{name.replace('_', '-')}", str(value)]
     rec.command = _shown(cmd)
     cached = is_complete(root, config)
-    done = run_process(cmd, ctx.limit(rec.name), ctx.work / "logs" / f"{rec.name}.log", prefix=f"[{rec.name}] ")
+    done = _run(ctx, rec, cmd)
     complete = is_complete(root, config)
     rec.results = {"root": str(root), "num_train": config.num_train, "num_test": config.num_test,
                    "image_size": config.image_size, "seconds_audio": config.seconds, "was_cached": cached,
@@ -102,7 +125,7 @@ def step_cuda_tests(ctx: Context, rec: StepRecord) -> None:
     cmd = _python("-m", "pytest", "-v", "-rs", "-p", "no:cacheprovider", "-k", "cuda", f"--junitxml={junit}", *files)
     rec.command = _shown(cmd)
     log = ctx.work / "logs" / f"{rec.name}.log"
-    done = run_process(cmd, ctx.limit(rec.name), log, prefix=f"[{rec.name}] ")
+    done = _run(ctx, rec, cmd)
     problems: list[str] = []
     if junit.is_file():
         rec.results = {"files": files, **_junit_counts(junit)}
@@ -137,7 +160,7 @@ def _model_config(ctx: Context) -> dict[str, Any]:
     s = ctx.sizes
     root = _data_root(s)
     return {"device": ctx.device, "backbone": s.backbone, "width": s.width, "dim": s.dim, "batch": s.batch,
-            "train_root": str(root), "train_list": str(root / "train.txt"), "workers": _workers(s)}
+            "train_root": str(root), "train_list": str(root / "train.txt"), "workers": s.workers}
 
 
 def step_train_slice(ctx: Context, rec: StepRecord) -> None:
@@ -145,7 +168,8 @@ def step_train_slice(ctx: Context, rec: StepRecord) -> None:
         return
     s = ctx.sizes
     config = {**_model_config(ctx), "warmup_steps": s.warmup_steps, "timed_steps": s.timed_steps,
-              "share_rounds": s.share_rounds, "preload_batches": s.preload_batches}
+              "share_rounds": s.share_rounds, "preload_batches": s.preload_batches,
+              "pipeline_steps": s.pipeline_steps}
     rec.results = _worker_step(ctx, rec, "train_slice", config, torchrun=False)
 
 
@@ -166,9 +190,9 @@ def step_torchrun_train(ctx: Context, rec: StepRecord) -> None:
                     "--backbone", m["backbone"], "--width", str(m["width"]), "--dim", str(m["dim"]),
                     "--train-root", m["train_root"], "--train-list", m["train_list"], "--epochs", "1",
                     "--batch-size", str(m["batch"]), "--limit-steps", str(ctx.sizes.trainer_steps),
-                    "--workers", str(m["workers"]), "--out", str(run_dir), "--no-progress")
+                    "--workers", _workers(ctx.sizes), "--out", str(run_dir), "--no-progress")
     rec.command = _shown(cmd)
-    done = run_process(cmd, ctx.limit(rec.name), ctx.work / "logs" / f"{rec.name}.log", prefix=f"[{rec.name}] ")
+    done = _run(ctx, rec, cmd)
     problems: list[str] = []
     metrics = run_dir / "metrics.jsonl"
     lines = metrics.read_text().splitlines() if metrics.is_file() else []
@@ -183,7 +207,7 @@ def step_torchrun_train(ctx: Context, rec: StepRecord) -> None:
             "epoch_seconds": e.get("seconds"),
             "data_failures": e.get("data_failures"),
             "batch": m["batch"],
-            "workers": m["workers"],
+            "workers": _workers(ctx.sizes),
             "note": "epoch_seconds includes the DataLoader's start and the loss's compilation",
         }
         if not (isinstance(e.get("loss"), (int, float)) and math.isfinite(e["loss"])):
@@ -204,7 +228,7 @@ def step_benchmarks_run(ctx: Context, rec: StepRecord) -> None:
     json_path, md_path = ctx.out / f"{name}.json", ctx.out / f"{name}.md"
     for p in (json_path, md_path):
         p.unlink(missing_ok=True)
-    done = run_process(cmd, ctx.limit(rec.name), ctx.work / "logs" / f"{rec.name}.log", prefix=f"[{rec.name}] ")
+    done = _run(ctx, rec, cmd)
     problems: list[str] = []
     if json_path.is_file():
         data = json.loads(json_path.read_text())
@@ -244,6 +268,7 @@ def step_benchmarks_run(ctx: Context, rec: StepRecord) -> None:
 
 
 STEP_FUNCTIONS: dict[str, Callable[[Context, StepRecord], None]] = {
+    "kernels": step_kernels,
     "embedded_data": step_embedded_data,
     "cuda_tests": step_cuda_tests,
     "train_slice": step_train_slice,

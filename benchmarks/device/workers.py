@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gc
 import json
+import math
 import os
 import statistics
 import time
@@ -21,7 +22,9 @@ from torch.utils.data import DataLoader
 from marginnce_kit.training.config import TrainConfig
 from marginnce_kit.training.step import build_optimizer
 
+from ..machine import matmul_settings, write_text_atomic
 from ..timing import sync as _sync
+from .kernels import worker_kernels
 
 __all__ = ["WORKERS"]
 
@@ -39,8 +42,9 @@ def _train_config(cfg: dict[str, Any]) -> TrainConfig:
     return effective_config(config)[0]
 
 
-def _loader(config: TrainConfig, device: torch.device, world_size: int = 1, rank: int = 0) -> DataLoader:
-    """The trainer's epoch-0 loader (:func:`marginnce_kit.training.step.epoch_loader` over its training set and
+def _loader(config: TrainConfig, device: torch.device, world_size: int = 1, rank: int = 0,
+            epoch: int = 0) -> DataLoader:
+    """The trainer's loader of ``epoch`` (:func:`marginnce_kit.training.step.epoch_loader` over its training set and
     sampler)."""
     from marginnce_kit.training.loop import build_train_set
     from marginnce_kit.training.sampler import GlobalBatchSampler
@@ -48,7 +52,7 @@ def _loader(config: TrainConfig, device: torch.device, world_size: int = 1, rank
 
     train_set = build_train_set(config)
     sampler = GlobalBatchSampler(len(train_set), config.batch_size, world_size, rank, config.seed)  # type: ignore[arg-type]
-    return epoch_loader(train_set, sampler, config, epoch=0, device=device, rank=rank)
+    return epoch_loader(train_set, sampler, config, epoch=epoch, device=device, rank=rank)
 
 
 def _preload(loader, device: torch.device, limit: int) -> dict[str, Any]:
@@ -94,7 +98,38 @@ def _trainer_step(
     return step
 
 
-def worker_train_slice(cfg: dict[str, Any]) -> dict[str, Any]:
+def _pipeline(step: Callable[[Tensor, Tensor], float], config: TrainConfig, device: torch.device,
+              steps: int) -> dict[str, Any]:
+    """Loader and step together, as the trainer's epoch runs them: a fresh loader (epoch 1), each batch moved to
+    the device and stepped on; the rate counts the ``steps`` batches after the first (the workers' start and the
+    first batch excluded)."""
+    loader = _loader(config, device, epoch=1)
+    clips, done, losses = 0, 0, []
+    t0 = None
+    for batch in loader:
+        if batch is None:
+            continue
+        losses.append(step(batch["image"].to(device, non_blocking=True),
+                           batch["spectrogram"].to(device, non_blocking=True)))
+        if t0 is None:
+            _sync(device)
+            t0 = time.perf_counter()
+            continue
+        clips += int(batch["image"].shape[0])
+        done += 1
+        if done >= steps:
+            break
+    _sync(device)
+    seconds = time.perf_counter() - t0 if t0 is not None else 0.0
+    return {"pipeline_steps": done, "pipeline_clips": clips, "pipeline_seconds": round(seconds, 3),
+            "pipeline_clips_per_s": clips / seconds if done and seconds > 0 else None,
+            "pipeline_losses_finite": all(math.isfinite(v) for v in losses)}
+
+
+def worker_train_slice(cfg: dict[str, Any], on_partial: Callable[[dict[str, Any]], None] | None = None
+                       ) -> dict[str, Any]:
+    """The training slice: the loader alone (preloading the batches), the step alone (on the preloaded batches),
+    the loss's share of the step, then loader and step together (:func:`_pipeline`)."""
     from marginnce_kit.train import build_train_model
     from marginnce_loss import LocalizationMarginNCE, _compiled
 
@@ -154,6 +189,10 @@ def worker_train_slice(cfg: dict[str, Any]) -> dict[str, Any]:
 
         loss_only()
         times = interleaved({"step": lambda: step(image, spec), "loss": loss_only}, cfg["share_rounds"], device)
+        if on_partial is not None:
+            on_partial({"loader_clips_per_s_after_first_batch": pre["clips_per_s_after_first"],
+                        "step_ms": 1e3 * timed_s / cfg["timed_steps"], "note": "cut before the pipeline"})
+        pipe = _pipeline(step, config, device, cfg["pipeline_steps"])
         caught = [str(r.message)[:300] for r in records if issubclass(r.category, (RuntimeWarning, UserWarning))]
     kernel = _compiled.KERNELS["thresholded_loss"]
     criterion = model.criterion
@@ -206,16 +245,24 @@ def worker_train_slice(cfg: dict[str, Any]) -> dict[str, Any]:
         "loss_ms": 1e3 * statistics.median(times["loss"]),
         "loss_share": median_ratio(times["loss"], times["step"]),
         "warnings": sorted(set(caught))[:10],
+        **pipe,
+        # the loader alone (after its first batch) against the step alone: >= 1 when the loader keeps up
+        "loader_vs_step": (pre["clips_per_s_after_first"] / (batch * cfg["timed_steps"] / timed_s)
+                           if pre["clips_per_s_after_first"] else None),
+        "matmul": matmul_settings(),
     }
     results["checks"] = {
-        "loss_finite": bool(torch.isfinite(loss_values).all()),
+        "loss_finite": bool(torch.isfinite(loss_values).all()) and pipe["pipeline_losses_finite"],
         "no_data_failures": pre["failures"] == 0,
         "no_compiled_fallback": kernel.failure is None,
     }
     return results
 
 
-def worker_ddp(cfg: dict[str, Any]) -> dict[str, Any] | None:
+def worker_ddp(cfg: dict[str, Any],
+               on_partial: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any] | None:
+    """One-process torchrun: the process group (NCCL on CUDA, gloo on CPU), an ``all_reduce``, DDP against the plain
+    model on one batch, then the trainer's steps (``on_partial``: unused, its result comes at once at the end)."""
     import torch.distributed as dist
     from torch import nn
     from torch.nn.parallel import DistributedDataParallel
@@ -308,7 +355,10 @@ def worker_ddp(cfg: dict[str, Any]) -> dict[str, Any] | None:
     }
 
 
-WORKERS: dict[str, Callable[[dict[str, Any]], dict[str, Any] | None]] = {
+#: ``--run-step NAME``: ``worker(config, on_partial)``; ``on_partial(result so far)`` is written as
+#: ``<name>.partial.json`` beside the result, so a worker killed at its limit still leaves what it measured.
+WORKERS: dict[str, Callable[[dict[str, Any], Callable[[dict[str, Any]], None]], dict[str, Any] | None]] = {
+    "kernels": worker_kernels,
     "train_slice": worker_train_slice,
     "ddp": worker_ddp,
 }
@@ -316,9 +366,8 @@ WORKERS: dict[str, Callable[[dict[str, Any]], dict[str, Any] | None]] = {
 
 def _run_worker(name: str, config_path: Path, result_path: Path) -> int:
     cfg = json.loads(config_path.read_text())
-    result = WORKERS[name](cfg)
+    partial = result_path.with_name(f"{name}.partial.json")
+    result = WORKERS[name](cfg, lambda so_far: write_text_atomic(partial, json.dumps(so_far, indent=1)))
     if result is not None:
-        tmp = result_path.with_name(result_path.name + ".tmp")
-        tmp.write_text(json.dumps(result, indent=1))
-        os.replace(tmp, result_path)
+        write_text_atomic(result_path, json.dumps(result, indent=1))
     return 0
