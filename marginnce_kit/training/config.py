@@ -142,6 +142,8 @@ class TrainConfig:
     val_list: str = _f("", "validation ids, annotated and not in the test list: scored every epoch, the best "
                            "epoch kept as best_val.pt (empty: no best_val selection)")
     val_annotations: str = _f("", "the validation split's annotations (empty: --annotations)")
+    loss_cuda_graphs: bool = _f(False, "on CUDA: run the loss region as CUDA graphs (torch.compile "
+                                       "mode='reduce-overhead'; unverified until a device check has timed it)")
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -162,6 +164,9 @@ class TrainConfig:
             raise ConfigError(f"val_list: validation also needs val_root (or test_root) and val_annotations (or "
                               f"annotations), got val_root={self.val_root!r} and "
                               f"val_annotations={self.val_annotations!r}")
+        if self.loss_cuda_graphs and self.device != "cuda":
+            raise ConfigError(f"loss_cuda_graphs: expected device 'cuda' (CUDA graphs capture CUDA work only), got "
+                              f"device {self.device!r}", "drop --loss-cuda-graphs, or pass --device cuda")
         if self.val_list and self.val_list == self.test_list:
             raise ConfigError(f"val_list: expected a validation split other than the test split, got the test list "
                               f"{self.val_list!r}", "pass held-out annotated clips as --val-list, or drop it")

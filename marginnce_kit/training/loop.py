@@ -26,6 +26,7 @@ from ..evaluation import evaluate_model
 from ..io import atomic_write_text
 from ..layout import RunLayout
 from ..models import AudioVisualModel, build_model
+from .accel import compile_loss_region
 from .checkpoint import CheckpointNotFoundError, load_checkpoint, save_checkpoint
 from .config import RESUME_INDEPENDENT, ConfigError, TrainConfig
 from .diagnostics import ClipLabels, MechanismMeter
@@ -57,7 +58,8 @@ def build_train_model(config: TrainConfig, distributed: bool = False,
     """The model a run trains: initialised from ``config.seed`` alone (the caller's global RNG state is
     left as it was), on ``device``; with ``distributed`` the loss gathers negatives across ranks
     (``config.gather_distributed``) and, on CUDA, BatchNorm becomes SyncBatchNorm
-    (``config.sync_batchnorm``). The state dict has the same keys in every case.
+    (``config.sync_batchnorm``); ``config.loss_cuda_graphs``: the loss region as CUDA graphs
+    (:func:`~.accel.compile_loss_region`). The state dict has the same keys in every case.
     ``load_pretrained=False``: skip reading the ImageNet weights (a resumed run loads every weight)."""
     device = torch.device(device)
     with torch.random.fork_rng(devices=[]):
@@ -65,7 +67,10 @@ def build_train_model(config: TrainConfig, distributed: bool = False,
         model = build_model(config.model_config(distributed=distributed), load_pretrained=load_pretrained)
     if distributed and device.type == "cuda" and config.sync_batchnorm and config.norm == "batch":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    return model.to(device)
+    model = model.to(device)
+    if config.loss_cuda_graphs and device.type == "cuda":  # refused off CUDA when the config is made
+        compile_loss_region(model)
+    return model
 
 
 def build_train_set(c: TrainConfig) -> Dataset:
