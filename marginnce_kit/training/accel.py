@@ -42,7 +42,7 @@ def compile_loss_region(model: nn.Module, compiler: Callable[[Callable[..., Any]
     if isinstance(criterion, nn.Module):
         criterion.forward = build(criterion.forward)  # type: ignore[method-assign]
     elif callable(criterion):
-        model.criterion = build(criterion)
+        model.criterion = build(criterion)  # type: ignore[assignment]  # a function attribute, not a submodule
     else:
         raise TypeError(f"model.criterion: expected the loss (a module or a function), got {type(criterion).__name__}")
     return model
