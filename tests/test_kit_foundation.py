@@ -58,7 +58,8 @@ def test_every_config_field_is_a_documented_option() -> None:
     {"pretrained": True, "visual_weights": "w.pth", "amp": False, "cache": True, "gather_distributed": False,
      "sync_batchnorm": False, "max_failures": 3, "test_root": "t", "test_list": "tl", "annotations": "a.json",
      "annotation_format": "flickr", "epochs": 3, "batch_size": 8, "lr": 0.003, "weight_decay": 0.0, "seed": 7,
-     "workers": 2, "device": "cuda", "eval_every": 2, "limit_steps": 5, "loss_cuda_graphs": True},
+     "workers": 0, "device": "cuda", "eval_every": 2, "limit_steps": 5, "loss_cuda_graphs": True,
+     "decode_device": "cuda"},
 ])
 def test_config_argv_round_trips(changes) -> None:
     config = TrainConfig(train_root="r", train_list="l", **changes)

@@ -50,16 +50,18 @@ import torch
 from torch.utils.data import Dataset
 
 from .._checks import check_int
-from .acceptance import ClipRejected, load_clip
+from .acceptance import ClipRejected, audio_part, load_clip
 from .annotations import GT_FORMATS, GT_SIZE, gt_map, load_flickr_annotations, load_vggss_annotations
 from .audio import CLIP_SAMPLES, log_spectrogram, waveform_from_samples
 from .failures import DECODE_ERRORS, DataError, DataFailureTracker, FailedSample, _remove_owned_file
 from .frames import (
+    DECODE_DEVICES,
     IMAGENET_MEAN,
     IMAGENET_STD,
     _rgb_tensor,
     augment_frame,
     crop_and_flip,
+    decode_jpeg_frame,
     image_transform,
     load_frame,
     load_image,
@@ -110,6 +112,9 @@ class AudioVisualDataset(Dataset):
         cache: keep decoded frames (RGB, before the random transform) and
             spectrograms in memory. The cache lives in the process that decodes:
             use it with ``num_workers=0`` (worker copies are discarded every epoch).
+        decode_device: ``"cpu"`` (Pillow, in the loader's workers) or ``"cuda"`` (the frames decoded by nvJPEG,
+            :func:`~marginnce_kit.data.frames.decode_jpeg_frame`, in the process that reads the dataset: use it with
+            ``num_workers=0``; items then hold CUDA frames). JPEG frames only on CUDA.
         failure_log: file shared by all processes for failure records (see
             ``DataFailureTracker``); by default a temporary file owned by this
             object, removed when it is garbage collected.
@@ -135,10 +140,14 @@ class AudioVisualDataset(Dataset):
         cache: bool = False,
         failure_log: str | Path | None = None,
         normalize: bool = True,
+        decode_device: str = "cpu",
     ) -> None:
         super().__init__()
         if not isinstance(normalize, bool):
             raise TypeError(f"normalize must be a bool, got {type(normalize).__name__}")
+        if decode_device not in DECODE_DEVICES:
+            raise ValueError(f"decode_device: expected one of {DECODE_DEVICES}, got {decode_device!r}")
+        self.decode_device = decode_device
         if split not in ("train", "test"):
             raise ValueError(f"split must be 'train' or 'test', got {split!r}")
         if annotation_format not in GT_FORMATS:
@@ -232,9 +241,16 @@ class AudioVisualDataset(Dataset):
         hit = self._cache.get(clip_id)
         if hit is not None:
             return hit
-        # the acceptance rule shared with prepare and --verify; raises ClipRejected with its reason
-        image, samples, _ = load_clip(self.image_path(clip_id), self.audio_path(clip_id), window=CLIP_SAMPLES)
-        frame = resize_frame(_rgb_tensor(image), self.split, self.image_size)
+        if self.decode_device == "cpu":
+            # the acceptance rule shared with prepare and --verify; raises ClipRejected with its reason
+            image, samples, _ = load_clip(self.image_path(clip_id), self.audio_path(clip_id), window=CLIP_SAMPLES)
+            rgb = _rgb_tensor(image)
+        else:  # the frame decoded by nvJPEG, in this process; the audio half of the rule as above
+            rgb = decode_jpeg_frame(self.image_path(clip_id), self.decode_device)
+            samples, _, problems = audio_part(self.audio_path(clip_id), window=CLIP_SAMPLES)
+            if problems:
+                raise ClipRejected("; ".join(problems))
+        frame = resize_frame(rgb, self.split, self.image_size)
         # waveform_from_samples clips and averages sample by sample and then takes the centered
         # CLIP_SAMPLES: taking them first (same start) gives the same waveform from 3 s instead of 10
         # (load_clip already read only those from an integer-PCM WAV; other files are cropped here)

@@ -153,7 +153,35 @@ def normalize_frames(frames: torch.Tensor) -> torch.Tensor:
     if frames.dtype != torch.uint8 or frames.dim() not in (3, 4) or frames.shape[-3] != 3:
         raise ValueError(f"frames: expected uint8 [3, H, W] or [B, 3, H, W], got {frames.dtype} {tuple(frames.shape)}")
     # in place on the float copy (the same float32 ops, one allocation)
-    return frames.to(torch.float32).div_(255.0).sub_(_MEAN).div_(_STD)
+    return frames.to(torch.float32).div_(255.0).sub_(_MEAN.to(frames.device)).div_(_STD.to(frames.device))
+
+
+#: Where :func:`decode_jpeg_frame` can decode (``AudioVisualDataset(decode_device=...)``, ``--decode-device``).
+DECODE_DEVICES = ("cpu", "cuda")
+
+
+def decode_jpeg_frame(path: str | Path, device: str = "cpu") -> torch.Tensor:
+    """A JPEG frame decoded by ``torchvision.io.decode_jpeg`` on ``device`` (libjpeg-turbo on the CPU, nvJPEG on
+    CUDA) as uint8 ``[3, H, W]`` RGB on that device: the frame path of ``--decode-device cuda``. On the CPU it gives
+    the bits of :func:`load_frame` (the same libjpeg-turbo; ``tests/test_gpu_switches.py`` checks it); nvJPEG's
+    IDCT may differ from it by a grey level.
+
+    Raises:
+        ValueError: ``device`` is not one of :data:`DECODE_DEVICES`.
+        ClipRejected: ``frame does not decode as a JPEG on <device>: ...`` (missing, truncated, not a JPEG: the
+            Pillow path of ``--decode-device cpu`` reads any format Pillow reads); counted like any broken clip.
+    """
+    if device not in DECODE_DEVICES:
+        raise ValueError(f"device: expected one of {DECODE_DEVICES}, got {device!r}")
+    from torchvision.io import ImageReadMode, decode_jpeg, read_file
+
+    try:
+        frame = decode_jpeg(read_file(str(path)), mode=ImageReadMode.RGB, device=device)
+    except Exception as error:  # torchvision raises RuntimeError (and OSError for a missing file)
+        raise ClipRejected(f"frame does not decode as a JPEG on {device}: {type(error).__name__}: {error}") from error
+    if frame.dim() != 3 or frame.shape[0] != 3 or frame.shape[1] < 1 or frame.shape[2] < 1:
+        raise ClipRejected(f"frame: expected an RGB image, decoded {tuple(frame.shape)}")
+    return frame
 
 
 def load_image(path: str | Path):

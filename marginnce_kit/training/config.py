@@ -142,6 +142,9 @@ class TrainConfig:
     val_list: str = _f("", "validation ids, annotated and not in the test list: scored every epoch, the best "
                            "epoch kept as best_val.pt (empty: no best_val selection)")
     val_annotations: str = _f("", "the validation split's annotations (empty: --annotations)")
+    decode_device: str = _f("cpu", "where the training frames are decoded: cpu (Pillow, in the loader's workers) "
+                                   "or cuda (nvJPEG in the training process, --workers 0; JPEG frames only)",
+                            choices=DEVICES)
     loss_cuda_graphs: bool = _f(False, "on CUDA: run the loss region as CUDA graphs (torch.compile "
                                        "mode='reduce-overhead'; unverified until a device check has timed it)")
 
@@ -164,6 +167,13 @@ class TrainConfig:
             raise ConfigError(f"val_list: validation also needs val_root (or test_root) and val_annotations (or "
                               f"annotations), got val_root={self.val_root!r} and "
                               f"val_annotations={self.val_annotations!r}")
+        if self.decode_device == "cuda" and self.device != "cuda":
+            raise ConfigError(f"decode_device: expected 'cpu' with device {self.device!r} (the decoded frames go to the "
+                              f"training device), got 'cuda'", "drop --decode-device cuda, or pass --device cuda")
+        if self.decode_device == "cuda" and self.workers > 0:
+            raise ConfigError(f"workers: expected 0 or auto with decode_device 'cuda' (CUDA cannot run in the loader's "
+                              f"worker processes: the frames are decoded in the training process), got {self.workers}",
+                              "pass --workers 0, or --decode-device cpu")
         if self.loss_cuda_graphs and self.device != "cuda":
             raise ConfigError(f"loss_cuda_graphs: expected device 'cuda' (CUDA graphs capture CUDA work only), got "
                               f"device {self.device!r}", "drop --loss-cuda-graphs, or pass --device cuda")

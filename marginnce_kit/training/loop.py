@@ -76,7 +76,8 @@ def build_train_model(config: TrainConfig, distributed: bool = False,
 def build_train_set(c: TrainConfig) -> Dataset:
     """The training split; items carry uint8 frames that ``collate_batch`` normalises a batch at a time."""
     return AudioVisualDataset(c.train_root, load_id_list(c.train_list), split="train",
-                              max_failures=c.max_failures, cache=c.cache, normalize=False, image_size=c.image_size)
+                              max_failures=c.max_failures, cache=c.cache, normalize=False, image_size=c.image_size,
+                              decode_device=c.decode_device)
 
 
 def build_test_set(root: str, test_list: str, annotations: str, annotation_format: str = "vggss",

@@ -42,13 +42,15 @@ def auto_workers(device: str) -> int:
 def effective_config(config: TrainConfig) -> tuple[TrainConfig, dict[str, Any]]:
     """``(config as it applies on config.device, {field: requested value} of what did not apply)``:
     ``amp`` (bfloat16 autocast) is CUDA-only; ``sync_batchnorm`` is CUDA-only and needs ``norm="batch"``;
-    ``workers=AUTO_WORKERS`` becomes :func:`auto_workers`'s count and ``weight_decay=None`` the method's
+    ``workers=AUTO_WORKERS`` becomes :func:`auto_workers`'s count (0 with ``decode_device="cuda"``) and ``weight_decay=None`` the method's
     (:data:`marginnce_kit.models.WEIGHT_DECAY`): resolved values, not refusals, so not listed in the second item."""
     on_cuda = config.device == "cuda"
     applied = {"amp": config.amp and on_cuda,
                "sync_batchnorm": config.sync_batchnorm and on_cuda and config.norm == "batch"}
     not_applied = {k: getattr(config, k) for k, v in applied.items() if getattr(config, k) != v}
-    workers = auto_workers(config.device) if config.workers == AUTO_WORKERS else config.workers
+    workers = config.workers
+    if workers == AUTO_WORKERS:  # frames decoded on the GPU: in the training process
+        workers = 0 if config.decode_device == "cuda" else auto_workers(config.device)
     decay = WEIGHT_DECAY[config.model] if config.weight_decay is None else config.weight_decay
     return replace(config, amp=applied["amp"], sync_batchnorm=applied["sync_batchnorm"], workers=workers,
                    weight_decay=decay), not_applied
@@ -67,6 +69,9 @@ def check_runnable(c: TrainConfig, world_size: int = 1) -> None:
     for name in ("train_root", "train_list"):
         if not getattr(c, name):
             raise ConfigError(f"{name}: expected a path, got nothing")
+    if c.decode_device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("decode_device: expected 'cpu' on this machine (CUDA is not available), got 'cuda'",
+                          "pass --decode-device cpu")
     if c.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device: expected 'cpu' on this machine (CUDA is not available), got 'cuda'",
                           "pass --device cpu")

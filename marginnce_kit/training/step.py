@@ -64,13 +64,14 @@ def epoch_loader(train_set: Dataset, sampler: GlobalBatchSampler, config: TrainC
     """The training loader of ``epoch`` (0-based) of a run: ``sampler.set_epoch(epoch)``, the dataset's
     ``set_epoch(epoch, config.seed)`` when it has one (:class:`~marginnce_kit.data.datasets.AudioVisualDataset`:
     the epoch's crops and flips), then :func:`make_train_loader` with ``config.workers`` (resolved: see
-    :func:`~marginnce_kit.training.runtime.effective_config`) and pinned memory on CUDA."""
+    :func:`~marginnce_kit.training.runtime.effective_config`) and pinned memory on CUDA (not for frames decoded
+    on the GPU, ``config.decode_device="cuda"``: they are on the device already)."""
     sampler.set_epoch(epoch)
     set_epoch = getattr(train_set, "set_epoch", None)
     if callable(set_epoch):
         set_epoch(epoch, config.seed)
     return make_train_loader(train_set, sampler, workers=config.workers, seed=config.seed, epoch=epoch, rank=rank,
-                             pin_memory=device.type == "cuda")
+                             pin_memory=device.type == "cuda" and config.decode_device == "cpu")
 
 
 @dataclass
