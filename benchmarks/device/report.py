@@ -185,6 +185,15 @@ def markdown(meta: dict[str, Any], records: list[StepRecord], bench_md: str | No
                     ),
                 )
             ]
+            sw = r.get("switches") or {}
+            if sw:  # CUDA only
+                graphs = (sw["cuda_graphs_error"] if "cuda_graphs_error" in sw else
+                          f"{100 * sw['loss_share_cuda_graphs']:.2f}% ({sw['loss_ms_cuda_graphs']:.2f} ms; plain "
+                          f"{100 * sw['loss_share_same_rounds']:.2f}% in the same rounds)")
+                decode = sw.get("gpu_decode_error") or _fmt(
+                    sw.get("gpu_decode_loader_clips_per_s_after_first_batch"), 0)
+                lines += ["| --decode-device cuda: loader clips / s (after the first batch) | " + decode + " |",
+                          "| --loss-cuda-graphs: loss share of a step | " + graphs + " |"]
             if r.get("warnings"):
                 lines += ["", "Warnings: " + "; ".join(f"`{w}`" for w in r["warnings"])]
         elif rec.name == "kernels" and r.get("cases"):

@@ -13,7 +13,7 @@ import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -126,6 +126,47 @@ def _pipeline(step: Callable[[Tensor, Tensor], float], config: TrainConfig, devi
             "pipeline_losses_finite": all(math.isfinite(v) for v in losses)}
 
 
+def _cuda_switches(model: nn.Module, config: TrainConfig, device: torch.device, loss_only: Callable[[], None],
+                   loss_inputs: tuple[Tensor, Tensor], step: Callable[[], object], rounds: int,
+                   batches: int) -> dict[str, Any]:
+    """The explicit GPU switches, measured (CUDA only): ``--decode-device cuda`` (the loader alone, frames decoded
+    by nvJPEG in this process) and ``--loss-cuda-graphs`` (the loss region as CUDA graphs, its share of a step,
+    timed interleaved with the step and the plain loss). An error is recorded, not raised."""
+    from dataclasses import replace
+
+    from marginnce_kit.training.accel import reduce_overhead
+
+    from ..timing import interleaved, median_ratio
+
+    out: dict[str, Any] = {}
+    try:
+        pre = _preload(_loader(replace(config, decode_device="cuda", workers=0), device), device, batches)
+        out["gpu_decode_loader_clips_per_s_after_first_batch"] = pre["clips_per_s_after_first"]
+        out["gpu_decode_data_failures"] = pre["failures"]
+    except Exception as error:  # noqa: BLE001 -- recorded; the slice's other numbers stand
+        out["gpu_decode_error"] = f"{type(error).__name__}: {error}"[:500]
+    img, aud = loss_inputs
+    try:
+        criterion = cast(Callable[..., Any], model.criterion)  # the model's loss (a module or a function)
+        region = reduce_overhead(criterion.forward if isinstance(criterion, nn.Module) else criterion)
+
+        def loss_graphs() -> None:
+            img.grad = aud.grad = None
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.amp):
+                loss = region(img, aud)
+            loss.backward()
+
+        for _ in range(3):  # cudagraph trees record on a later call than the first
+            loss_graphs()
+        times = interleaved({"step": step, "loss": loss_only, "graphs": loss_graphs}, rounds, device)
+        out.update({"loss_ms_cuda_graphs": 1e3 * statistics.median(times["graphs"]),
+                    "loss_share_cuda_graphs": median_ratio(times["graphs"], times["step"]),
+                    "loss_share_same_rounds": median_ratio(times["loss"], times["step"])})
+    except Exception as error:  # noqa: BLE001
+        out["cuda_graphs_error"] = f"{type(error).__name__}: {error}"[:500]
+    return out
+
+
 def worker_train_slice(cfg: dict[str, Any], on_partial: Callable[[dict[str, Any]], None] | None = None
                        ) -> dict[str, Any]:
     """The training slice: the loader alone (preloading the batches), the step alone (on the preloaded batches),
@@ -193,6 +234,9 @@ def worker_train_slice(cfg: dict[str, Any], on_partial: Callable[[dict[str, Any]
             on_partial({"loader_clips_per_s_after_first_batch": pre["clips_per_s_after_first"],
                         "step_ms": 1e3 * timed_s / cfg["timed_steps"], "note": "cut before the pipeline"})
         pipe = _pipeline(step, config, device, cfg["pipeline_steps"])
+        switches = {} if device.type != "cuda" else _cuda_switches(
+            model, config, device, loss_only, (img, aud), lambda: step(image, spec), cfg["share_rounds"],
+            cfg["preload_batches"])
         caught = [str(r.message)[:300] for r in records if issubclass(r.category, (RuntimeWarning, UserWarning))]
     kernel = _compiled.KERNELS["thresholded_loss"]
     criterion = model.criterion
@@ -246,6 +290,7 @@ def worker_train_slice(cfg: dict[str, Any], on_partial: Callable[[dict[str, Any]
         "loss_share": median_ratio(times["loss"], times["step"]),
         "warnings": sorted(set(caught))[:10],
         **pipe,
+        "switches": switches,  # CUDA only: --decode-device cuda, --loss-cuda-graphs
         # the loader alone (after its first batch) against the step alone: >= 1 when the loader keeps up
         "loader_vs_step": (pre["clips_per_s_after_first"] / (batch * cfg["timed_steps"] / timed_s)
                            if pre["clips_per_s_after_first"] else None),

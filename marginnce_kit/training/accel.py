@@ -15,13 +15,14 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["compile_loss_region", "LOSS_REGION_MODE"]
+__all__ = ["compile_loss_region", "reduce_overhead", "LOSS_REGION_MODE"]
 
 #: ``torch.compile`` mode of the loss region: CUDA graphs over the compiled graph (cudagraph trees).
 LOSS_REGION_MODE = "reduce-overhead"
 
 
-def _reduce_overhead(fn: Callable[..., Any]) -> Callable[..., Any]:
+def reduce_overhead(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``torch.compile(fn, mode="reduce-overhead", dynamic=False)``: ``fn`` replayed as CUDA graphs."""
     return torch.compile(fn, mode=LOSS_REGION_MODE, dynamic=False)
 
 
@@ -37,7 +38,7 @@ def compile_loss_region(model: nn.Module, compiler: Callable[[Callable[..., Any]
     Raises:
         TypeError: ``model`` has no callable ``criterion``.
     """
-    build = compiler if compiler is not None else _reduce_overhead
+    build = compiler if compiler is not None else reduce_overhead
     criterion = getattr(model, "criterion", None)
     if isinstance(criterion, nn.Module):
         criterion.forward = build(criterion.forward)  # type: ignore[method-assign]
