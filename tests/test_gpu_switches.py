@@ -24,14 +24,14 @@ from marginnce_kit.training.config import ConfigError, TrainConfig  # noqa: E402
 from marginnce_kit.training.loop import build_train_model, build_train_set  # noqa: E402
 from marginnce_kit.training.runtime import check_runnable, effective_config  # noqa: E402
 
-from .fixtures import AVFixture, make_av_dataset, train_argv, train_config  # noqa: E402
+from .fixtures import AVFixture, train_argv, train_config  # noqa: E402
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
 @pytest.fixture(scope="module")
-def fx(tmp_path_factory: pytest.TempPathFactory) -> AVFixture:
-    return make_av_dataset(tmp_path_factory.mktemp("av") / "data", n_train=4, n_test=2)
+def fx(av_dataset) -> AVFixture:  # tests/conftest.py: shared with the other modules' 8-clip data set
+    return av_dataset(n_train=8, n_test=4)
 
 
 def _one_error_line(capsys: pytest.CaptureFixture, argv: list[str]) -> str:
