@@ -555,6 +555,7 @@ def _trainer_step(model, optimizer, device: torch.device, use_amp: bool) -> Call
 
 def worker_train_slice(cfg: dict[str, Any]) -> dict[str, Any]:
     from marginnce_kit.train import build_train_model
+    from marginnce_kit.training.step import build_optimizer
     from marginnce_loss import _compiled
 
     from .run import interleaved, median_ratio
@@ -566,7 +567,7 @@ def worker_train_slice(cfg: dict[str, Any]) -> dict[str, Any]:
         warnings.simplefilter("always")
         model = build_train_model(config, distributed=False, device=device)
         model.train()
-        optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        optimizer = build_optimizer(model, config)  # the trainer's (weight_decay=None: the method's own)
         use_amp = config.amp and device.type == "cuda"
         _, loader = _loader(config)
         pre = _preload(loader, device, cfg["preload_batches"])
@@ -658,6 +659,7 @@ def worker_ddp(cfg: dict[str, Any]) -> dict[str, Any] | None:
     from torch.nn.parallel import DistributedDataParallel
 
     from marginnce_kit.train import build_train_model
+    from marginnce_kit.training.step import build_optimizer
 
     cuda = cfg["device"] == "cuda"
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -697,7 +699,7 @@ def worker_ddp(cfg: dict[str, Any]) -> dict[str, Any] | None:
         loss_rel = float((loss_ddp - loss_plain).abs() / loss_plain.abs().clamp_min(1e-30))
         grad_rel = float((grad_ddp - grad_plain).norm() / grad_plain.norm().clamp_min(1e-30))
 
-        optimizer = torch.optim.Adam(ddp_model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        optimizer = build_optimizer(ddp_model, config)  # the trainer's (weight_decay=None: the method's own)
         step = _trainer_step(net, optimizer, device, use_amp)
         _sync(device)
         t0 = time.perf_counter()
