@@ -248,6 +248,8 @@ class Runner:
         net, _, state = load_model(layout.checkpoint)
         results: dict[str, Any] = {t: evaluate_model(net, self.test_set(t), self.device,
                                                      batch_size=64, workers=self.workers) for t in test_lists}
+        if self.tensorboard:
+            _log_evals(layout, config, {t: results[t] for t in test_lists})
         history = state.get("history", [])
         results["_epochs"] = [{k: r[k] for k in ("epoch", "loss", "val", "mechanism") if k in r} for r in history]
         if config.val_list:
@@ -264,6 +266,23 @@ class Runner:
                                "cpu": round(time.process_time() - cpu0, 1)}
         atomic_write_text(json.dumps({"key": key, "results": results}, indent=2), result_path)
         return results
+
+
+def _log_evals(layout: RunLayout, config: TrainConfig, evals: dict[str, dict[str, Any]]) -> None:
+    """A study run's test evaluations in its TensorBoard logs, at the last epoch: the first test list's as
+    ``eval/*`` and the run's hparams beside them (as a plain run's final evaluation), every further list's as
+    ``eval/<list stem>/*``."""
+    from ..training.records import Scalars
+
+    scalars = Scalars(layout.tensorboard, purge_step=None)
+    try:
+        for i, (test, result) in enumerate(evals.items()):
+            scalars.eval(result, config.epochs, "eval" if i == 0 else f"eval/{Path(test).stem}")
+        first = next(iter(evals.values()), None)
+        if first is not None:
+            scalars.hparams(asdict(config), {k: first[k] for k in ("ciou", "auc", "mean_ciou")})
+    finally:
+        scalars.close()
 
 
 RunSpec = tuple[str, float, int, str, tuple[str, ...], str]  # model, margin, seed, train list, test lists, tag

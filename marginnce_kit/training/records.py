@@ -117,8 +117,8 @@ def plot_curves(history: Sequence[dict[str, Any]], path: Path, final_eval: dict[
 
 
 class Scalars:
-    """TensorBoard logs in ``<out>/tensorboard`` (rank 0, with ``tensorboard=True``); otherwise inert: per-step loss
-    and learning rate (``train/step_*``, against the optimiser step), per-epoch scalars (``train/*``, ``val/*``,
+    """TensorBoard logs in ``<out>/tensorboard`` (rank 0, with ``tensorboard=True``); otherwise inert: per-step loss,
+    learning rate and gradient norm (``train/step_*``, against the optimiser step), per-epoch scalars (``train/*``, ``val/*``,
     ``eval/*``, ``mechanism/*``, against the epoch), the run's hyperparameters with its final metrics (``hparams``)
     and response maps over their frames at the final evaluation (``eval/maps``). Flushed after every epoch, so a run
     stopped by an error keeps what it logged."""
@@ -134,11 +134,15 @@ class Scalars:
     def active(self) -> bool:
         return self.writer is not None
 
-    def step(self, global_step: int, loss: float, lr: float) -> None:
+    def step(self, global_step: int, loss: float, lr: float, grad_norm: float | None = None) -> None:
+        """One optimiser step's ``train/step_loss``, ``train/step_lr`` and (when given) ``train/step_grad_norm``
+        (the gradients' L2 norm before the step), against the 0-based global step."""
         if self.writer is None:
             return
         self.writer.add_scalar("train/step_loss", loss, global_step)
         self.writer.add_scalar("train/step_lr", lr, global_step)
+        if grad_norm is not None:
+            self.writer.add_scalar("train/step_grad_norm", grad_norm, global_step)
 
     def epoch(self, record: dict[str, Any]) -> None:
         if self.writer is None:
@@ -159,11 +163,12 @@ class Scalars:
                 self.writer.add_scalar(f"mechanism/{key}", value, step)
         self.writer.flush()
 
-    def eval(self, result: dict[str, Any], step: int) -> None:
+    def eval(self, result: dict[str, Any], step: int, prefix: str = "eval") -> None:
+        """An evaluation's ``<prefix>/ciou``, ``<prefix>/auc`` and ``<prefix>/mean_ciou`` at ``step`` (the epoch)."""
         if self.writer is None:
             return
         for key in ("ciou", "auc", "mean_ciou"):
-            self.writer.add_scalar(f"eval/{key}", result[key], step)
+            self.writer.add_scalar(f"{prefix}/{key}", result[key], step)
         self.writer.flush()
 
     def maps(self, overlays: Any, step: int, tag: str = "eval/maps") -> None:

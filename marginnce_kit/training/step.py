@@ -14,6 +14,7 @@ the device check and the benchmarks all call these, so what they time is what us
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections.abc import Callable
@@ -77,23 +78,27 @@ def epoch_loader(train_set: Dataset, sampler: GlobalBatchSampler, config: TrainC
 @dataclass
 class StepOutput:
     """What one step gives back: ``loss`` (the global-batch loss, a host float), ``updated`` (False: the loss
-    was not finite and nothing was applied), ``features`` (``(img, aud)``, detached, when asked for)."""
+    was not finite and nothing was applied), ``features`` (``(img, aud)``, detached, when asked for),
+    ``grad_norm`` (the L2 norm over all parameters' gradients before the optimiser step, when asked for and
+    updated; under DDP the averaged gradient, equal on every rank)."""
 
     loss: float
     updated: bool
     features: tuple[Tensor, Tensor] | None = None
+    grad_norm: float | None = None
 
 
 def train_step(net: nn.Module, image: Tensor, spectrogram: Tensor, optimizer: torch.optim.Optimizer, *,
                amp: bool = False, reduce: Callable[[float], float] = float, return_features: bool = False,
-               lr: float | None = None) -> StepOutput:
+               lr: float | None = None, grad_norm: bool = False) -> StepOutput:
     """One optimiser step of ``net`` (an :class:`~marginnce_kit.models.AudioVisualModel`, or its DDP wrapper)
     on a batch already on the device.
 
     ``loss, maps = net(image, spectrogram)`` under bfloat16 autocast when ``amp``; ``reduce`` turns the rank's
     loss into the global-batch loss (``ProcessGroup.mean`` under DDP: NaN on any rank is NaN on every rank, so
     all skip together); when it is finite, backward and ``optimizer.step()`` (``lr``: set on every parameter
-    group first). Returns :class:`StepOutput`.
+    group first). ``grad_norm``: also measure the gradients' total L2 norm (one host sync). Returns
+    :class:`StepOutput`.
     """
     if lr is not None:
         for group in optimizer.param_groups:
@@ -107,15 +112,22 @@ def train_step(net: nn.Module, image: Tensor, spectrogram: Tensor, optimizer: to
     if not math.isfinite(step_loss):
         return StepOutput(step_loss, False, features)
     loss.backward()
+    norm = _total_grad_norm(net) if grad_norm else None
     optimizer.step()
-    return StepOutput(step_loss, True, features)
+    return StepOutput(step_loss, True, features, norm)
+
+
+def _total_grad_norm(net: nn.Module) -> float:
+    """``||(g_1, ..., g_n)||_2`` over the parameters that have a gradient (as ``clip_grad_norm_`` measures it)."""
+    norms = [torch.linalg.vector_norm(p.grad.detach().float()) for p in net.parameters() if p.grad is not None]
+    return float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0
 
 
 def train_one_epoch(net: nn.Module, train_set: Dataset, sampler: GlobalBatchSampler,
                     optimizer: torch.optim.Optimizer, config: TrainConfig, *, epoch: int, device: torch.device,
                     dist: ProcessGroup, model_config: ModelConfig, progress: bool = False,
                     meter: MechanismMeter | None = None, kept: str = "no checkpoint was written",
-                    on_step: Callable[[int, float, float], None] | None = None) -> dict[str, Any]:
+                    on_step: Callable[[int, float, float, float | None], None] | None = None) -> dict[str, Any]:
     """Train ``epoch`` (0-based) of a run; returns the epoch's record (``loss`` (mean over its steps), ``lr``
     (at its first step), ``steps``, ``skipped_batches``, ``seconds``).
 
@@ -123,7 +135,9 @@ def train_one_epoch(net: nn.Module, train_set: Dataset, sampler: GlobalBatchSamp
     train on, or the global batch has fewer than two clips, are skipped (counted); clips that fail to load are
     merged over the ranks into ``train_set.failures`` and checked against its threshold. ``meter``: the
     mechanism's measures over the epoch's batches. ``kept``: what the error says of the last checkpoint.
-    ``on_step(global step, loss, lr)``: called after every optimiser step (TensorBoard's per-step scalars).
+    ``on_step(global step, loss, lr, grad norm)``: called after every optimiser step (TensorBoard's per-step
+    scalars); the gradient norm is measured only then. ``config.limit_steps`` caps the epoch's batches (trained
+    or skipped), and the progress bar's total is that cap.
 
     Raises:
         NonFiniteLossError: a step's loss is NaN or infinite (naming the epoch, the step and the batch's clips);
@@ -137,11 +151,10 @@ def train_one_epoch(net: nn.Module, train_set: Dataset, sampler: GlobalBatchSamp
     net.train()
     lr = lr_at_step(config, epoch * steps_per_epoch, total_steps)  # the epoch's first step
     loss_sum, steps, skipped, t0 = 0.0, 0, 0, time.time()
-    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not (progress and dist.is_main),
-               leave=False, dynamic_ncols=True, total=steps_per_epoch)
+    # at most steps_per_epoch batches: no batch past --limit-steps is loaded, and the bar counts to the cap
+    bar = tqdm(itertools.islice(loader, steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}",
+               disable=not (progress and dist.is_main), leave=False, dynamic_ncols=True, total=steps_per_epoch)
     for batch in bar:
-        if config.limit_steps and steps + skipped >= config.limit_steps:
-            break
         items = 0 if batch is None else int(batch["image"].shape[0])
         failed = 1 if batch is None else len(batch["failures"])  # a None batch had only failures
         empty_ranks, total_items, total_failed = dist.step_plan(items, failed)
@@ -155,7 +168,8 @@ def train_one_epoch(net: nn.Module, train_set: Dataset, sampler: GlobalBatchSamp
         step_lr = lr_at_step(config, global_step, total_steps)
         out = train_step(net, batch["image"].to(device, non_blocking=True),
                          batch["spectrogram"].to(device, non_blocking=True), optimizer, amp=config.amp,
-                         reduce=dist.mean, return_features=meter is not None, lr=step_lr)
+                         reduce=dist.mean, return_features=meter is not None, lr=step_lr,
+                         grad_norm=on_step is not None)
         if not out.updated:
             ids = [i for rank_ids in dist.gather(list(batch["id"])) for i in rank_ids]
             raise NonFiniteLossError(
@@ -167,7 +181,7 @@ def train_one_epoch(net: nn.Module, train_set: Dataset, sampler: GlobalBatchSamp
             s, w = mechanism_terms(model_config, *out.features)
             meter.update(list(batch["id"]), s, w)
         if on_step is not None:
-            on_step(global_step, out.loss, step_lr)
+            on_step(global_step, out.loss, step_lr, out.grad_norm)
         loss_sum += out.loss
         steps += 1
         bar.set_postfix(loss=f"{loss_sum / steps:.4f}")
