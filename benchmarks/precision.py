@@ -21,8 +21,8 @@ blob of its own image, ``ALIGNED_STRENGTH``: a partly trained model whose loss h
 and the range of the float64 loss values.
 
 Writes ``benchmarks/results/precision-<device>.json`` (every case) and ``.md`` (the table) and
-prints the table. ``tests/test_functional.py::test_loss_accuracy_per_dtype`` pins the bounds the
-README states on a subset of these cases.
+prints the table. ``tests/test_functional.py::test_loss_accuracy_per_dtype`` pins the bounds
+``docs/the-loss.md`` states on a subset of these cases.
 """
 
 from __future__ import annotations

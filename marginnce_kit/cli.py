@@ -15,9 +15,10 @@ with status 1. Any other exception is a bug and keeps its traceback. ::
         run_main(main)
 
 The console scripts of the package (``marginnce-train``, ``marginnce-evaluate``,
-``marginnce-prepare``, ``marginnce-table5``; see ``setup.cfg``) are the ``*_entry`` functions below:
+``marginnce-prepare``, ``marginnce-table5``; see ``pyproject.toml``) are the ``*_entry`` functions below:
 the same ``main`` under :func:`run_main`, runnable from any working directory once the package is
-installed. ``python -m baselines.<tool>`` keeps working from a checkout (the old name).
+installed. ``python -m baselines.<tool>`` keeps working from a checkout (the old name). Installed without
+the ``kit`` extra (torch only), a console script says so in one line, exit status 1.
 """
 
 from __future__ import annotations
@@ -27,10 +28,12 @@ import importlib
 import os
 import sys
 from collections.abc import Callable, Sequence
+from importlib.util import find_spec
 from pathlib import Path
 from typing import NoReturn
 
-__all__ = ["UsageError", "HelpFormatter", "one_line", "run_main", "program_name", "make_parser",
+__all__ = ["UsageError", "HelpFormatter", "one_line", "run_main", "program_name", "make_parser", "command_name",
+           "add_version", "KIT_IMPORTS",
            "train_entry", "evaluate_entry", "prepare_entry", "table5_entry"]
 
 
@@ -87,13 +90,24 @@ def make_parser(module: str, summary: str, details: str = "") -> argparse.Argume
     """The parser of a kit command: usage first, naming the command as it was invoked (``marginnce-train`` from
     the console script, ``python -m marginnce_kit.train`` otherwise), a one-line ``summary``, the options with
     their defaults, then ``details`` (the module's longer documentation), and ``--version``."""
+    p = argparse.ArgumentParser(prog=command_name(module), description=summary, epilog=details or None,
+                                formatter_class=HelpFormatter)
+    add_version(p)
+    return p
+
+
+def command_name(module: str) -> str:
+    """The name ``--help`` and errors show for the kit's ``module``: the console script's name when invoked as one
+    (``marginnce-prepare``), else ``python -m <module>`` (so the alias ``baselines.*`` reads as the kit)."""
+    name = program_name()
+    return name if name.startswith("marginnce-") else f"python -m {module}"
+
+
+def add_version(parser: argparse.ArgumentParser) -> None:
+    """``--version``: prints ``<prog> (marginnce-loss <version>)`` and exits with status 0."""
     from marginnce_loss import __version__
 
-    name = program_name()
-    prog = name if name.startswith("marginnce-") else f"python -m {module}"  # the alias baselines.* reads as the kit
-    p = argparse.ArgumentParser(prog=prog, description=summary, epilog=details or None, formatter_class=HelpFormatter)
-    p.add_argument("--version", action="version", version=f"%(prog)s (marginnce-loss {__version__})")
-    return p
+    parser.add_argument("--version", action="version", version=f"%(prog)s (marginnce-loss {__version__})")
 
 
 def run_main(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None,
@@ -114,8 +128,33 @@ def run_main(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[
     sys.exit(0 if status is None else status)
 
 
+# what the ``kit`` extra installs, by import name (pyproject.toml's [project.optional-dependencies] kit)
+KIT_IMPORTS = frozenset({"numpy", "torchvision", "PIL", "soundfile", "tqdm", "matplotlib", "av", "tensorboard",
+                         "scipy", "yaml"})
+
+
 def _entry(module: str) -> NoReturn:
-    run_main(importlib.import_module(f"marginnce_kit.{module}").main, prog=f"marginnce-{module}")
+    """Run the kit's ``module`` as the console script ``marginnce-<module>``. Without the ``kit`` extra (torch only),
+    one line on stderr names the missing packages and the extra, exit status 1: checked before anything is
+    imported (torch itself warns on import without numpy)."""
+    prog = f"marginnce-{module}"
+    missing = sorted(name for name in KIT_IMPORTS if find_spec(name) is None)
+    if missing:
+        _no_kit(prog, missing)
+    try:
+        tool = importlib.import_module(f"marginnce_kit.{module}")
+    except ModuleNotFoundError as e:
+        name = (e.name or "").split(".")[0]
+        if name not in KIT_IMPORTS:
+            raise  # not one of the kit's dependencies: a bug, keep the traceback
+        _no_kit(prog, [name])
+    run_main(tool.main, prog=prog)
+
+
+def _no_kit(prog: str, missing: Sequence[str]) -> NoReturn:
+    print(f"{prog}: error: the kit's dependencies are not installed (missing: {', '.join(missing)}); "
+          "install them with: pip install 'marginnce-loss[kit]'", file=sys.stderr, flush=True)
+    sys.exit(1)
 
 
 def train_entry() -> NoReturn:

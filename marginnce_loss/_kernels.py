@@ -112,7 +112,7 @@ _BLOCK_BYTES = 1 << 25
 # _KEEP_ROWS_BYTES). Past these the backward recomputes the maps (eq. 1: a fourth matrix product)
 # and copies the rows again, a block at a time, so the loss's own memory stays O(B^2) plus a few
 # blocks: at B = 1024, 14 x 14, C = 512 the maps alone would be 784 MiB and the rows 392 MiB.
-# Keeping is never slower; the bounds are a memory choice (see the README's benchmark section).
+# Keeping is never slower; the bounds are a memory choice (see docs/benchmarks.md).
 _KEEP_BYTES = 1 << 29
 _KEEP_ROWS_BYTES = 1 << 28
 

@@ -14,7 +14,7 @@ element-wise step and reduction in float32 (float64 stays float64), and return t
 :func:`margin_nce` always runs its log-sum-exp in float32 or wider. Half-precision features give a
 loss as accurate as their dtype allows, not as float32 (bfloat16 max-MIL: up to 1e-2 relative,
 mostly the rounding of the features; measured by ``python -m benchmarks.precision``, tabled in
-the README).
+``docs/the-loss.md``).
 
 Backends (``backend=`` on the similarity kernels, :class:`~marginnce_loss.LocalizationMarginNCE` and
 the adapters): ``"eager"`` runs the kernels of :mod:`marginnce_loss._kernels` (hand-derived
@@ -319,7 +319,7 @@ def margin_nce(
     ``reduction="mean"`` gives ``mean_i l_i^row + mean_j l_j^col``. ``extra_negatives`` (``N``)
     join the row (image-anchor) direction only. The log-sum-exp runs in float32 or wider whatever
     the input dtype, so a half-precision ``sim`` gives the loss of that ``sim`` to float32 accuracy
-    (the rounding of ``sim`` itself is the caller's: see the README's precision table).
+    (the rounding of ``sim`` itself is the caller's: see the precision table in ``docs/the-loss.md``).
 
     A learnable temperature (CLIP-style): ``tau`` may be a 0-d tensor that requires grad, e.g.
     ``tau = 1 / logit_scale.exp()`` with ``logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))``

@@ -161,8 +161,8 @@ class MarginNCE(_MarginNCEBase):
                 not ``[B, K]`` on ``sim``'s device.
 
         Warns:
-            UserWarning: on the first call with ``check_inputs``, when ``|sim|`` (or
-            ``|extra_negatives|``) exceeds 1.
+            UserWarning: on the first call with ``check_inputs``, when an entry of ``sim`` (or of
+                ``extra_negatives``) is outside [-1, 1].
         """
         check_sim(sim, extra_negatives)
         if self._first_call():

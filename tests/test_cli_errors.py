@@ -1,11 +1,9 @@
 """The trainer's and the evaluator's command lines under user errors (marginnce_kit/cli.py): one line on
 stderr naming the problem and the fix, exit status 1, no traceback, nothing half-written; run
-folders never overwritten silently; --help with defaults; the package's console scripts."""
+folders never overwritten silently; --help with defaults (the package's metadata: test_packaging.py)."""
 
 from __future__ import annotations
 
-import configparser
-import importlib
 import json
 import os
 import subprocess
@@ -260,25 +258,6 @@ def test_python_m_from_another_directory(fx: AVFixture, tmp_path: Path) -> None:
     done = _python(["-m", "marginnce_kit.evaluate", "--checkpoint", "missing.pt"], cwd=tmp_path)
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert done.stderr.startswith("python -m marginnce_kit.evaluate: error: checkpoint: no such file 'missing.pt'")
-
-
-def test_package_metadata_installs_the_kit() -> None:
-    """setup.cfg installs ``marginnce_kit`` (with its data files) beside ``marginnce_loss``, and every console
-    script names a callable that exists."""
-    cfg = configparser.ConfigParser()
-    cfg.read(REPO / "setup.cfg")
-    include = cfg["options.packages.find"]["include"].split()
-    assert {"marginnce_loss", "marginnce_loss.*", "marginnce_kit", "marginnce_kit.*"} <= set(include)
-    assert cfg["options.package_data"]["marginnce_kit.data"].strip() == "*.json"
-    assert list((REPO / "marginnce_kit" / "data").glob("*.json"))
-    assert "tensorboard" in cfg["options.extras_require"]["kit"].split()
-    scripts = dict(line.split(" = ") for line in cfg["options.entry_points"]["console_scripts"].strip().splitlines())
-    assert set(scripts) == {"marginnce-train", "marginnce-evaluate", "marginnce-prepare", "marginnce-table5"}
-    for target in scripts.values():
-        module, name = target.split(":")
-        assert callable(getattr(importlib.import_module(module), name))
-        tool = name.replace("_entry", "")
-        assert callable(importlib.import_module(f"marginnce_kit.{tool}").main)
 
 
 def test_table5_checks_real_data_paths_before_any_run(fx: AVFixture, tmp_path: Path,

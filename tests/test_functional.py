@@ -259,7 +259,7 @@ def test_gradcheck_localization_loss(similarity):
 # ---------------------------------------------------------------- numerics
 
 
-# Largest relative error against float64 that the README states for each kernel and input dtype
+# Largest relative error against float64 that docs/the-loss.md states for each kernel and input dtype
 # (measured by `python -m benchmarks.precision`: benchmarks/results/precision-*.md, 40 cases a row,
 # rounded up): (loss, gradient). Max-MIL's half-precision gradient has no bound: a near tie of two
 # responses can round either way and send the gradient to another location.
@@ -275,7 +275,7 @@ ACCURACY = {
 
 @pytest.mark.parametrize("kernel,dtype", sorted(ACCURACY), ids=lambda v: v)
 def test_loss_accuracy_per_dtype(kernel, dtype):
-    """The README's precision table, pinned on four of the benchmark's cases (C = 64, B = 32)."""
+    """The precision table of docs/the-loss.md, pinned on four of the benchmark's cases (C = 64, B = 32)."""
     from benchmarks.precision import DTYPES, features, relative_errors
 
     loss_bound, grad_bound = ACCURACY[(kernel, dtype)]

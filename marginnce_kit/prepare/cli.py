@@ -8,7 +8,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..cli import HelpFormatter, UsageError, run_main
+from ..cli import HelpFormatter, UsageError, add_version, command_name, run_main
 from ..data.acceptance import (
     MIN_AUDIO_SECONDS,
 )
@@ -38,7 +38,7 @@ class _Parser(argparse.ArgumentParser):
 def _parser() -> argparse.ArgumentParser:
     """The command-line parser."""
     parser = _Parser(
-        prog="python -m marginnce_kit.prepare",
+        prog=command_name("marginnce_kit.prepare"),
         formatter_class=_HelpFormatter,
         description=(
             "Extract the center frame (ROOT/frames/<id>.jpg) and 16 kHz mono audio (ROOT/audio/<id>.wav)\n"
@@ -50,6 +50,7 @@ def _parser() -> argparse.ArgumentParser:
             "Each clip's window and frame time are in ROOT/prepare_report.json."
         ),
     )
+    add_version(parser)
     parser.add_argument("--videos", type=Path, metavar="DIR", help="folder of downloaded videos <id>.<ext>")
     parser.add_argument("--out", type=Path, metavar="ROOT", help="output root (frames/, audio/, report)")
     parser.add_argument(
@@ -163,4 +164,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run(argv: Sequence[str] | None = None) -> None:
     """``python -m marginnce_kit.prepare``: :func:`main` under :func:`marginnce_kit.cli.run_main`."""
-    run_main(main, argv, prog="python -m marginnce_kit.prepare")
+    run_main(main, argv, prog=command_name("marginnce_kit.prepare"))

@@ -31,7 +31,10 @@ def loss(
     Args:
         img: ``[B, C, H, W]`` L2-normalised visual features.
         aud: ``[B, C]`` L2-normalised audio embeddings.
-        margin, epsilon, beta, tau: as in the paper (-0.2, 0.65, 0.03, 0.07).
+        margin: ``m`` of eq. 3 (the paper: -0.2).
+        epsilon: eq. 1's threshold (0.65).
+        beta: eq. 1's sigmoid temperature (0.03).
+        tau: eq. 3's temperature (0.07).
         backend: ``"auto"`` | ``"eager"`` | ``"compiled"`` (similarity and loss as one compiled
             graph; see :func:`~marginnce_loss.functional.thresholded_similarity`).
 
