@@ -23,6 +23,7 @@ import math
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -50,7 +51,7 @@ def _as_box(box: object, where: str) -> tuple[float, float, float, float]:
         raise TypeError(f"{where} must be a sequence of 4 numbers [x0, y0, x1, y1], got {box!r}")
     if len(box) != 4:
         raise ValueError(f"{where} must have 4 numbers [x0, y0, x1, y1], got {len(box)}: {box!r}")
-    out = []
+    out: list[Any] = []  # the numbers as given (int or float)
     for v in box:
         if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
             raise TypeError(f"{where} must contain numbers, got {v!r} in {box!r}")

@@ -90,7 +90,7 @@ def valid_boxes(boxes: Sequence[Sequence[float]]) -> np.ndarray:
     return arr[keep]
 
 
-def _quantiles(values: Sequence[float]) -> list[float]:
+def _quantiles(values: Sequence[float] | np.ndarray) -> list[float]:
     return [round(float(v), 6) for v in np.quantile(np.asarray(values, dtype=np.float64), QUANTILE_LEVELS)]
 
 

@@ -22,9 +22,9 @@ class _HelpFormatter(HelpFormatter):
     """The kit's help (defaults shown, the description's line breaks kept), less ``(default: None)`` and
     ``(default: False)`` for options without a default."""
 
-    def _get_help_string(self, action: argparse.Action) -> str | None:
+    def _get_help_string(self, action: argparse.Action) -> str:
         if action.default is None or action.default is False:
-            return action.help
+            return action.help or ""
         return super()._get_help_string(action)
 
 
@@ -145,6 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"verify: wrote the {len(clean)} ids that pass to {args.write_clean}")
             return 1 if problems else 0
         rule = WindowRule(args.window, args.start_regex, args.clip_seconds, args.window_tolerance)
+        assert args.videos is not None and args.out is not None  # checked above
         report = prepare(
             args.videos, args.out, ids=ids, workers=args.workers,
             audio_seconds=args.audio_seconds, progress=not args.no_progress, window=rule,

@@ -127,7 +127,7 @@ def _background(rng: np.random.Generator, size: int, clutter: float) -> np.ndarr
     grey = low.mean(axis=2, keepdims=True)
     low = grey + rng.uniform(0.2, 0.45) * (low - grey)
     img = np.asarray(
-        Image.fromarray(low.round().astype(np.uint8)).resize((size, size), Image.BICUBIC), dtype=np.float32
+        Image.fromarray(low.round().astype(np.uint8)).resize((size, size), Image.Resampling.BICUBIC), dtype=np.float32
     ).copy()
     n_clutter = int(rng.poisson(3.0 * clutter)) if clutter > 0 else 0
     for _ in range(n_clutter):
