@@ -27,7 +27,8 @@ from typing import Any
 from .cli import UsageError
 
 __all__ = ["TextFileError", "read_text", "read_json", "read_jsonl", "read_csv_rows",
-           "temp_path", "atomic_write", "atomic_write_text", "atomic_write_json", "atomic_save"]
+           "TorchFileError", "load_weights_only", "temp_path", "atomic_write", "atomic_write_text", "atomic_write_json",
+           "atomic_save"]
 
 _TEXT_FIX = "save it as UTF-8 text (an editor's or spreadsheet's 'UTF-8' encoding), or pass the right file"
 _JSON_FIX = "fix the JSON (a validator such as `python -m json.tool FILE` points at the spot), or pass the right file"
@@ -158,3 +159,49 @@ def atomic_save(obj: Any, path: str | os.PathLike[str]) -> None:
     import torch
 
     atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+class TorchFileError(UsageError, ValueError):
+    """A file :func:`load_weights_only` cannot read; :attr:`reason` says which of two causes:
+
+    - ``"cut short"``: the file is cut short or not a checkpoint at all (an interrupted copy or download, an
+      empty file, a text or zip file of another kind: ``torch.load`` fails before anything is unpickled);
+    - ``"unsafe"``: a real torch file holding objects other than tensors and plain containers (a whole
+      pickled model, a custom class), which ``weights_only=True`` refuses to run.
+    """
+
+    def __init__(self, message: str, fix: str, reason: str) -> None:
+        super().__init__(message, fix)
+        self.reason = reason
+
+
+def load_weights_only(path: str | os.PathLike[str], what: str, map_location: str = "cpu") -> Any:
+    """``torch.load(path, weights_only=True)``; a file it cannot read raises :class:`TorchFileError` naming
+    ``what`` (e.g. ``"checkpoint"``), the path and the cause (cut short or not a checkpoint / unsafe).
+
+    A refusal is told apart by torch's own wording: "Weights only load failed" naming an "Unsupported
+    global" (a class the file needs to unpickle; torch >= 2.4). Every other failure -- ``RuntimeError``
+    from the zip reader ("failed finding central directory"), ``EOFError``, "Invalid magic number", or an
+    "Unsupported operand" (bytes that are not a pickle at all) -- means the bytes are not a complete
+    torch file.
+    """
+    import pickle
+
+    import torch
+
+    path = Path(path)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 -- classified below; the original is chained
+        text = str(e).strip()
+        first = text.splitlines()[0] if text else ""
+        if isinstance(e, pickle.UnpicklingError) and "Weights only load failed" in text and "Unsupported global" in text:
+            raise TorchFileError(
+                f"{what} {str(path)!r}: holds objects other than tensors, which weights_only=True refuses to "
+                f"load (it could run code)",
+                "save plain state dicts (torch.save(model.state_dict(), PATH)); load a file you trust yourself "
+                "with torch.load(PATH, weights_only=False) and re-save its state dict", "unsafe") from e
+        raise TorchFileError(
+            f"{what} {str(path)!r}: file is cut short or not a checkpoint ({os.path.getsize(path)} bytes; "
+            f"{type(e).__name__}: {first})",
+            "copy or download the file again, or pass the right file", "cut short") from e

@@ -58,6 +58,7 @@ from marginnce_loss.adapters import lvs
 
 from ._checks import check_bool, check_choice, check_finite, check_int, check_positive, check_str
 from .cli import UsageError
+from .io import TorchFileError, load_weights_only
 
 __all__ = ["MODELS", "BACKBONES", "NORMS", "ModelConfig", "AudioVisualModel", "build_model", "norm_layer", "TAU", "WEIGHT_DECAY",
            "WeightsUnavailableError", "imagenet_resnet18", "imagenet_resnet18_state", "torchvision_cache_path"]
@@ -155,10 +156,9 @@ def torchvision_cache_path() -> Path:
 
 def _read_state(path: Path, fix: str) -> dict[str, Tensor]:
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # unpickling refused (weights_only), truncated or not a torch file
-        raise WeightsUnavailableError(f"{path}: cannot be read as a weights-only state dict "
-                                      f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})", fix) from e
+        state = load_weights_only(path, "visual weights")
+    except TorchFileError as e:
+        raise WeightsUnavailableError(e.problem, fix) from e
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         raise WeightsUnavailableError(f"{path}: expected a state dict {{name: tensor}}, got {type(state).__name__}",
                                       fix)

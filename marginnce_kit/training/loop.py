@@ -27,7 +27,7 @@ from ..io import atomic_write_text
 from ..layout import RunLayout
 from ..models import AudioVisualModel, build_model
 from .accel import compile_loss_region
-from .checkpoint import CheckpointNotFoundError, load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointNotFoundError, checkpoint_config, load_checkpoint, model_state, save_checkpoint
 from .config import RESUME_INDEPENDENT, ConfigError, TrainConfig
 from .diagnostics import ClipLabels, MechanismMeter
 from .distributed import ProcessGroup
@@ -111,7 +111,7 @@ def _restore(config: TrainConfig, ckpt_path: Path) -> dict[str, Any]:
                                       "drop --resume to start a new run")
     state = load_checkpoint(ckpt_path)
     # as they apply on the device (a checkpoint written before configs were recorded so says amp=True on CPU)
-    saved = asdict(effective_config(TrainConfig.from_dict(state["config"]))[0])
+    saved = asdict(effective_config(checkpoint_config(state, ckpt_path))[0])
     now = asdict(effective_config(config)[0])
     diff = {k: (v, now[k]) for k, v in saved.items() if now[k] != v and k not in RESUME_INDEPENDENT}
     if diff:
@@ -239,7 +239,7 @@ class _Run:
         optimizer = build_optimizer(model, c)
         start_epoch = 0
         if state is not None:
-            model.load_state_dict(state["model"])
+            model.load_state_dict(model_state(state))
             optimizer.load_state_dict(state["optimizer"])
             start_epoch = state["epoch"]
             self.history = list(state.get("history", []))
@@ -372,7 +372,7 @@ class _Run:
                     final["eval_best_val"] = final["eval"]
                 else:
                     last = {k: v.clone() for k, v in model.state_dict().items()}
-                    model.load_state_dict(load_checkpoint(layout.best_val)["model"])
+                    model.load_state_dict(model_state(load_checkpoint(layout.best_val)))
                     final["eval_best_val"] = self.evaluate(model, test_set, False)
                     model.load_state_dict(last)
         top = best_test(self.history, final.get("eval"))
