@@ -28,7 +28,7 @@ from .functional import (
 )
 from .losses import SIMILARITIES, LocalizationMarginNCE, MarginNCE
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "MarginNCE",
