@@ -10,6 +10,8 @@
   :func:`torch_threads` is the same for a block of a test.
 - ``av_dataset``: a factory of the tiny audio-visual data sets of ``tests/fixtures.py``, each written once
   per session for its arguments and shared read-only (a test that breaks clips makes its own).
+- ``train_fx``: the trainer tests' data set (16 training clips, 8 test clips), for test_train.py and
+  test_train_config.py.
 - ``embedded_cache`` / ``use_embedded_cache``: one ``MARGINNCE_CACHE`` for the session's study tests.
 """
 
@@ -81,6 +83,12 @@ def av_dataset(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Any]:
         return made[key]
 
     return make
+
+
+@pytest.fixture(scope="session")
+def train_fx(av_dataset: Callable[..., Any]) -> Any:
+    """The trainer tests' :class:`tests.fixtures.AVFixture`: 16 training clips, 8 test clips; read-only."""
+    return av_dataset(n_train=16, n_test=8)
 
 
 @pytest.fixture(scope="session")
