@@ -115,7 +115,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in ("eval", "center prior", "ceiling"):
         r = result[name]
         label = f"{config.model} m={config.margin:+.2f}" if name == "eval" else name
-        print(f"{label:>22}: cIoU {r['ciou']:6.2f}  AUC {r['auc']:6.2f}  mean cIoU {r['mean_ciou']:6.2f}  (n = {r['n']})")
+        print(f"{label:>22}: cIoU {r['ciou']:6.2f}  AUC {r['auc']:6.2f}  "
+              f"mean cIoU {r['mean_ciou']:6.2f}  (n = {r['n']})")
     if args.out:
         _write_json(result, args.out)
     return 0
@@ -132,11 +133,12 @@ def _bound_rows_main(args: argparse.Namespace) -> int:
     boxes = load_annotations(args.annotations, fmt, ids)
     gts = torch.stack([torch.from_numpy(gt_map(b, fmt)) for b in boxes.values()])
     rows = {name: {k: v for k, v in r.items() if k != "per_clip"} for name, r in bound_rows_for(gts).items()}
-    result = {"annotations": Path(args.annotations).name, "test_list": Path(args.test_list).name if args.test_list else None,
-              "format": fmt, **rows}
+    result = {"annotations": Path(args.annotations).name,
+              "test_list": Path(args.test_list).name if args.test_list else None, "format": fmt, **rows}
     for name in ("center prior", "ceiling"):
         r = rows[name]
-        print(f"{name:>13}: cIoU {r['ciou']:6.2f}  AUC {r['auc']:6.2f}  mean cIoU {r['mean_ciou']:6.2f}  (n = {r['n']})")
+        print(f"{name:>13}: cIoU {r['ciou']:6.2f}  AUC {r['auc']:6.2f}  "
+              f"mean cIoU {r['mean_ciou']:6.2f}  (n = {r['n']})")
     if args.out:
         _write_json(result, args.out)
     return 0

@@ -10,6 +10,9 @@
   :func:`torch_threads` is the same for a block of a test.
 - ``av_dataset``: a factory of the tiny audio-visual data sets of ``tests/fixtures.py``, each written once
   per session for its arguments and shared read-only (a test that breaks clips makes its own).
+- ``train_fx``: the trainer tests' data set (16 training clips, 8 test clips), for test_train.py and
+  test_train_config.py.
+- ``videos``: small real video files (good and broken) for tests/test_prepare*.py, written once per session.
 - ``embedded_cache`` / ``use_embedded_cache``: one ``MARGINNCE_CACHE`` for the session's study tests.
 """
 
@@ -21,6 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -81,6 +85,32 @@ def av_dataset(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Any]:
         return made[key]
 
     return make
+
+
+@pytest.fixture(scope="session")
+def train_fx(av_dataset: Callable[..., Any]) -> Any:
+    """The trainer tests' :class:`tests.fixtures.AVFixture`: 16 training clips, 8 test clips; read-only."""
+    return av_dataset(n_train=16, n_test=8)
+
+
+@pytest.fixture(scope="session")
+def videos(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, dict]]:
+    """A folder with three good clips and one of each kind of bad clip (:data:`tests.fixtures.BAD_REASONS`),
+    written once per session with PyAV for tests/test_prepare*.py; read-only."""
+    from .fixtures import good_clips, write_video
+
+    folder = tmp_path_factory.mktemp("videos")
+    specs = good_clips(folder)
+    good = folder / "zpWuikVorYg_000032.mp4"
+    # MP4 keeps its index (moov) at the end: a cut file cannot be opened.
+    (folder / "truncated.mp4").write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    (folder / "garbage.mkv").write_bytes(np.random.default_rng(0).integers(0, 256, 4096, np.uint8).tobytes())
+    write_video(folder / "silent.mp4", n_frames=30, audio_seconds=None)
+    write_video(folder / "audio_only.mkv", n_frames=None, acodec="pcm_s16le", rate=22050)
+    write_video(folder / "short_audio.mkv", n_frames=30, audio_seconds=0.5, acodec="pcm_s16le", rate=22050)
+    write_video(folder / "late_frame.mkv", n_frames=100, audio_seconds=2.0, acodec="pcm_s16le", rate=22050)
+    (folder / "notes.txt").write_text("not a video")
+    return folder, specs
 
 
 @pytest.fixture(scope="session")

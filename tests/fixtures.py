@@ -12,6 +12,13 @@ noise, so the audio says what to look for and the box says where it is. Determin
 
 Use :func:`make_av_dataset` (e.g. from a module- or session-scoped pytest fixture) and
 :func:`train_config` for a CPU-sized trainer config over it.
+
+Also the small real video files that ``marginnce_kit.prepare`` reads (tests/test_prepare*.py, written with PyAV):
+:func:`write_video` writes a clip whose frames' colour encodes the frame index (``R = 8 i, G = 255 - 8 i, B = 128``,
+:func:`colour`) and whose audio is a known signal at a rate that is not 16 kHz (:func:`tone`, :func:`chirp`), so the
+saved center frame (:func:`nearest_frame`) and the resampled audio's rate, length, frequency (:func:`peak_frequency`)
+and time alignment can all be checked against what was encoded; :func:`good_clips` writes the well-formed ones and
+:data:`BAD_REASONS` names the reason each malformed clip of the ``videos`` fixture (tests/conftest.py) must fail with.
 """
 
 from __future__ import annotations
@@ -131,3 +138,124 @@ def train_argv(fx: AVFixture, out: Path, *extra: str) -> list[str]:
     from marginnce_kit.training.options import config_argv
 
     return [*config_argv(train_config(fx)), "--no-progress", "--out", str(out), *extra]
+
+
+# --------------------------------------------------------------------------- small real videos, for prepare
+#: frame rate and (H, W) of the videos :func:`write_video` writes
+FPS = 10
+SIZE = (48, 64)
+
+
+def colour(i: int) -> np.ndarray:
+    """RGB colour of frame ``i``."""
+    return np.array([8 * i, 255 - 8 * i, 128], dtype=np.float64)
+
+
+def tone(t: np.ndarray, freq: float = 440.0) -> np.ndarray:
+    """The default test signal: a 0.5-amplitude sine."""
+    return 0.5 * np.sin(2 * np.pi * freq * t)
+
+
+def chirp(t: np.ndarray) -> np.ndarray:
+    """Linear sweep 300 -> 1500 Hz over 3 s: no two instants look alike (checks alignment)."""
+    return 0.5 * np.sin(2 * np.pi * (300.0 * t + 200.0 * t**2))
+
+
+def write_video(
+    path: Path,
+    n_frames: int | None = 30,
+    audio_seconds: float | None = 3.0,
+    rate: int = 44100,
+    vcodec: str = "libx264",
+    acodec: str = "aac",
+    signal_fn=tone,
+) -> Path:
+    """Write a clip: ``n_frames`` at 10 fps (None: no video stream) and ``audio_seconds`` of
+    ``signal_fn`` at ``rate`` Hz (None: no audio stream).  AAC is written stereo (both
+    channels equal), PCM mono."""
+    import av
+
+    with av.open(str(path), "w") as container:
+        video = None
+        if n_frames is not None:
+            video = container.add_stream(vcodec, rate=FPS)
+            video.height, video.width = SIZE
+            video.pix_fmt = "yuv420p"
+            video.bit_rate = 2_000_000  # solid colours survive to within a few levels
+        audio = None
+        if audio_seconds is not None:
+            audio = container.add_stream(acodec, rate=rate)
+            audio.layout = "stereo" if acodec == "aac" else "mono"
+        if video is not None:
+            for i in range(n_frames):
+                image = np.empty(SIZE + (3,), np.uint8)
+                image[...] = colour(i).astype(np.uint8)
+                frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+                frame.pts = i
+                for packet in video.encode(frame):
+                    container.mux(packet)
+            for packet in video.encode():
+                container.mux(packet)
+        if audio is not None:
+            n = int(round(audio_seconds * rate))
+            samples = np.round(signal_fn(np.arange(n) / rate) * 32767).astype(np.int16)
+            step = 1024
+            for pos in range(0, n, step):
+                chunk = samples[pos : pos + step]
+                if acodec == "aac":
+                    frame = av.AudioFrame.from_ndarray(
+                        np.ascontiguousarray(np.stack([chunk, chunk])), format="s16p", layout="stereo"
+                    )
+                else:
+                    frame = av.AudioFrame.from_ndarray(chunk[None, :], format="s16", layout="mono")
+                frame.sample_rate = rate
+                frame.pts = pos
+                for packet in audio.encode(frame):
+                    container.mux(packet)
+            for packet in audio.encode():
+                container.mux(packet)
+    return path
+
+
+def good_clips(folder: Path) -> dict[str, dict]:
+    """Write the well-formed clips; return id -> what was encoded."""
+    folder.mkdir(parents=True, exist_ok=True)
+    specs = {
+        # VGGSound-style id, H.264 (B-frames) + AAC 44.1 kHz stereo in MP4.
+        "zpWuikVorYg_000032": dict(suffix=".mp4", n_frames=30, rate=44100, vcodec="libx264", acodec="aac"),
+        # odd frame count, MPEG-4 + 22.05 kHz PCM in Matroska: exact sample counts.
+        "--8puiAGLhs_000030": dict(suffix=".mkv", n_frames=31, rate=22050, vcodec="mpeg4", acodec="pcm_s16le"),
+        "clip_c": dict(suffix=".mkv", n_frames=30, rate=22050, vcodec="libx264", acodec="pcm_s16le"),
+    }
+    for clip_id, spec in specs.items():
+        kwargs = {k: v for k, v in spec.items() if k != "suffix"}
+        write_video(folder / f"{clip_id}{spec['suffix']}", **kwargs)
+    return specs
+
+
+
+BAD_REASONS = {
+    "truncated": "unreadable container",
+    "garbage": "unreadable container",
+    "silent": "no audio stream",
+    "audio_only": "no video stream",
+    "short_audio": "too short",
+    "late_frame": "too short",
+}
+
+
+def nearest_frame(jpg: Path) -> tuple[int, float]:
+    """(index whose colour is nearest to the image's mean colour, that max channel error)."""
+    from PIL import Image
+
+    mean = np.asarray(Image.open(jpg).convert("RGB"), dtype=np.float64).reshape(-1, 3).mean(0)
+    errors = [np.abs(mean - colour(i)).max() for i in range(32)]
+    best = int(np.argmin(errors))
+    return best, float(errors[best])
+
+
+def peak_frequency(x: np.ndarray, rate: int) -> float:
+    """Frequency of the largest Hann-windowed FFT bin."""
+    spectrum = np.abs(np.fft.rfft(x * np.hanning(len(x))))
+    return float(np.fft.rfftfreq(len(x), 1.0 / rate)[spectrum.argmax()])
+

@@ -215,7 +215,8 @@ def test_benchmark_runs_and_writes_results(tmp_path):
 def test_prepare_frame_size_option(tmp_path):
     from marginnce_kit import prepare as P
 
-    from .test_prepare import write_video
+    pytest.importorskip("av")  # write_video writes with PyAV
+    from .fixtures import write_video
 
     videos = tmp_path / "videos"
     videos.mkdir()

@@ -1,4 +1,5 @@
-"""Audio-visual clip dataset over the on-disk layout ``frames/`` + ``audio/`` (upstream EZ-VSL ``datasets.py@95ff5bf``), with failure accounting.
+"""Audio-visual clip dataset over the on-disk layout ``frames/`` + ``audio/`` (upstream EZ-VSL ``datasets.py@95ff5bf``),
+with failure accounting.
 
 Layout: ``<root>/frames/<id>.jpg`` (the clip's center frame) and
 ``<root>/audio/<id>.wav`` (16 kHz). One item is a dict::
@@ -311,7 +312,8 @@ class AudioVisualDataset(Dataset):
 def load_annotations(
     path: str | Path, format: str, ids: Iterable[str] | None = None
 ) -> dict[str, list[list[float]]]:
-    """Boxes of a test split: ``"vggss"`` reads the ``vggss.json`` file ``path``; ``"flickr"`` the XML directory ``path``.
+    """Boxes of a test split: ``"vggss"`` reads the ``vggss.json`` file ``path``; ``"flickr"`` the XML directory
+    ``path``.
 
     Returns ``{id: boxes}`` for the ``ids`` that have an annotation (all annotated
     clips when ``ids`` is None); clips without one are left out, and

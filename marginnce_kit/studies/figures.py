@@ -1,6 +1,6 @@
 """The studies' figures: the margin sweep as Δ against m = 0 (``table6.png``), the noisy-correspondence
-study (``noise.png``), the faulty-negative study and its mechanism (``negatives.png``), the Fig. 1-style qualitative figure (``figure1.png``) and the training loss of
-every run of Table 5 (``curves.png``)."""
+study (``noise.png``), the faulty-negative study and its mechanism (``negatives.png``), the Fig. 1-style
+qualitative figure (``figure1.png``) and the training loss of every run of Table 5 (``curves.png``)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ from ..training.checkpoint import load_model
 from .paper import METHOD_NAMES, PAPER_TABLE5_ROWS
 from .runner import run_name
 
-__all__ = ["plot_margin_sweep", "plot_noise", "plot_negatives", "plot_study_curves", "study_figures", "FIGURE1_QUANTILES", "METHOD_COLORS"]
+__all__ = ["plot_margin_sweep", "plot_noise", "plot_negatives", "plot_study_curves", "study_figures",
+           "FIGURE1_QUANTILES", "METHOD_COLORS"]
 
 #: figure1 shows the test clips at these quantiles of the reference model's (m = 0) per-clip IoU
 FIGURE1_QUANTILES: tuple[float, ...] = (0.1, 0.3, 0.5, 0.7, 0.9)

@@ -260,7 +260,8 @@ def study_negatives(runner: Runner, p: NegativesPlan, preset: StudyPreset, meta:
             f"scope {preset.negatives_scope!r}: {len(p.cells)} of the plan's {len(document['cells'])} cells run"
             + ("" if preset.negatives_scope == "all" else " (the other cells were not run)") + ".")
     md = markdown_tables("Faulty negatives: the margin's effect against the number of classes", rows, note,
-                         extra_column=[("K", "num_classes"), ("same-class neg./anchor", "same_class_negatives_per_anchor"),
+                         extra_column=[("K", "num_classes"),
+                                       ("same-class neg./anchor", "same_class_negatives_per_anchor"),
                                        ("faulty-positive rate", "faulty_positive_rate"), ("data", "variant")])
     write_study(runner.out, "negatives", payload, md + "\n" + _contrast_markdown(contrasts))
     plot_negatives(rows, [[r.get("_epochs", []) for r in res] for res in ordered_results], runner.out / "negatives.png")
@@ -299,8 +300,8 @@ def _contrasts(preset: StudyPreset, cells: list[Cell], results: list[list[dict[s
         est = difference_of_effects(x, y)
         a, b = est.interval()
         out.append({"name": name, "checkpoint": sel, "primary": primary, "estimate": round(est.mean, 2),
-                    "ci95": [round(a, 2), round(b, 2)], "df": round(est.df, 1), "p_value": float(f"{est.p_value():.3g}"),
-                    "resolved": bool(a > 0 or b < 0)})
+                    "ci95": [round(a, 2), round(b, 2)], "df": round(est.df, 1),
+                    "p_value": float(f"{est.p_value():.3g}"), "resolved": bool(a > 0 or b < 0)})
 
     for sel in selections:
         for method in NEGATIVES_METHODS:
@@ -345,7 +346,8 @@ def _contrast_markdown(contrasts: list[dict[str, Any]]) -> str:
     lines = ["## Contrasts: how the margin's effect changes with K (cIoU points)", "",
              f"Primary (pre-registered, {PRIMARY['test']}): marked **primary**. The others are secondary; Holm: "
              "resolved after Holm's adjustment over the secondary contrasts.", "",
-             "| contrast | checkpoint | estimate [95% CI] | df | p | resolved | Holm |", "|---|---|---|---|---|---|---|"]
+             "| contrast | checkpoint | estimate [95% CI] | df | p | resolved | Holm |",
+             "|---|---|---|---|---|---|---|"]
     for c in contrasts:
         name = f"**primary**: {c['name']}" if c["primary"] else c["name"]
         lo, hi = c["ci95"]

@@ -11,7 +11,8 @@ Why the presets are what they are (each decided at m = 0 only, never on a margin
   VGGSound at 128), rather than ``"default"``'s 6.3, which can by itself favour the clean m = 0;
 - the seed counts: the reference model's Δ cIoU carries the power target (a 95% half-width of about
   ``t * SD / sqrt(S)``; the per-seed SD of the paired difference was 2.6-3.1 points on the earlier data set):
-  8 seeds in the main job (target 2.0; 12 until the 10-minute budget was measured on AMD EPYC cores), 64 in the full preset (target 1.0); the baselines run fewer.
+  8 seeds in the main job (target 2.0; 12 until the 10-minute budget was measured on AMD EPYC cores), 64 in the full
+  preset (target 1.0); the baselines run fewer.
 """
 
 from __future__ import annotations

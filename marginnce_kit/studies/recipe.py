@@ -85,7 +85,8 @@ def measure(out: Path, recipes: Sequence[str], seeds: Sequence[int], num_test: i
                              "train_and_eval_seconds": r["_seconds"]["train_and_eval"]})
         prior = runner.bound_rows(data.test_list)["center prior"]
         summary["recipes"][name] = {
-            "train": kwargs, "data": data.source, "center_prior_ciou": round(prior["ciou"], 2), "per_seed": per_seed, "wall_seconds_this_call": round(wall, 1),
+            "train": kwargs, "data": data.source, "center_prior_ciou": round(prior["ciou"], 2), "per_seed": per_seed,
+            "wall_seconds_this_call": round(wall, 1),
             **{f"{k}_mean": round(statistics.fmean(p[k] for p in per_seed), 2) for k in ("ciou", "auc", "mean_ciou")},
             **{f"{k}_sd": round(_sd([p[k] for p in per_seed]), 2)
                for k in ("ciou", "auc", "mean_ciou", "ciou_first500")},
@@ -94,8 +95,9 @@ def measure(out: Path, recipes: Sequence[str], seeds: Sequence[int], num_test: i
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(summary, out / "recipes.json")
     lines = ["# Recipe measurements at m = 0 (reference model)", "", f"`{summary['command']}`.", "",
-             "| recipe | data | seeds | cIoU mean | center prior cIoU | cIoU SD (all test clips) | cIoU SD (first 500) | "
-             "AUC SD | mean cIoU SD | loss drop in last epoch | s per run |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| recipe | data | seeds | cIoU mean | center prior cIoU | cIoU SD (all test clips) | "
+             "cIoU SD (first 500) | AUC SD | mean cIoU SD | loss drop in last epoch | s per run |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in summary["recipes"].items():
         secs = statistics.fmean(p["train_and_eval_seconds"] for p in r["per_seed"])
         lines.append(f"| {name} | {r['data']} | {len(r['per_seed'])} | {r['ciou_mean']:.2f} | "

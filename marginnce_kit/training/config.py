@@ -168,8 +168,8 @@ class TrainConfig:
                               f"annotations), got val_root={self.val_root!r} and "
                               f"val_annotations={self.val_annotations!r}")
         if self.decode_device == "cuda" and self.device != "cuda":
-            raise ConfigError(f"decode_device: expected 'cpu' with device {self.device!r} (the decoded frames go to the "
-                              f"training device), got 'cuda'", "drop --decode-device cuda, or pass --device cuda")
+            raise ConfigError(f"decode_device: expected 'cpu' with device {self.device!r} (the decoded frames go to "
+                              f"the training device), got 'cuda'", "drop --decode-device cuda, or pass --device cuda")
         if self.decode_device == "cuda" and self.workers > 0:
             raise ConfigError(f"workers: expected 0 or auto with decode_device 'cuda' (CUDA cannot run in the loader's "
                               f"worker processes: the frames are decoded in the training process), got {self.workers}",

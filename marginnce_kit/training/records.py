@@ -52,8 +52,9 @@ def provenance(device: torch.device | None = None, world_size: int = 1) -> dict[
     cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
     from marginnce_loss import __version__
 
-    return {"marginnce_loss": __version__, "git_commit": commit, "git_dirty": dirty, "python": platform.python_version(),
-            "torch": str(torch.__version__), "torchvision": tv, "cuda": torch.version.cuda, "cudnn": cudnn, "device": name, "world_size": world_size}
+    return {"marginnce_loss": __version__, "git_commit": commit, "git_dirty": dirty,
+            "python": platform.python_version(), "torch": str(torch.__version__), "torchvision": tv,
+            "cuda": torch.version.cuda, "cudnn": cudnn, "device": name, "world_size": world_size}
 
 
 def log_record(out: Path, record: dict[str, Any]) -> None:
@@ -118,10 +119,10 @@ def plot_curves(history: Sequence[dict[str, Any]], path: Path, final_eval: dict[
 
 class Scalars:
     """TensorBoard logs in ``<out>/tensorboard`` (rank 0, with ``tensorboard=True``); otherwise inert: per-step loss,
-    learning rate and gradient norm (``train/step_*``, against the optimiser step), per-epoch scalars (``train/*``, ``val/*``,
-    ``eval/*``, ``mechanism/*``, against the epoch), the run's hyperparameters with its final metrics (``hparams``)
-    and response maps over their frames at the final evaluation (``eval/maps``). Flushed after every epoch, so a run
-    stopped by an error keeps what it logged."""
+    learning rate and gradient norm (``train/step_*``, against the optimiser step), per-epoch scalars (``train/*``,
+    ``val/*``, ``eval/*``, ``mechanism/*``, against the epoch), the run's hyperparameters with its final metrics
+    (``hparams``) and response maps over their frames at the final evaluation (``eval/maps``). Flushed after every
+    epoch, so a run stopped by an error keeps what it logged."""
 
     def __init__(self, log_dir: Path | None, purge_step: int | None) -> None:
         self.writer = None

@@ -42,8 +42,9 @@ def auto_workers(device: str) -> int:
 def effective_config(config: TrainConfig) -> tuple[TrainConfig, dict[str, Any]]:
     """``(config as it applies on config.device, {field: requested value} of what did not apply)``:
     ``amp`` (bfloat16 autocast) is CUDA-only; ``sync_batchnorm`` is CUDA-only and needs ``norm="batch"``;
-    ``workers=AUTO_WORKERS`` becomes :func:`auto_workers`'s count (0 with ``decode_device="cuda"``) and ``weight_decay=None`` the method's
-    (:data:`marginnce_kit.models.WEIGHT_DECAY`): resolved values, not refusals, so not listed in the second item."""
+    ``workers=AUTO_WORKERS`` becomes :func:`auto_workers`'s count (0 with ``decode_device="cuda"``) and
+    ``weight_decay=None`` the method's (:data:`marginnce_kit.models.WEIGHT_DECAY`): resolved values, not refusals,
+    so not listed in the second item."""
     on_cuda = config.device == "cuda"
     applied = {"amp": config.amp and on_cuda,
                "sync_batchnorm": config.sync_batchnorm and on_cuda and config.norm == "batch"}

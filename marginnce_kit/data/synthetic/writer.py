@@ -1,4 +1,5 @@
-"""Writing a data set in the on-disk layout (marginnce_kit.layout): the clips, the id lists, the VGG-SS-style annotations and ``meta.json``, atomically (a temporary folder renamed into place)."""
+"""Writing a data set in the on-disk layout (marginnce_kit.layout): the clips, the id lists, the VGG-SS-style
+annotations and ``meta.json``, atomically (a temporary folder renamed into place)."""
 
 from __future__ import annotations
 
@@ -24,7 +25,9 @@ from .render import clip_audio
 
 
 def _pixel_to_fraction(k: int, size: int) -> float:
-    """The float nearest to ``k / size`` with ``int(x * size) == k`` (the protocol truncates; ``k/size*size`` can be ``k - eps``)."""
+    """The float nearest to ``k / size`` with ``int(x * size) == k``.
+
+    The protocol truncates, and ``k/size*size`` can be ``k - eps``."""
     if k >= size:
         return 1.0
     x = k / size
@@ -37,7 +40,9 @@ def _box_fractions(box: tuple[int, int, int, int], size: int) -> list[float]:
     return [_pixel_to_fraction(int(v), size) for v in box]
 
 
-def _write_clip(root: Path, config: EmbeddedConfig, plan: DatasetPlan, sampler: BoxSizeSampler, clip: ClipPlan) -> dict[str, Any]:
+def _write_clip(
+    root: Path, config: EmbeddedConfig, plan: DatasetPlan, sampler: BoxSizeSampler, clip: ClipPlan
+) -> dict[str, Any]:
     import soundfile as sf
     from PIL import Image
 
