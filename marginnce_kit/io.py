@@ -61,7 +61,8 @@ def read_text(path: str | os.PathLike[str], what: str = "") -> str:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         if raw[:2] in (b"\xff\xfe", b"\xfe\xff"):
-            raise TextFileError(f"{_label(path, what)}: UTF-16 text (its byte-order mark), not UTF-8", _TEXT_FIX) from None
+            raise TextFileError(f"{_label(path, what)}: UTF-16 text (its byte-order mark), not UTF-8",
+                                _TEXT_FIX) from None
         raise TextFileError(f"{_label(path, what)}: not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start}: "
                             f"{e.reason})", _TEXT_FIX) from None
     return text.replace("\r\n", "\n").replace("\r", "\n")
@@ -195,7 +196,8 @@ def load_weights_only(path: str | os.PathLike[str], what: str, map_location: str
     except Exception as e:  # noqa: BLE001 -- classified below; the original is chained
         text = str(e).strip()
         first = text.splitlines()[0] if text else ""
-        if isinstance(e, pickle.UnpicklingError) and "Weights only load failed" in text and "Unsupported global" in text:
+        refused = "Weights only load failed" in text and "Unsupported global" in text
+        if isinstance(e, pickle.UnpicklingError) and refused:
             raise TorchFileError(
                 f"{what} {str(path)!r}: holds objects other than tensors, which weights_only=True refuses to "
                 f"load (it could run code)",

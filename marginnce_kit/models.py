@@ -60,7 +60,8 @@ from ._checks import check_bool, check_choice, check_finite, check_int, check_po
 from .cli import UsageError
 from .io import TorchFileError, load_weights_only
 
-__all__ = ["MODELS", "BACKBONES", "NORMS", "ModelConfig", "AudioVisualModel", "build_model", "norm_layer", "TAU", "WEIGHT_DECAY",
+__all__ = ["MODELS", "BACKBONES", "NORMS", "ModelConfig", "AudioVisualModel", "build_model", "norm_layer", "TAU",
+           "WEIGHT_DECAY",
            "WeightsUnavailableError", "imagenet_resnet18", "imagenet_resnet18_state", "torchvision_cache_path"]
 
 MODELS = ("lvs", "ezvsl", "reference")
@@ -123,7 +124,8 @@ class ModelConfig:
                              f"{' or '.join(_COMPACT)}), got {self.image_size}; pass --image-size 224 with "
                              f"--backbone {self.backbone}")
         if self.pretrained and self.backbone != "resnet18":
-            raise ValueError(f"pretrained: ImageNet weights exist for backbone 'resnet18' only, got backbone {self.backbone!r}")
+            raise ValueError("pretrained: ImageNet weights exist for backbone 'resnet18' only, "
+                             f"got backbone {self.backbone!r}")
         if self.pretrained and self.norm != "batch":
             raise ValueError(f"pretrained: the ImageNet weights are for norm 'batch', got norm {self.norm!r}")
         if self.visual_weights and not self.pretrained:
