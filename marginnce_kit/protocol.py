@@ -8,7 +8,10 @@ the one the paper reports in its Sec. 3. For each clip ``k`` with response map `
 1. ``normalize_map``: ``s <- (s - min s) / (max s - min s)`` (left as is when constant).
 2. Threshold ``t_k`` = element ``floor(H W / 2)`` (0-based) of ``sort(s_k)`` ascending,
    i.e. the median; predicted mask ``p_k = [s_k >= t_k]`` (at least half the pixels,
-   more when values tie at the median).
+   more when values tie at the median). This is EZ-VSL's ``cal_CIOU(pred, gt_map, thr)``
+   (``infer >= thres``). LVS's ``test.py`` (at 8fe8cbb) keeps ``pred > threshold`` instead:
+   one pixel fewer on a tie-free map (25,087 of 50,176), and none of the pixels tied with the
+   median (``tests/test_field_reports.py`` has a worked example).
 3. ``cIoU_k = sum(p_k g_k) / (sum(g_k) + sum(p_k [g_k == 0]))``.
 
 Summary (``summarize_cious``), all in percent: ``ciou`` = ``100 * mean_k [cIoU_k >= 0.5]``;

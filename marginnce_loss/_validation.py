@@ -257,15 +257,28 @@ def warn_unnormalized(img: torch.Tensor, aud: torch.Tensor) -> bool:
     Eq. 1's threshold ``epsilon`` (0.65) and the temperature ``tau`` only mean something on
     cosine similarities, i.e. features L2-normalised over ``C`` (paper section 2.1). Zero vectors
     (``F.normalize`` of a zero vector) are allowed. Also names the dimension the features look
-    normalised over when it is not ``C``. One reduction over each tensor and one host sync; returns
-    whether it warned.
+    normalised over when it is not ``C``, and counts the vectors that hold NaN or Inf (they would
+    otherwise pass: NaN compares False with the tolerance). One reduction over each tensor and one
+    host sync; returns whether it warned.
     """
     warned = False
     with torch.no_grad():
         for name, x in (("img", img), ("aud", aud)):
             norms = torch.linalg.vector_norm(x.detach(), dim=1, dtype=opmath_dtype(x.dtype))
-            bad = ((norms - 1).abs() > NORM_TOLERANCE) & (norms != 0)
+            # written as "not within" so that NaN norms count as bad (every comparison with NaN is False)
+            bad = ~((norms - 1).abs() <= NORM_TOLERANCE) & (norms != 0)
             if not bool(bad.any()):
+                continue
+            nonfinite = int((~torch.isfinite(norms)).sum())
+            if nonfinite:  # e.g. F.normalize in float16, whose eps 1e-12 rounds to 0: 0 / 0 (lightly-ai/lightly#1259)
+                warnings.warn(
+                    f"{name}: expected finite features L2-normalised over C, got NaN or Inf: {nonfinite} of "
+                    f"{norms.numel()} feature vectors are not finite (F.normalize of a near-zero vector in float16 "
+                    f"gives NaN: its eps 1e-12 rounds to 0); the loss will be NaN; {_GUARD_HINT}",
+                    UserWarning,
+                    stacklevel=4,
+                )
+                warned = True
                 continue
             lo, hi = float(norms.min()), float(norms.max())
             hint = ""

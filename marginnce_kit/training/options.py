@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..cli import UsageError, one_line
+from ..data.annotations import load_id_list
 from ..data.datasets import DataError
 from ..io import read_json, read_text
 from ..layout import AUDIO_DIR, FRAMES_DIR
@@ -173,7 +174,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 def check_paths(args: argparse.Namespace) -> None:
     """Raise :class:`UsageError` for a data path given on the command line that does not exist
-    (relative paths are read from the working directory)."""
+    (relative paths are read from the working directory), or for a clip list that does not read as one
+    (:func:`~marginnce_kit.data.annotations.load_id_list`: a clip listed twice, which would be its own
+    negative whenever both copies share a batch; a file that is not UTF-8 text)."""
     data_fix = "pass a folder written by `python -m marginnce_kit.prepare --out ROOT` (with frames/ and audio/)"
     for name, kind in (("train_root", "root"), ("train_list", "file"), ("test_root", "root"),
                        ("test_list", "file"), ("annotations", "any"), ("val_root", "root"), ("val_list", "file"),
@@ -189,6 +192,13 @@ def check_paths(args: argparse.Namespace) -> None:
         if kind == "file" and not path.is_file():
             raise UsageError(f"{option}: expected a file, got the folder {value!r}",
                              f"check the path given to {option}")
+        if kind == "file":
+            try:
+                load_id_list(path)
+            except UsageError:  # not UTF-8 text (TextFileError): one line naming the file and the fix already
+                raise
+            except ValueError as e:  # a clip id listed twice
+                raise UsageError(f"{option}: {one_line(str(e))}", "list each clip once (remove the repeated line)") from e
         if kind == "root":
             missing = [d for d in (FRAMES_DIR, AUDIO_DIR) if not (path / d).is_dir()]
             if missing:
