@@ -198,7 +198,8 @@ def check_paths(args: argparse.Namespace) -> None:
             except UsageError:  # not UTF-8 text (TextFileError): one line naming the file and the fix already
                 raise
             except ValueError as e:  # a clip id listed twice
-                raise UsageError(f"{option}: {one_line(str(e))}", "list each clip once (remove the repeated line)") from e
+                raise UsageError(f"{option}: {one_line(str(e))}",
+                                 "list each clip once (remove the repeated line)") from e
         if kind == "root":
             missing = [d for d in (FRAMES_DIR, AUDIO_DIR) if not (path / d).is_dir()]
             if missing:
