@@ -34,7 +34,7 @@ from .fixtures import AVFixture, break_audio, break_frame, make_av_dataset, trai
 
 METRIC_KEYS = {"ciou", "auc", "mean_ciou", "n", "data_failures", "per_clip", "failed"}
 PROVENANCE_KEYS = {"marginnce_loss", "git_commit", "git_dirty", "python", "torch", "torchvision", "cuda", "cudnn", "device", "world_size",
-                   "not_applied"}
+                   "libraries", "not_applied"}
 
 
 def _effective(config: TrainConfig) -> dict:
@@ -89,8 +89,12 @@ def test_cli_train_then_evaluate(train_fx: AVFixture, tmp_path: Path, capsys: py
     assert set(saved["provenance"]) == PROVENANCE_KEYS
     assert saved["provenance"]["not_applied"] == {"amp": True, "sync_batchnorm": True}
     assert saved["provenance"]["torch"] == torch.__version__ and saved["provenance"]["device"] == "cpu"
+    from importlib.metadata import version
+
+    assert saved["provenance"]["libraries"]["pillow"] == version("pillow")
+    assert set(saved["provenance"]["libraries"]) == {"numpy", "pillow", "soundfile", "av", "scipy"}
     state = load_checkpoint(out / "checkpoint.pt")
-    assert set(state) == {"model", "optimizer", "epoch", "config", "history", "selection"} and state["selection"] == "last"
+    assert set(state) == {"model", "optimizer", "epoch", "config", "history", "selection", "marginnce_loss"} and state["selection"] == "last"
     assert state["epoch"] == 2 and state["config"] == asdict(config)
     # a checkpoint holds tensors and plain containers only: loadable without unpickling code
     plain = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)

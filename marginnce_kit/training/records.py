@@ -27,12 +27,30 @@ def _git(args: Sequence[str], cwd: Path) -> str | None:
     return done.stdout.strip() if done.returncode == 0 else None
 
 
+#: distributions whose versions a run records (frame and audio decoding, numerics)
+DATA_LIBRARIES = ("numpy", "pillow", "soundfile", "av", "scipy")
+
+
+def _library_versions() -> dict[str, str | None]:
+    from importlib import metadata
+
+    versions: dict[str, str | None] = {}
+    for name in DATA_LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
 def provenance(device: torch.device | None = None, world_size: int = 1) -> dict[str, Any]:
     """Which code and software ran: ``marginnce_loss`` (the package version), ``git_commit`` / ``git_dirty`` of the
     checkout holding this package
     (``None`` when it is not a git checkout, e.g. an installed copy, or git is missing; dirty = tracked
     files modified), ``python``, ``torch``, ``torchvision``, ``cuda`` / ``cudnn`` (``None`` without),
-    ``device`` (the GPU's name or ``"cpu"``) and ``world_size``. Never raises."""
+    ``device`` (the GPU's name or ``"cpu"``), ``world_size`` and ``libraries``: the installed versions of
+    the packages that decode and compute the data (:data:`DATA_LIBRARIES`; ``None`` when absent) -- a
+    run's numbers are bit-reproducible only where these match. Never raises."""
     root = Path(__file__).resolve().parents[2]  # the checkout (marginnce_kit/training/records.py)
     commit = dirty = None
     top = _git(["rev-parse", "--show-toplevel"], root)
@@ -54,7 +72,8 @@ def provenance(device: torch.device | None = None, world_size: int = 1) -> dict[
 
     return {"marginnce_loss": __version__, "git_commit": commit, "git_dirty": dirty,
             "python": platform.python_version(), "torch": str(torch.__version__), "torchvision": tv,
-            "cuda": torch.version.cuda, "cudnn": cudnn, "device": name, "world_size": world_size}
+            "cuda": torch.version.cuda, "cudnn": cudnn, "device": name, "world_size": world_size,
+            "libraries": _library_versions()}
 
 
 def log_record(out: Path, record: dict[str, Any]) -> None:
