@@ -66,7 +66,7 @@ def stored(root, clip_id: str) -> np.ndarray:
 def ffmpeg_autorotate(frame: av.VideoFrame) -> np.ndarray:
     """``frame`` as the ``ffmpeg`` command line's autorotation shows it, computed by libavfilter: the filters that
     ``fftools/ffmpeg_filter.c`` (``configure_input_video_filter``) inserts for ``theta``, the clockwise angle of
-    ``fftools/cmdutils.c`` ``get_rotation`` (``-round(av_display_rotation_get)`` modulo 360): ``transpose=clock``
+    ``fftools/cmdutils.c`` ``get_rotation`` (``-av_display_rotation_get``, rounded, modulo 360): ``transpose=clock``
     for 90, ``hflip`` + ``vflip`` for 180, ``transpose=cclock`` for 270, none for 0 (the frames here carry no
     mirror, so the ``*_flip`` variants do not apply). The picture is converted to RGB first so that the
     comparison is of geometry only (the same conversion as PyAV's ``to_ndarray``)."""
@@ -181,7 +181,7 @@ def test_rotate_frame_turns_counterclockwise_and_checks_its_angle():
     assert P.rotate_frame(picture, -90)[..., 0].tolist() == [[3, 0], [4, 1], [5, 2]]
     assert P.rotate_frame(picture, 180)[..., 0].tolist() == [[5, 4, 3], [2, 1, 0]]
     assert P.rotate_frame(picture, -90).flags["C_CONTIGUOUS"]
-    for bad in (45, 270, True, 90.5):
+    for bad in (45, 270, True, 90.5, 90.0):
         with pytest.raises(ValueError, match="rotation: expected one of"):
             P.rotate_frame(picture, bad)
 

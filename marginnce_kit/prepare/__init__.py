@@ -106,8 +106,9 @@ and ``flickr_test.csv`` work) or a JSON list of ids or of objects with a ``"file
 
 
 Modules: :mod:`.ids` (id lists, finding videos), :mod:`.window` (which seconds make the clip),
-:mod:`.decode` (PyAV decoding), :mod:`.orientation` (the display rotation), :mod:`.output` (writing a clip), :mod:`.pool` (the crash-isolating
-worker pool), :mod:`.run` (:func:`prepare`), :mod:`.verify` (:func:`verify`), :mod:`.cli`.
+:mod:`.decode` (PyAV decoding), :mod:`.orientation` (the display rotation), :mod:`.output` (writing a clip),
+:mod:`.pool` (the crash-isolating worker pool), :mod:`.run` (:func:`prepare`), :mod:`.verify` (:func:`verify`),
+:mod:`.cli`.
 """
 
 from ..data.acceptance import MIN_AUDIO_SECONDS, SAMPLE_RATE

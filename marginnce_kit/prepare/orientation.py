@@ -1,4 +1,4 @@
-r"""A video's display orientation: the rotation players apply to its decoded pictures, read from the display matrix.
+"""A video's display orientation: the rotation players apply to its decoded pictures, read from the display matrix.
 
 Phones record a portrait video as landscape pictures (coded e.g. 64 x 48) with a display matrix that tells a
 player to turn them a quarter turn; players and the ``ffmpeg`` command line show the turned picture, and that
@@ -19,9 +19,10 @@ The convention (``rotation``, degrees)
     (``av_display_rotation_get`` returns 180 as -180; it is written 180 here).  The stored frame is the decoded
     picture turned counterclockwise by ``rotation`` (:func:`rotate_frame`: ``numpy.rot90(picture, rotation //
     90)``), which is what the ``ffmpeg`` command line's autorotation shows: ``fftools/cmdutils.c``
-    ``get_rotation`` takes ``theta = -round(av_display_rotation_get(matrix))`` modulo 360 (clockwise degrees)
-    and ``fftools/ffmpeg_filter.c`` (``configure_input_video_filter``) inserts ``transpose=clock`` for
-    ``theta = 90``, ``hflip`` + ``vflip`` for 180 and ``transpose=cclock`` for 270 (FFmpeg/FFmpeg).  A phone's
+    ``get_rotation`` takes ``theta = -av_display_rotation_get(matrix)`` (rounded in later versions) modulo 360,
+    clockwise degrees, and ``fftools/ffmpeg_filter.c`` ``configure_input_video_filter`` inserts
+    ``transpose=clock`` for ``theta = 90``, ``hflip`` + ``vflip`` for 180 and ``transpose=cclock`` for 270
+    (FFmpeg/FFmpeg@609285a; later versions pick the ``*_flip`` variants for mirrored matrices).  A phone's
     portrait video reads ``rotation = -90``: its pictures are turned a quarter turn clockwise, the coded top-left
     corner ending at the top right.  ``tests/test_prepare_orientation.py`` checks the stored frames against
     libavfilter's ``transpose`` / ``hflip`` / ``vflip`` run on the decoded picture.
@@ -30,8 +31,9 @@ Unreadable orientations (a failed clip, reason ``unreadable orientation: ...``; 
     a matrix that rotates by an angle that is not a multiple of 90 degrees (FFmpeg would insert its ``rotate``
     filter and fill the corners), one that mirrors the picture (determinant < 0; the ``rotation`` field could not
     say so), a singular one (``av_display_rotation_get`` gives NaN, which ``VideoFrame.rotation`` cannot
-    return), and side data that is not 9 ``int32``.  No matrix: rotation 0.  The matrix's perspective
-    (``u v w``) and translation (``x y``) entries do not turn the picture and are not read.
+    return: PyAV 18.1 gives -2147483648 for an all-zero matrix), and side data that is not 9 ``int32``.  No
+    matrix: rotation 0.  The matrix's perspective (``u v w``) and translation (``x y``) entries do not turn the
+    picture and are not read.
 """
 
 from __future__ import annotations
@@ -115,7 +117,7 @@ def rotate_frame(picture: np.ndarray, rotation: int) -> np.ndarray:
     Raises:
         ValueError: ``rotation`` is not one of :data:`ROTATIONS`, or ``picture`` has fewer than 2 dimensions.
     """
-    if isinstance(rotation, bool) or rotation not in ROTATIONS:
+    if isinstance(rotation, bool) or not isinstance(rotation, int) or rotation not in ROTATIONS:
         raise ValueError(f"rotation: expected one of {ROTATIONS} (degrees), got {rotation!r}")
     if picture.ndim < 2:
         raise ValueError(f"picture: expected an (H, W, ...) array, got shape {picture.shape}")
