@@ -1,13 +1,20 @@
 """The on-disk layouts, the one home of their folder and file names: a prepared data set, and a run folder
 (:class:`RunLayout`).
 
-    <root>/frames/<id>.jpg   the clip's frame (JPEG)
+    <root>/frames/<id>.jpg   the clip's frame: JPEG (the default), or <id>.png (PNG) in a png root
     <root>/audio/<id>.wav    the clip's audio (16 kHz mono PCM-16)
+    <root>/prepare_report.json   what ``prepare`` did (real videos only), its ``frame_format`` among it
 
 written by ``python -m marginnce_kit.prepare`` (real videos) and :mod:`marginnce_kit.data.synthetic`, read by
 :class:`marginnce_kit.data.AudioVisualDataset`. This is the layout of the LVS / EZ-VSL data loaders
 (``datasets.py`` of hche11/Localizing-Visual-Sounds-the-Hard-Way@8fe8cbb, one frame and
-one wav per clip id).
+one wav per clip id); FNAC's VGGSound loaders read ``frames/<id>.png`` instead, hence the png format
+(``prepare --frame-format png``, ``patches/README.md``).
+
+A root holds frames of one format, :data:`FRAME_FORMATS`: the one its ``prepare_report.json`` records
+(``"frame_format"``), ``"jpg"`` when it has no report (a synthetic root, a root of ``prepare_clip`` calls) or
+the report predates the key (:func:`root_frame_format`). ``prepare``, ``prepare --verify`` and the dataset all
+name a frame with :func:`frame_path`, the one place that maps a format to a file name.
 """
 
 from __future__ import annotations
@@ -16,18 +23,62 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["FRAMES_DIR", "AUDIO_DIR", "FRAME_SUFFIX", "AUDIO_SUFFIX", "frame_path", "audio_path", "make_dirs",
-           "RunLayout"]
+from .io import read_json
+
+__all__ = ["FRAMES_DIR", "AUDIO_DIR", "FRAME_SUFFIX", "AUDIO_SUFFIX", "FRAME_FORMATS", "DEFAULT_FRAME_FORMAT",
+           "PREPARE_REPORT", "check_frame_format", "frame_suffix", "frame_path", "root_frame_format", "audio_path",
+           "make_dirs", "RunLayout"]
 
 FRAMES_DIR = "frames"
 AUDIO_DIR = "audio"
-FRAME_SUFFIX = ".jpg"
 AUDIO_SUFFIX = ".wav"
 
+#: The frame file formats of a prepared root, each its file suffix (``.<format>``): ``jpg`` (JPEG, what EZ-VSL,
+#: SLAVC and LVS read) and ``png`` (lossless PNG, what FNAC's VGGSound loaders read).
+FRAME_FORMATS = ("jpg", "png")
+DEFAULT_FRAME_FORMAT = "jpg"
+#: The default format's suffix (``.jpg``).
+FRAME_SUFFIX = f".{DEFAULT_FRAME_FORMAT}"
+#: ``prepare``'s report in a prepared root (:mod:`marginnce_kit.prepare`).
+PREPARE_REPORT = "prepare_report.json"
 
-def frame_path(root: str | os.PathLike[str], clip_id: str) -> Path:
-    """``root/frames/<clip_id>.jpg``."""
-    return Path(root) / FRAMES_DIR / f"{clip_id}{FRAME_SUFFIX}"
+
+def check_frame_format(frame_format: object, name: str = "frame_format") -> str:
+    """``frame_format`` checked: one of :data:`FRAME_FORMATS`.
+
+    Raises:
+        ValueError: anything else (the message names ``name``, the choices and the value).
+    """
+    if not isinstance(frame_format, str) or frame_format not in FRAME_FORMATS:
+        raise ValueError(f"{name}: expected one of {', '.join(FRAME_FORMATS)}, got {frame_format!r}")
+    return frame_format
+
+
+def frame_suffix(frame_format: str = DEFAULT_FRAME_FORMAT) -> str:
+    """The file suffix of ``frame_format`` frames: ``.jpg`` or ``.png`` (``ValueError`` for another format)."""
+    return f".{check_frame_format(frame_format)}"
+
+
+def frame_path(root: str | os.PathLike[str], clip_id: str, frame_format: str = DEFAULT_FRAME_FORMAT) -> Path:
+    """``root/frames/<clip_id>.jpg`` (``frame_format="png"``: ``.png``)."""
+    return Path(root) / FRAMES_DIR / f"{clip_id}{frame_suffix(frame_format)}"
+
+
+def root_frame_format(root: str | os.PathLike[str]) -> str:
+    """The frame format of the prepared root ``root``: ``"frame_format"`` of ``root/prepare_report.json``;
+    ``"jpg"`` when there is no report, or its report has no such key (reports before ``--frame-format``).
+
+    Raises:
+        ValueError: the report is not JSON (:class:`marginnce_kit.io.TextFileError`), not an object, or records
+            a format that is not one of :data:`FRAME_FORMATS`.
+    """
+    report_file = Path(root) / PREPARE_REPORT
+    if not report_file.is_file():
+        return DEFAULT_FRAME_FORMAT
+    report = read_json(report_file, "prepare report")
+    if not isinstance(report, dict):
+        raise ValueError(f"{report_file}: expected a JSON object (prepare's report), got {type(report).__name__}")
+    return check_frame_format(report.get("frame_format", DEFAULT_FRAME_FORMAT), f"{report_file}: frame_format")
 
 
 def audio_path(root: str | os.PathLike[str], clip_id: str) -> Path:

@@ -276,7 +276,8 @@ def test_untrimmed_window_is_the_id_clip_and_not_the_file_center(prepared):
         pytest.skip("needs libx264 and aac")
     entry = report["clips"]["untrimmedAA_000002"]
     assert entry == {"window": [2.0, 12.0], "window_rule": "from-id", "frame_time": 7.0,
-                     "audio": pytest.approx([2.0, 12.0], abs=0.03), "video_seconds": pytest.approx(30.0, abs=0.05)}
+                     "audio": pytest.approx([2.0, 12.0], abs=0.03), "video_seconds": pytest.approx(30.0, abs=0.05),
+                     "rotation": 0}
 
 
 def test_prepared_clips_pass_verify_and_load(prepared):

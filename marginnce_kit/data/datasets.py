@@ -1,7 +1,8 @@
 """Audio-visual clip dataset over the on-disk layout ``frames/`` + ``audio/`` (upstream EZ-VSL ``datasets.py@95ff5bf``),
 with failure accounting.
 
-Layout: ``<root>/frames/<id>.jpg`` (the clip's center frame) and
+Layout (:mod:`marginnce_kit.layout`): ``<root>/frames/<id>.jpg`` (the clip's center frame; ``<id>.png`` in a root
+whose ``prepare_report.json`` records ``"frame_format": "png"``, ``prepare --frame-format png``) and
 ``<root>/audio/<id>.wav`` (16 kHz). One item is a dict::
 
     {"image": float32 [3, 224, 224], "spectrogram": float32 [1, 257, 200], "id": str,
@@ -51,6 +52,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .._checks import check_int
+from ..layout import AUDIO_DIR, FRAMES_DIR, audio_path, check_frame_format, frame_path, root_frame_format
 from .acceptance import ClipRejected, audio_part, load_clip
 from .annotations import GT_FORMATS, GT_SIZE, gt_map, load_flickr_annotations, load_vggss_annotations
 from .audio import CLIP_SAMPLES, log_spectrogram, waveform_from_samples
@@ -115,10 +117,13 @@ class AudioVisualDataset(Dataset):
             use it with ``num_workers=0`` (worker copies are discarded every epoch).
         decode_device: ``"cpu"`` (Pillow, in the loader's workers) or ``"cuda"`` (the frames decoded by nvJPEG,
             :func:`~marginnce_kit.data.frames.decode_jpeg_frame`, in the process that reads the dataset: use it with
-            ``num_workers=0``; items then hold CUDA frames). JPEG frames only on CUDA.
+            ``num_workers=0``; items then hold CUDA frames). JPEG frames only on CUDA (a png root is a ``ValueError``).
         failure_log: file shared by all processes for failure records (see
             ``DataFailureTracker``); by default a temporary file owned by this
             object, removed when it is garbage collected.
+        frame_format: ``"jpg"`` or ``"png"``, the frames' suffix; ``None`` (default): the format the root was
+            prepared with, ``"frame_format"`` of ``<root>/prepare_report.json`` (``"jpg"`` without a report:
+            :func:`marginnce_kit.layout.root_frame_format`).
 
     Attributes:
         ids: the clips that are served (``all_ids`` minus the missing ones).
@@ -126,6 +131,7 @@ class AudioVisualDataset(Dataset):
 
     Raises:
         DataError: at construction when more clips are missing than allowed.
+        ValueError: a bad argument; an unreadable ``prepare_report.json``; ``decode_device="cuda"`` on a png root.
     """
 
     def __init__(
@@ -142,6 +148,7 @@ class AudioVisualDataset(Dataset):
         failure_log: str | Path | None = None,
         normalize: bool = True,
         decode_device: str = "cpu",
+        frame_format: str | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(normalize, bool):
@@ -170,8 +177,12 @@ class AudioVisualDataset(Dataset):
         if not isinstance(image_size, int) or isinstance(image_size, bool) or image_size < 1:
             raise ValueError(f"image_size must be a positive int, got {image_size!r}")
         self.root = Path(root)
-        self.frames_dir = self.root / "frames"
-        self.audio_dir = self.root / "audio"
+        self.frames_dir = self.root / FRAMES_DIR
+        self.audio_dir = self.root / AUDIO_DIR
+        self.frame_format = root_frame_format(self.root) if frame_format is None else check_frame_format(frame_format)
+        if decode_device != "cpu" and self.frame_format != "jpg":
+            raise ValueError(f"decode_device: expected 'cpu' for {self.frame_format} frames ({self.root} holds "
+                             f"{self.frame_format} frames; {decode_device!r} decodes JPEG only), got {decode_device!r}")
         self.split = split
         self.annotations = annotations
         self.annotation_format = annotation_format
@@ -211,10 +222,12 @@ class AudioVisualDataset(Dataset):
         return torch.Generator().manual_seed(derive_seed(seed, "augment", epoch, clip_id))
 
     def image_path(self, clip_id: str) -> Path:
-        return self.frames_dir / f"{clip_id}.jpg"
+        """``<root>/frames/<id>.<frame_format>`` (:func:`marginnce_kit.layout.frame_path`)."""
+        return frame_path(self.root, clip_id, self.frame_format)
 
     def audio_path(self, clip_id: str) -> Path:
-        return self.audio_dir / f"{clip_id}.wav"
+        """``<root>/audio/<id>.wav`` (:func:`marginnce_kit.layout.audio_path`)."""
+        return audio_path(self.root, clip_id)
 
     def check_files(self) -> list[tuple[str, str]]:
         """``[(id, reason)]`` for clips whose frame, wav or annotation is missing (no decoding)."""

@@ -12,6 +12,7 @@ from ..cli import HelpFormatter, UsageError, add_version, command_name, run_main
 from ..data.acceptance import (
     MIN_AUDIO_SECONDS,
 )
+from ..layout import DEFAULT_FRAME_FORMAT, FRAME_FORMATS
 from .ids import VGGSOUND_ID_PATTERN, read_ids, write_ids
 from .run import REPORT_NAME, prepare
 from .verify import verify
@@ -41,13 +42,14 @@ def _parser() -> argparse.ArgumentParser:
         prog=command_name("marginnce_kit.prepare"),
         formatter_class=_HelpFormatter,
         description=(
-            "Extract the center frame (ROOT/frames/<id>.jpg) and 16 kHz mono audio (ROOT/audio/<id>.wav)\n"
-            "of each clip from downloaded videos <id>.<ext>, or --verify a prepared split.\n\n"
+            "Extract the center frame (ROOT/frames/<id>.jpg, or .png with --frame-format png), turned as players\n"
+            "show it (the video's display rotation), and 16 kHz mono audio (ROOT/audio/<id>.wav) of each clip\n"
+            "from downloaded videos <id>.<ext>, or --verify a prepared split.\n\n"
             "Clip window: a VGGSound id <11-char YouTube id>_<start second, 6 digits> names the 10 s clip\n"
             "[start, start + 10) of a YouTube video. With --window auto, an untrimmed download (longer than\n"
             "--clip-seconds + --window-tolerance) is cut to that window; a trimmed one (or another id scheme)\n"
             "is used whole. A window past the end of its video, or that does not fit, is a failed clip.\n"
-            "Each clip's window and frame time are in ROOT/prepare_report.json."
+            "Each clip's window, frame time and rotation are in ROOT/prepare_report.json."
         ),
     )
     add_version(parser)
@@ -95,6 +97,12 @@ def _parser() -> argparse.ArgumentParser:
         help="store frames with their shorter side resized to PX (bicubic; never enlarged); 246 = the "
              "training transform's resize for 224 inputs, so the loader skips it (default: full frames)",
     )
+    parser.add_argument(
+        "--frame-format", choices=FRAME_FORMATS, default=DEFAULT_FRAME_FORMAT,
+        help="frame files: jpg (JPEG q95; EZ-VSL, SLAVC and LVS read .jpg) or png (lossless; FNAC's VGGSound "
+             "loaders read .png). Recorded in ROOT/prepare_report.json: --verify and the kit's dataset read that "
+             "format; a root holds one",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
@@ -110,7 +118,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     (``python -m marginnce_kit.prepare``, ``marginnce-prepare``).
 
     Raises:
-        UsageError: a missing folder or ids file, a malformed ids file, a bad --start-regex.
+        UsageError: a missing folder or ids file, a malformed ids file, a bad --start-regex, a --frame-format
+            other than the one of the frames already in ROOT, an unreadable ROOT/prepare_report.json (--verify).
     """
     parser = _parser()
     args = parser.parse_args(argv)
@@ -149,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         report = prepare(
             args.videos, args.out, ids=ids, workers=args.workers,
             audio_seconds=args.audio_seconds, progress=not args.no_progress, window=rule,
-            frame_size=args.frame_size,
+            frame_size=args.frame_size, frame_format=args.frame_format,
         )
     except (OSError, ValueError) as error:
         raise UsageError(str(error)) from None

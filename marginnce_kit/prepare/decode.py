@@ -20,6 +20,7 @@ from ..data.acceptance import (
     nonfinite_reason,
 )
 from .ids import ClipError
+from .orientation import display_rotation, rotate_frame
 from .window import WindowRule, audio_window, clip_window
 
 
@@ -28,7 +29,7 @@ class DecodedClip:
     """What ``decode_clip`` extracts from one video.
 
     Attributes:
-        frame: center frame, ``(H, W, 3)`` uint8 RGB.
+        frame: center frame as displayed, ``(H, W, 3)`` uint8 RGB: the decoded picture turned by ``rotation``.
         audio: kept audio window, ``(W,)`` int16 at ``SAMPLE_RATE`` Hz, mono.
         frame_time: presentation time ``t_c`` of the center frame in seconds (file timeline).
         frame_index: index ``k = N // 2`` of the center frame among the window's frames.
@@ -41,6 +42,8 @@ class DecodedClip:
         window_rule: ``"from-id"`` or ``"whole-file"``: where the window came from.
         file_start: ``t0``, the file's first timestamp in seconds.
         file_seconds: ``D``, the file's length in seconds.
+        rotation: the display rotation applied to the decoded picture, counterclockwise degrees, one of
+            ``0, 90, 180, -90`` (:mod:`.orientation`).
     """
 
     frame: np.ndarray
@@ -55,6 +58,7 @@ class DecodedClip:
     window_rule: str = "whole-file"
     file_start: float = 0.0
     file_seconds: float = 0.0
+    rotation: int = 0
 
     def report(self) -> dict[str, object]:
         """The clip's entry in ``prepare_report.json``'s ``clips`` (seconds, file timeline, 6 decimals)."""
@@ -65,6 +69,7 @@ class DecodedClip:
             "frame_time": round(self.frame_time, 6),
             "audio": [round(kept_start, 6), round(kept_start + len(self.audio) / SAMPLE_RATE, 6)],
             "video_seconds": round(self.file_seconds, 6),
+            "rotation": self.rotation,
         }
 
 
@@ -153,7 +158,8 @@ def decode_clip(
     Two passes: the first demuxes the packets (no decoding) for the frame times and the file's
     span, which fix the clip window and its center frame; the second decodes video up to that frame
     and the whole first audio stream, resampled to 16 kHz mono int16 as it is decoded (float
-    samples are checked for NaN / Inf as decoded, before resampling).  See the module docstring for
+    samples are checked for NaN / Inf as decoded, before resampling).  The center frame is turned by
+    its display matrix, as players show it (:mod:`.orientation`).  See the module docstring for
     the window, center-frame, audio-window and acceptance rules.
 
     Args:
@@ -184,6 +190,7 @@ def decode_clip(
 
     frame: np.ndarray | None = None
     frame_time: float | None = None
+    rotation = 0
     decoded_video = 0
     audio_start: float | None = None
     chunks: list[np.ndarray] = []
@@ -200,7 +207,8 @@ def decode_clip(
                         continue
                     for video_frame in packet.decode():
                         if decoded_video == target:
-                            frame = video_frame.to_ndarray(format="rgb24")
+                            rotation = display_rotation(video_frame)  # ClipError: unreadable orientation
+                            frame = rotate_frame(video_frame.to_ndarray(format="rgb24"), rotation)
                             frame_time = (
                                 float(video_frame.time) if video_frame.time is not None
                                 else probe.frame_times[target]
@@ -272,4 +280,5 @@ def decode_clip(
         window_rule=how,
         file_start=probe.start,
         file_seconds=probe.end - probe.start,
+        rotation=rotation,
     )

@@ -26,7 +26,8 @@ class ClipError(ValueError):
     Kinds: ``missing video``, ``unreadable container``, ``no video stream``,
     ``no audio stream``, ``window`` (the id does not match with ``window="from-id"``),
     ``window starts past the end``, ``window does not fit``, ``too short``, ``non-finite audio``,
-    ``frame:`` / ``audio:`` (the acceptance rule), ``decode error``; the runner adds
+    ``frame:`` / ``audio:`` (the acceptance rule), ``decode error``, ``unreadable orientation``
+    (:mod:`.orientation`); the runner adds
     ``worker crashed`` and ``unexpected error`` (any other exception, e.g. a full disk).
     """
 

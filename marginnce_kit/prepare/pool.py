@@ -29,20 +29,20 @@ def _check_workers(workers: int) -> int:
     """Validate ``workers``: an int >= 1 (``TypeError`` / ``ValueError`` otherwise)."""
     return check_int("workers", workers, 1)
 
-_Task = tuple[str, str, str, float, WindowRule, "int | None"]
+_Task = tuple[str, str, str, float, WindowRule, "int | None", str]
 
 _Result = tuple[str, "str | None", "dict[str, object] | None"]
 
 
 def _work(task: _Task) -> _Result:
     """Pool task: prepare one clip; ``(id, None, report entry)`` or ``(id, reason, None)``; never raises."""
-    clip_id, video, out_root, audio_seconds, window, frame_size = task
+    clip_id, video, out_root, audio_seconds, window, frame_size, frame_format = task
     if os.environ.get(_CRASH_ENV) == clip_id:
         os._exit(70)
     pause = float(os.environ.get(_PAUSE_ENV, "0") or 0)
     try:
         clip = _prepare_clip(Path(video), Path(out_root), audio_seconds, window, pause_before_rename=pause,
-                             frame_size=frame_size)
+                             frame_size=frame_size, frame_format=frame_format)
     except ClipError as error:
         return clip_id, error.reason, None
     except Exception as error:  # anything else is recorded, never allowed to stop the run

@@ -102,7 +102,7 @@ class TrainConfig:
     width: int = _f(64, "first-stage width of --backbone small / patch8", minimum=2)
     pretrained: bool = _f(False, "ImageNet weights for the visual ResNet-18 (torchvision's cache, downloaded when "
                                  "absent, or --visual-weights)")
-    train_root: str = _f("", "folder with frames/<id>.jpg and audio/<id>.wav")
+    train_root: str = _f("", "folder with frames/<id>.jpg (.png in a --frame-format png root) and audio/<id>.wav")
     train_list: str = _f("", "training ids, one per line (e.g. vggss_144k.txt)")
     test_root: str = _f("", "test folder (frames/, audio/)")
     test_list: str = _f("", "test ids (e.g. vggss_test.csv)")
