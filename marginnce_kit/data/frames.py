@@ -24,7 +24,8 @@ _STD = torch.tensor(IMAGENET_STD, dtype=torch.float32)[:, None, None]
 
 
 def image_transform(split: str, image_size: int = 224):
-    """The image pipeline (upstream EZ-VSL ``datasets.py@95ff5bf``) as one callable ``PIL.Image -> [3, size, size]`` float32.
+    """The image pipeline (upstream EZ-VSL ``datasets.py@95ff5bf``) as one callable
+    ``PIL.Image -> [3, size, size]`` float32.
 
     ``"train"``: ``Resize(int(1.1 * size), bicubic) -> RandomCrop(size) -> RandomHorizontalFlip ->
     ToTensor -> Normalize(ImageNet)`` (246 for 224); ``"test"``: ``Resize((size, size), bicubic) ->

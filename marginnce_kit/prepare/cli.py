@@ -137,8 +137,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif args.write_clean is not None:
         parser.error("--write-clean CLEAN goes with --verify ROOT --ids LIST")
     if args.write_clean is not None and not args.write_clean.parent.is_dir():
-        raise UsageError(f"--write-clean: no folder {str(args.write_clean.parent)!r} to write {args.write_clean.name!r} "
-                         "into", "create it first, or give a path in an existing folder")
+        raise UsageError(f"--write-clean: no folder {str(args.write_clean.parent)!r} to write "
+                         f"{args.write_clean.name!r} into", "create it first, or give a path in an existing folder")
     try:
         ids = read_ids(args.ids) if args.ids is not None else None
         if args.verify is not None:

@@ -1,4 +1,5 @@
-"""Decoding one clip with PyAV: probing the container, the clip's center frame and its audio, resampled to 16 kHz mono."""
+"""Decoding one clip with PyAV: probing the container, the clip's center frame and its audio, resampled to
+16 kHz mono."""
 
 from __future__ import annotations
 

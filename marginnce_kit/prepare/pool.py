@@ -1,4 +1,5 @@
-"""The crash-isolating worker pool: each clip in a worker process; a worker that dies costs only its own clip (the suspects are retried one by one)."""
+"""The crash-isolating worker pool: each clip in a worker process; a worker that dies costs only its own clip
+(the suspects are retried one by one)."""
 
 from __future__ import annotations
 

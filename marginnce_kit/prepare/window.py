@@ -1,4 +1,5 @@
-"""Which seconds of a video make the clip: the window rule (from the id's start second, or the whole file) and the audio window centered in the clip."""
+"""Which seconds of a video make the clip: the window rule (from the id's start second, or the whole file) and
+the audio window centered in the clip."""
 
 from __future__ import annotations
 
