@@ -8,6 +8,7 @@ maps, the median threshold, cIoU, AUC and the bounds): the metric that accumulat
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable, Sequence
 from typing import Any, cast
 
@@ -225,6 +226,8 @@ def evaluate_model(
     rank, world = _world() if distributed else (0, 1)
     n = len(test_set)  # type: ignore[arg-type]  # a map-style Dataset: Sized
     shard: Dataset = test_set if world == 1 else Subset(test_set, range(rank * n // world, (rank + 1) * n // world))
+    if workers > 0:
+        gc.collect()  # before the workers fork (training.step.make_train_loader says why)
     loader = DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate_batch)
     for batch in tqdm(loader, desc="evaluate", disable=not progress, leave=False, dynamic_ncols=True):
         if batch is None:

@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -126,3 +127,12 @@ def use_embedded_cache(embedded_cache: Path, monkeypatch: pytest.MonkeyPatch) ->
     """:func:`embedded_cache` as this test's ``MARGINNCE_CACHE``."""
     monkeypatch.setenv("MARGINNCE_CACHE", str(embedded_cache))
     return embedded_cache
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _collect_after_module():
+    """Collect the garbage each test module leaves before the next one forks: a PyAV frame in a reference cycle,
+    freed in a forked DataLoader or pool worker, waits forever on codec threads the fork did not copy (a hang
+    seen in tests/test_datasets.py's loader workers after the video tests)."""
+    yield
+    gc.collect()

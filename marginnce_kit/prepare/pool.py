@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
+import gc
 import os
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -78,6 +79,7 @@ def _run_pool(
     pending = deque(tasks)
     while pending:
         suspects: list[_Task] = []
+        gc.collect()  # before the workers fork (training.step.make_train_loader says why)
         with cf.ProcessPoolExecutor(max_workers=workers) as pool:
             in_flight: dict[cf.Future[_Result], _Task] = {}
             while pending or in_flight:

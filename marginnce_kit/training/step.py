@@ -14,6 +14,7 @@ the device check and the benchmarks all call these, so what they time is what us
 
 from __future__ import annotations
 
+import gc
 import itertools
 import math
 import time
@@ -55,6 +56,11 @@ def make_train_loader(train_set: Dataset, sampler: GlobalBatchSampler, *, worker
                       rank: int = 0, pin_memory: bool = False) -> DataLoader:
     """The loader of epoch ``epoch`` (call ``sampler.set_epoch(epoch)`` first): batches of uint8 frames that
     :func:`~marginnce_kit.data.datasets.collate_batch` stacks; worker seeds from ``(seed, "loader", epoch, rank)``."""
+    if workers > 0:
+        # collect before the workers fork: a cycle of native objects left in this process (a PyAV frame from an
+        # in-process prepare or decode) freed in a forked worker waits forever on its codec's threads, which
+        # the fork did not copy (seen as a DataLoader hang in the worker's first torch.manual_seed)
+        gc.collect()
     return DataLoader(train_set, batch_sampler=sampler, num_workers=workers, collate_fn=collate_batch,
                       generator=torch.Generator().manual_seed(derive_seed(seed, "loader", epoch, rank)),
                       pin_memory=pin_memory)
