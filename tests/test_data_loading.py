@@ -238,3 +238,35 @@ def test_prepare_frame_size_option(tmp_path):
         P.prepare(videos, tmp_path / "bad", frame_size=0, progress=False)
     with pytest.raises(SystemExit):
         P.main(["--videos", str(videos), "--out", str(tmp_path / "x"), "--frame-size", "abc"])
+
+
+class _Cycle:
+    """A reference cycle standing in for a PyAV frame left in garbage (``weakref``-able)."""
+
+    def __init__(self) -> None:
+        self.me = self
+
+
+def test_garbage_is_collected_before_loader_workers_fork() -> None:
+    """A forked loader worker never frees this process's garbage: collected before the fork.
+
+    Seen in this suite: a PyAV frame in a reference cycle, freed by the garbage collector inside a forked
+    DataLoader worker, waited forever on swscale's slice threads (which the fork does not copy) -- a hang in
+    the worker's first ``torch.manual_seed``. With workers the kit collects first; without, it need not.
+    """
+    import gc
+    import weakref
+
+    from marginnce_kit.training.sampler import GlobalBatchSampler
+    from marginnce_kit.training.step import make_train_loader
+
+    gc.collect()
+    gc.disable()  # no collection by chance between making the cycle and the loader
+    try:
+        for workers, collected in ((0, False), (1, True)):
+            ref = weakref.ref(_Cycle())
+            assert ref() is not None
+            make_train_loader(list(range(4)), GlobalBatchSampler(4, 2, seed=0), workers=workers, seed=0, epoch=0)
+            assert (ref() is None) == collected, (workers, ref())
+    finally:
+        gc.enable()
