@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
+import gc
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -66,6 +67,7 @@ def verify(
     if workers == 1:
         results = [_verify_task(task) for task in tasks]
     else:
+        gc.collect()  # before the workers fork (training.step.make_train_loader says why)
         with cf.ProcessPoolExecutor(max_workers=workers) as pool:
             results = list(pool.map(_verify_task, tasks, chunksize=64))
     return [
