@@ -169,27 +169,37 @@ def write_video(
     vcodec: str = "libx264",
     acodec: str = "aac",
     signal_fn=tone,
+    picture: np.ndarray | None = None,
+    bit_rate: int = 2_000_000,
+    configure=None,
 ) -> Path:
     """Write a clip: ``n_frames`` at 10 fps (None: no video stream) and ``audio_seconds`` of
     ``signal_fn`` at ``rate`` Hz (None: no audio stream).  AAC is written stereo (both
-    channels equal), PCM mono."""
+    channels equal), PCM mono. The frames are solid :func:`colour` pictures of :data:`SIZE`, or
+    ``picture`` (``[H, W, 3]`` uint8) in every frame; ``configure(video_stream)`` runs before the
+    first frame (e.g. a display matrix: ``tests/rotated_videos.py``)."""
     import av
 
     with av.open(str(path), "w") as container:
         video = None
         if n_frames is not None:
             video = container.add_stream(vcodec, rate=FPS)
-            video.height, video.width = SIZE
+            video.height, video.width = SIZE if picture is None else picture.shape[:2]
             video.pix_fmt = "yuv420p"
-            video.bit_rate = 2_000_000  # solid colours survive to within a few levels
+            video.bit_rate = bit_rate  # the default: solid colours survive to within a few levels
+            if configure is not None:
+                configure(video)
         audio = None
         if audio_seconds is not None:
             audio = container.add_stream(acodec, rate=rate)
             audio.layout = "stereo" if acodec == "aac" else "mono"
         if video is not None:
             for i in range(n_frames):
-                image = np.empty(SIZE + (3,), np.uint8)
-                image[...] = colour(i).astype(np.uint8)
+                if picture is None:
+                    image = np.empty(SIZE + (3,), np.uint8)
+                    image[...] = colour(i).astype(np.uint8)
+                else:
+                    image = picture
                 frame = av.VideoFrame.from_ndarray(image, format="rgb24")
                 frame.pts = i
                 for packet in video.encode(frame):

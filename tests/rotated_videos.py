@@ -17,9 +17,11 @@ from typing import TypeVar
 import av
 import numpy as np
 
+from . import fixtures
+
 T = TypeVar("T")
 
-FPS = 10
+FPS = fixtures.FPS
 CODED = (48, 64)  # H, W of the coded pictures: landscape, as a phone stores a portrait video
 BRIGHT, DARK = 250, 30
 CORNER = (12, 16)  # H, W of the bright block in the coded picture's top-left corner
@@ -63,37 +65,15 @@ def write_video(
     (FFmpeg's 9-int layout); neither: no display matrix.
     """
     picture = corner_picture() if picture is None else picture
-    with av.open(str(path), "w") as container:
-        video = container.add_stream("libx264", rate=FPS)
-        video.height, video.width = picture.shape[:2]
-        video.pix_fmt = "yuv420p"
-        video.bit_rate = 4_000_000
+
+    def configure(video: av.video.stream.VideoStream) -> None:
         if rotation is not None:
             video.set_display_rotation(rotation, hflip=hflip)
         if matrix is not None:
             video.set_display_matrix(list(matrix))
-        audio = container.add_stream("aac", rate=44100)
-        audio.layout = "stereo"
-        for i in range(n_frames):
-            frame = av.VideoFrame.from_ndarray(picture, format="rgb24")
-            frame.pts = i
-            for packet in video.encode(frame):
-                container.mux(packet)
-        for packet in video.encode():
-            container.mux(packet)
-        n = int(round(audio_seconds * 44100))
-        samples = np.round(0.5 * np.sin(2 * np.pi * 440.0 * np.arange(n) / 44100) * 32767).astype(np.int16)
-        for pos in range(0, n, 1024):
-            chunk = samples[pos : pos + 1024]
-            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(np.stack([chunk, chunk])), format="s16p",
-                                               layout="stereo")
-            frame.sample_rate = 44100
-            frame.pts = pos
-            for packet in audio.encode(frame):
-                container.mux(packet)
-        for packet in audio.encode():
-            container.mux(packet)
-    return path
+
+    return fixtures.write_video(path, n_frames=n_frames, audio_seconds=audio_seconds, picture=picture,
+                                bit_rate=4_000_000, configure=configure)
 
 
 def center_frame(path: Path, read: Callable[[av.VideoFrame], T]) -> T:
