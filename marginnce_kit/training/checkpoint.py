@@ -25,7 +25,7 @@ from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 from ..cli import UsageError
 from ..io import TorchFileError, atomic_save, load_weights_only
 from ..models import AudioVisualModel, build_model
-from .config import ConfigError, TrainConfig
+from .config import ConfigError, TrainConfig, UnknownConfigFieldsError
 
 __all__ = ["CHECKPOINT_NAME", "CheckpointNotFoundError", "save_checkpoint", "load_checkpoint", "load_model",
            "model_state", "checkpoint_config"]
@@ -91,20 +91,18 @@ def checkpoint_config(state: dict[str, Any], path: str | os.PathLike[str]) -> Tr
         ConfigError: a config field this version does not know, in one line naming the fields, the
             version that wrote the checkpoint and this one; or a value this version refuses.
     """
-    from dataclasses import fields
-
-    from .config import RECORD_KEYS
-
     saved = state["config"]
-    unknown = sorted(set(saved) - {f.name for f in fields(TrainConfig)} - set(RECORD_KEYS))
-    if unknown:
-        version = state.get("marginnce_loss")
-        wrote = f"marginnce-loss {version}" if version else "a version that did not record itself"
-        raise ConfigError(f"checkpoint {str(path)!r}: config fields {unknown} unknown to this version (written by "
-                          f"{wrote}; this is marginnce-loss {_version()})",
-                          "load it with the version that wrote it, or drop those fields from state['config']")
+    if not isinstance(saved, dict):
+        raise ConfigError(f"checkpoint {str(path)!r}: expected its config as a dict, got {type(saved).__name__}",
+                          "pass a checkpoint.pt written by marginnce_kit.train")
     try:
         return TrainConfig.from_dict(saved)
+    except UnknownConfigFieldsError as e:
+        version = state.get("marginnce_loss")
+        wrote = f"marginnce-loss {version}" if version else "a version that did not record itself"
+        raise ConfigError(f"checkpoint {str(path)!r}: config fields {e.fields} unknown to this version (written by "
+                          f"{wrote}; this is marginnce-loss {_version()})",
+                          "load it with the version that wrote it, or drop those fields from state['config']") from e
     except (TypeError, ValueError) as e:
         raise ConfigError(f"checkpoint {str(path)!r}: its config is refused by this version ({e})",
                           "load it with the version that wrote it") from e

@@ -17,8 +17,8 @@ from ..cli import UsageError
 from ..models import BACKBONES, IMAGE_SIZES, MODELS, NORMS, ModelConfig
 
 __all__ = ["TrainConfig", "ConfigError", "AUTO_WORKERS", "DEVICES", "ANNOTATION_FORMATS", "LR_SCHEDULES",
-           "RESUME_INDEPENDENT", "RECORD_KEYS", "MODEL_FIELDS", "DATA_FIELDS", "VAL_FIELDS", "int_or_auto",
-           "float_or_auto", "fraction_or_count"]
+           "RESUME_INDEPENDENT", "RECORD_KEYS", "UnknownConfigFieldsError", "MODEL_FIELDS", "DATA_FIELDS", "VAL_FIELDS",
+           "int_or_auto", "float_or_auto", "fraction_or_count"]
 
 DEVICES = ("cpu", "cuda")
 ANNOTATION_FORMATS = ("vggss", "flickr")
@@ -46,6 +46,14 @@ AUTO_WORKERS = -1
 
 class ConfigError(UsageError, ValueError):
     """A config value that cannot run here (a ``ValueError`` to library callers; one line from the CLI)."""
+
+
+class UnknownConfigFieldsError(ValueError):
+    """Keys that are not :class:`TrainConfig` fields (a config written by another version): :attr:`fields`."""
+
+    def __init__(self, fields: list[str]) -> None:
+        super().__init__(f"config: unknown keys {fields}")
+        self.fields = fields
 
 
 def int_or_auto(text: str) -> int:
@@ -199,13 +207,13 @@ class TrainConfig:
         keys missing there take today's defaults.
 
         Raises:
-            ValueError: a key that is not a config field (the message names them).
+            UnknownConfigFieldsError: a key that is not a config field (a ``ValueError`` naming them).
         """
         known = {f.name for f in fields(cls)}
         d = {k: v for k, v in d.items() if k not in RECORD_KEYS}
-        unknown = set(d) - known
+        unknown = sorted(set(d) - known)
         if unknown:
-            raise ValueError(f"config: unknown keys {sorted(unknown)}")
+            raise UnknownConfigFieldsError(unknown)
         return cls(**d)
 
 
