@@ -453,7 +453,7 @@ def margin_nce_core(
     logits = logits - torch.eye(b, dtype=dtype, device=logits.device) * (margin / tau)
 
     # -log_softmax picked at the positive: the same operations as F.cross_entropy(logits, arange(B)),
-    # so margin 0 reproduces the upstream loss sites to the last bits.
+    # so margin 0 reproduces the upstream loss sites up to rounding (the loss runs in its opmath dtype).
     if extra_negatives is None:
         row_logits = logits
     else:
