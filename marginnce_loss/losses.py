@@ -105,8 +105,8 @@ class MarginNCE(_MarginNCEBase):
     every call. The module holds it without registering it (``loss_fn.parameters()`` is empty): give the
     parameter to the optimiser and save it with the model that owns it. A temperature derived from a
     parameter (``1 / logit_scale.exp()``) is a new tensor each step, so assign it before each call:
-    ``loss_fn.tau = 1 / logit_scale.exp()`` (checked, one host sync). The loss and the gradient reaching ``tau`` are those of
-    ``F.cross_entropy((S - m I) / tau, arange(B))``; the compiled backend is not used then (eager,
+    ``loss_fn.tau = 1 / logit_scale.exp()`` (checked, one host sync). The loss and the gradient reaching
+    ``tau`` are those of ``F.cross_entropy((S - m I) / tau, arange(B))``; the compiled backend is not used then (eager,
     with one ``RuntimeWarning`` per call site when ``"compiled"`` would have run).
 
     Args:
